@@ -84,7 +84,6 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     if accelerator.is_main_process:
         if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
             raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name")
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         _check_writable(run_dir)
         (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     accelerator.wait_for_everyone()
@@ -94,6 +93,7 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
 def _check_writable(folder: Path) -> None:
     probe = folder / ".write-test"
     try:
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as fh:
             fh.write(b"x" * 4096)
             os.fsync(fh.fileno())

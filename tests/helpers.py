@@ -1,0 +1,33 @@
+"""Test helpers importable from any test module (`from helpers import ...`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WORDS = (
+    "the a an this that film movie plot acting music ending story was is were good great bad awful "
+    "boring fun loved hated not never very quite best worst scene actor director i it and but of to "
+    "with in on at for my really so too much little slow fast funny sad dull brilliant"
+).split()
+
+
+def needs_shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data {path} is absent (it sits beside the repo as ../shared/data)")
+    return path
+
+
+def make_tokenizer():
+    """A word-level tokenizer over a few dozen words: no files, no network."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<eos>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", eos_token="<eos>")

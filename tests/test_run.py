@@ -1,0 +1,44 @@
+"""RunContext: run folder layout, resolved config, metrics lines, early failure on bad folders."""
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+
+from rewardtune.config import DataSettings, load_config
+from rewardtune.run import start_run
+
+
+def test_run_folder_layout_and_metrics(tmp_path):
+    cfg = load_config(DataSettings, None, ["path=x.jsonl", "seed=3"])
+    run = start_run(cfg, "r1", tmp_path, seed=3)
+    assert (tmp_path / "r1" / "checkpoints").is_dir()
+    assert load_config(DataSettings, tmp_path / "r1" / "config.yaml") == cfg  # resolved config round-trips
+    run.log(1, loss=torch.tensor(0.5), acc=0.75, bad=float("nan"))
+    run.log(2, loss=0.25)
+    run.log_sample(2, prompt="p", completion="c", reward=1.0)
+    rows = [json.loads(line) for line in (tmp_path / "r1" / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": 0.5, "acc": 0.75, "bad": "nan"}, {"step": 2, "loss": 0.25}]
+    assert json.loads((tmp_path / "r1" / "samples.jsonl").read_text())["completion"] == "c"
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    cfg = DataSettings()
+    start_run(cfg, "r", tmp_path).log(1, x=1)
+    with pytest.raises(FileExistsError, match="already exists"):
+        start_run(cfg, "r", tmp_path)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text().strip() == '{"step": 1, "x": 1}'  # nothing lost
+
+
+def test_unwritable_root_fails_before_training(tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the runs folder should be")  # fails for root too, unlike chmod
+    with pytest.raises(OSError, match="is not writable"):
+        start_run(DataSettings(), "r", blocker)
+
+
+def test_seed_makes_initialisation_repeatable(tmp_path):
+    start_run(DataSettings(), "a", tmp_path, seed=7)
+    a = torch.randn(3)
+    start_run(DataSettings(), "b", tmp_path, seed=7)
+    assert torch.equal(a, torch.randn(3))
