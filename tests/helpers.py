@@ -31,3 +31,11 @@ def make_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
                                    cls_token="[CLS]", sep_token="[SEP]", eos_token="<eos>")
+
+
+def needs_package(name: str) -> None:
+    """Skip unless a bundled-model package is installed (located, not imported: see models.alias_source)."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"bundled model package {name} is not installed (bash scripts/setup.sh installs it)")

