@@ -1,0 +1,6 @@
+"""Rewards: plain callables `(prompts, completions, **columns) -> list[float | None]`, and a combiner."""
+from .base import CombinedReward, RewardError, RewardFn, RewardResult, build_rewards, check_rewards, load_function
+from .rules import cost_matrix, indicator, parse_cost_matrix
+
+__all__ = ["CombinedReward", "RewardError", "RewardFn", "RewardResult", "build_rewards", "check_rewards",
+           "cost_matrix", "indicator", "load_function", "parse_cost_matrix"]

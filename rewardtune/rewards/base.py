@@ -1,0 +1,125 @@
+"""The reward contract and the combiner.
+
+A reward function sees a batch: `fn(prompts, completions, **columns) -> list[float | None]`,
+where `columns` holds any other data columns (e.g. `label`, the gold label). `None` means
+"no opinion" on that sample. For classifiers the prompt is the input text and the
+completion is the label name the policy chose.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+
+class RewardFn(Protocol):
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> list[float | None]: ...
+
+
+class RewardError(ValueError):
+    """A reward function that raised, returned the wrong count, or returned NaN/inf."""
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+    """`package.module:function` → the function (the user's own reward)."""
+    if ":" not in spec:
+        raise RewardError(f"reward {spec!r}: expected a built-in name or 'module:function'")
+    mod_name, fn_name = spec.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise RewardError(f"reward {spec!r} cannot be imported: {e}") from None
+    if not callable(fn):
+        raise RewardError(f"reward {spec!r} is not callable")
+    return fn
+
+
+def _example(prompts: Sequence[str], completions: Sequence[str], i: int) -> str:
+    return f"example {i}: prompt={prompts[i][:200]!r}, completion={completions[i][:200]!r}"
+
+
+def check_rewards(name: str, values: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[float | None]:
+    """Validate one function's output: a list of len(prompts) finite floats or None."""
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardError(f"reward {name!r} returned {type(values).__name__}, expected a list of floats") from None
+    if len(values) != len(prompts):
+        raise RewardError(f"reward {name!r} returned {len(values)} values for {len(prompts)} samples; "
+                          f"it must return one per sample ({_example(prompts, completions, 0)})")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise RewardError(f"reward {name!r} returned {v!r} on {_example(prompts, completions, i)}") from None
+        if not math.isfinite(f):
+            raise RewardError(f"reward {name!r} returned {f} on {_example(prompts, completions, i)}")
+        out.append(f)
+    return out
+
+
+@dataclass
+class RewardResult:
+    """total (B,) and each component (B,) with NaN where the function had no opinion."""
+
+    total: torch.Tensor
+    components: dict[str, torch.Tensor]
+
+
+@dataclass
+class CombinedReward:
+    """Weighted sum of reward functions; `None` values are left out and the weights rescaled.
+
+    With components S present on a sample, total = (W / W_S) · Σ_{i∈S} w_i r_i, where W is the sum
+    of all weights: when every function has an opinion this is the plain weighted sum, and a
+    missing opinion neither counts as 0 nor changes the scale.
+    """
+
+    fns: dict[str, Callable[..., Any]]
+    weights: dict[str, float]
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
+        comps: dict[str, torch.Tensor] = {}
+        for name, fn in self.fns.items():
+            try:
+                raw = fn(prompts, completions, **columns)
+            except Exception as e:
+                raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} "
+                                  f"(batch of {len(prompts)}, first {_example(prompts, completions, 0)})") from e
+            vals = check_rewards(name, raw, prompts, completions)
+            comps[name] = torch.tensor([math.nan if v is None else v for v in vals], dtype=torch.float32)
+        w = torch.tensor([self.weights[n] for n in comps])  # (F,)
+        r = torch.stack(list(comps.values()), dim=-1)  # (B, F)
+        present = ~torch.isnan(r)
+        w_present = (present * w).sum(-1)  # (B,)
+        if (w_present == 0).any():
+            i = int((w_present == 0).nonzero()[0])
+            raise RewardError(f"no reward function gave a value for {_example(prompts, completions, i)}")
+        total = torch.nan_to_num(r * w).sum(-1) * (w.sum() / w_present)  # (B,)
+        return RewardResult(total, comps)
+
+
+def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None) -> CombinedReward:
+    """Names (built-in or `module:function`) and weights (default 1 each) → a CombinedReward."""
+    if not names:
+        raise RewardError("no reward functions given")
+    if weights and len(weights) != len(names):
+        raise RewardError(f"{len(weights)} reward weights for {len(names)} reward functions")
+    registry = registry or {}
+    fns = {}
+    for n in names:
+        if n in registry:
+            fns[n] = registry[n]()
+        elif ":" in n:
+            fns[n] = load_function(n)
+        else:
+            raise RewardError(f"unknown reward {n!r}; built-ins: {', '.join(registry)}; or give 'module:function'")
+    ws = [float(x) for x in weights] if weights else [1.0] * len(names)
+    return CombinedReward(fns, dict(zip(fns, ws)))

@@ -1,0 +1,33 @@
+"""Rule rewards for classifiers: the completion is the label name the policy chose."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def indicator(prompts: list[str], completions: list[str], label: list[Any] | None = None, **_: Any) -> list[float | None]:
+    """1.0 when the chosen label equals the gold `label` column, else 0.0 (None without a gold label)."""
+    if label is None:
+        raise ValueError("indicator needs the gold `label` column")
+    return [None if g is None else float(str(c) == str(g)) for c, g in zip(completions, label)]
+
+
+def parse_cost_matrix(spec: str) -> dict[tuple[str, str], float]:
+    """'gold/pred=value,...' → {(gold, pred): value}; e.g. 'positive/negative=-5' (a costly miss)."""
+    table: dict[tuple[str, str], float] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        try:
+            pair, value = item.split("=")
+            gold, pred = pair.split("/")
+            table[(gold.strip(), pred.strip())] = float(value)
+        except ValueError:
+            raise ValueError(f"cost matrix entry {item!r}: expected gold/pred=value, e.g. positive/negative=-5") from None
+    return table
+
+
+def cost_matrix(table: dict[tuple[str, str], float]) -> Callable[..., list[float | None]]:
+    """Reward from a (gold, pred) table; pairs not listed get 1 if right, 0 if wrong."""
+    def reward(prompts: list[str], completions: list[str], label: list[Any] | None = None, **_: Any) -> list[float | None]:
+        if label is None:
+            raise ValueError("cost_matrix needs the gold `label` column")
+        return [table.get((str(g), str(c)), float(str(g) == str(c))) for c, g in zip(completions, label)]
+    return reward

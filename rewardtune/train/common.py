@@ -1,0 +1,169 @@
+"""Named set-up steps shared by the classifier trainers (SFT and RL).
+
+Each step is a plain function of the config so a user can replace one (say, `setup_model`)
+without copying the training loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..batching import batch_order, encode, iterate
+from ..config import DataSettings, ModelSettings, doc
+from ..data import Examples, load_examples, split
+from ..eval import Report, evaluate_classifier, format_confusion
+from ..models import apply_lora, load_classifier
+from ..run import RunContext
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Optimiser, schedule and batching shared by classifier trainers."""
+
+    epochs: int = doc(3, "passes over the training data")
+    batch_size: int = doc(32, "examples per optimiser step, summed over all processes")
+    lr: float = doc(5e-5, "peak learning rate (AdamW)")
+    weight_decay: float = doc(0.01, "AdamW weight decay (not applied to biases and norms)")
+    warmup_ratio: float = doc(0.06, "fraction of steps with linear warm-up, then linear decay to 0")
+    max_grad_norm: float = doc(1.0, "gradient clipping norm (0 = off)")
+    max_length: int = doc(128, "tokens per example, special tokens included")
+    truncation: Literal["head", "tail", "head+tail"] = doc("head", "which tokens to keep of long texts")
+    group_by_length: bool = doc(True, "batch similar lengths together (less padding)")
+    eval_batch_size: int = doc(128, "examples per evaluation batch")
+    best_metric: str = doc("accuracy", "metric that picks the best checkpoint (e.g. accuracy, macro_f1)")
+    log_every: int = doc(20, "optimiser steps between metrics.jsonl rows")
+    max_steps: int = doc(0, "stop after this many optimiser steps (0 = run all epochs)")
+
+
+@dataclass
+class ClassifierData:
+    train: Examples
+    val: Examples
+    test: Examples | None
+    label_names: list[str]
+
+
+def setup_data(data: DataSettings) -> ClassifierData:
+    """Train/val(/test) examples with one shared label set."""
+    def load(path: str, labels: Any) -> Examples:
+        return load_examples(path, data.text_column, data.label_column, labels, data.split, data.skip_invalid)
+
+    full = load(data.path, data.labels)
+    labels = data.labels or tuple(full.label_names)
+    if data.val_path:
+        train, val = full, load(data.val_path, labels)
+    else:
+        train, val = split(full, data.val_fraction, data.seed, data.stratify)
+    if data.max_examples:
+        train = train.subset(range(min(data.max_examples, len(train))))
+    test = load(data.test_path, labels) if data.test_path else None
+    return ClassifierData(train, val, test, list(full.label_names))
+
+
+def setup_model(model: ModelSettings, label_names: list[str]) -> tuple[Any, Any]:
+    """A sequence classifier over `label_names` (from an encoder or an earlier checkpoint), with LoRA if asked."""
+    net, tok = load_classifier(model.name, len(label_names), dict(enumerate(label_names)))
+    return apply_lora(net, model.lora), tok
+
+
+def setup_optimizer(model: Any, opt: OptimSettings, total_steps: int) -> tuple[Any, Any]:
+    """AdamW (no decay on biases/norms) and linear warm-up + linear decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=opt.lr)
+    warmup = int(total_steps * opt.warmup_ratio)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    return optim, torch.optim.lr_scheduler.LambdaLR(optim, schedule)
+
+
+def steps_per_epoch(n: int, opt: OptimSettings) -> int:
+    return math.ceil(n / opt.batch_size)
+
+
+def epoch_batches(encoded: list[list[int]], labels: list[int], opt: OptimSettings, seed: int, epoch: int,
+                  run: RunContext, pad_id: int):
+    """This process's share of each global batch: rows rank::world of it.
+
+    The global batch order depends only on (seed, epoch), so N processes × batch b see the same
+    examples per step as 1 process × batch N·b, and DDP's gradient averaging gives the same update.
+    """
+    rank = run.accelerator.process_index
+    world = run.accelerator.num_processes
+    order = batch_order([len(e) for e in encoded], opt.batch_size, seed, epoch, True, opt.group_by_length)
+    shards = [b[rank::world] for b in order if len(b[rank::world]) > 0]
+    return iterate(encoded, labels, shards, pad_id)
+
+
+def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int]]:
+    return encode(tok, ex.texts, opt.max_length, opt.truncation)
+
+
+def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str], opt: OptimSettings) -> Report:
+    """Classification report on `ex` (main process; others skip and wait)."""
+    net = run.accelerator.unwrap_model(model)
+    return evaluate_classifier(net, tok, ex.texts, ex.labels, label_names, opt.max_length, opt.truncation,
+                               opt.eval_batch_size, run.accelerator.device)
+
+
+def save_classifier(run: RunContext, model: Any, tok: Any, folder: Path, meta: dict[str, Any]) -> None:
+    """Weights (safetensors; the adapter only with LoRA), tokenizer and a small JSON, written atomically."""
+    if not run.is_main:
+        return
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net = run.accelerator.unwrap_model(model)
+    net.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "rewardtune.json").write_text(json.dumps(meta, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def report_and_keep_best(run: RunContext, model: Any, tok: Any, data: ClassifierData, opt: OptimSettings,
+                         step: int, epoch: int, best: float | None, meta: dict[str, Any]) -> float | None:
+    """Evaluate on val, log and print the report, save `checkpoints/best` if the metric improved."""
+    if run.is_main:
+        rep = evaluate(run, model, tok, data.val, data.label_names, opt)
+        score = rep.metrics.get(opt.best_metric)
+        if score is None:
+            raise KeyError(f"best_metric {opt.best_metric!r} is not reported; choose one of: {', '.join(rep.metrics)}")
+        run.log(step, epoch=epoch, split="val", **rep.metrics)
+        run.print(f"\nepoch {epoch} step {step}: validation ({len(data.val)} examples)\n{rep.text}")
+        if best is None or score > best:
+            best = score
+            save_classifier(run, model, tok, run.checkpoints / "best",
+                            {**meta, "step": step, "epoch": epoch, opt.best_metric: score})
+            run.print(f"new best {opt.best_metric} = {score:.4f}: saved {run.checkpoints / 'best'}")
+    run.accelerator.wait_for_everyone()
+    return best
+
+
+def final_test(run: RunContext, data: ClassifierData, opt: OptimSettings, step: int) -> Report | None:
+    """Evaluate the best checkpoint on the test split, if one was given."""
+    if data.test is None or not run.is_main:
+        return None
+    from ..models import load_trained_classifier
+
+    model, tok = load_trained_classifier(run.checkpoints / "best")
+    model.to(run.accelerator.device)
+    rep = evaluate_classifier(model, tok, data.test.texts, data.test.labels, data.label_names, opt.max_length,
+                              opt.truncation, opt.eval_batch_size, run.accelerator.device)
+    run.log(step, split="test", **rep.metrics)
+    run.print(f"\ntest ({len(data.test)} examples), best checkpoint\n{rep.text}\n{format_confusion(rep.confusion, data.label_names)}")
+    return rep

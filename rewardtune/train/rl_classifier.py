@@ -1,0 +1,210 @@
+"""Reward-driven fine-tuning of a classifier: the action is a label, π(y|x) is the policy.
+
+One loop for all estimators: batch → logits → estimator loss (from a dict) → KL to the
+initial policy and entropy bonus → update. Each estimator is a short function below.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ..algorithms import EMABaseline, entropy_from_logits, expected_reward_loss, pg_loss, reinforce, rloo, value_loss
+from ..config import DataSettings, ModelSettings, doc, nested
+from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
+from ..run import start_run
+from .common import (OptimSettings, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+                     setup_model, setup_optimizer, steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class RLSettings:
+    """The estimator, its reward and the penalties that keep the policy near its start."""
+
+    estimator: Literal["expected", "reinforce", "value"] = doc("expected", "gradient estimator")
+    rewards: tuple = doc(("indicator",), "reward functions: indicator, cost_matrix, or module:function")
+    reward_weights: tuple = doc((), "one weight per reward (default 1 each)")
+    cost_matrix: str = doc("", "gold/pred=value,... for the cost_matrix reward")
+    samples: int = doc(4, "labels sampled per example (reinforce, value)")
+    baseline: Literal["rloo", "mean", "ema", "none"] = doc("rloo", "REINFORCE baseline")
+    ema_decay: float = doc(0.9, "decay of the EMA baseline")
+    kl_coef: float = doc(0.0, "β of the exact KL(π || π_initial) penalty")
+    entropy_coef: float = doc(0.0, "weight of the entropy bonus")
+    epsilon: float = doc(0.1, "value estimator: ε-greedy exploration rate")
+
+
+@dataclass(frozen=True)
+class RLClassifierConfig:
+    """`rewardtune rl` with a classifier policy."""
+
+    model: ModelSettings = nested(ModelSettings, "encoder or `sft` checkpoint to start from")
+    data: DataSettings = nested(DataSettings, "training / validation / test data")
+    train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
+    rl: RLSettings = nested(RLSettings, "estimator, rewards, penalties")
+    policy: Literal["classifier"] = doc("classifier", "what the action is (classifier: a label)")
+    runs_dir: str = doc("runs", "folder holding run folders")
+    name: str = doc("rl", "run folder name")
+    seed: int = doc(0, "global seed")
+
+
+@dataclass
+class Step:
+    """What an estimator sees: logits (b, A), the batch's texts and gold label names."""
+
+    logits: torch.Tensor
+    texts: list[str]
+    gold: list[str]
+    label_names: list[str]
+    reward: CombinedReward
+    rl: RLSettings
+    ema: EMABaseline
+
+
+def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Rewards (b, K) of chosen label indices (b, K), and each component's mean."""
+    b, k = actions.shape
+    completions = [s.label_names[a] for a in actions.reshape(-1).tolist()]
+    res = s.reward([t for t in s.texts for _ in range(k)], completions, label=[g for g in s.gold for _ in range(k)])
+    comps = {f"reward/{n}": torch.nanmean(v) for n, v in res.components.items()}
+    return res.total.reshape(b, k).to(s.logits.device), comps
+
+
+def expected(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Exact gradient of E_π[R]: every label is scored, nothing is sampled (zero variance)."""
+    b, a = s.logits.shape
+    all_actions = torch.arange(a).expand(b, a)  # (b, A)
+    rewards, comps = _score(s, all_actions)  # (b, A)
+    loss, st = expected_reward_loss(s.logits.float(), rewards)
+    return loss, {"reward": st.expected_reward, **comps}
+
+
+def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
+    """REINFORCE: K labels sampled per example, advantages from the chosen baseline."""
+    logp_all = torch.log_softmax(s.logits.float(), dim=-1)  # (b, A)
+    actions = torch.multinomial(logp_all.exp().detach(), s.rl.samples, replacement=True)  # (b, K)
+    rewards, comps = _score(s, actions.cpu())  # (b, K)
+    adv = rloo(rewards) if s.rl.baseline == "rloo" else reinforce(rewards, s.rl.baseline, s.ema)
+    logp = logp_all.gather(-1, actions)  # (b, K): each sample is one "token" of weight 1
+    loss, _ = pg_loss(logp, adv, torch.ones_like(logp), "token_mean")
+    return loss, {"reward": rewards.mean(), **comps}
+
+
+def value(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One-step Q-learning on the contextual bandit: logits are Q(x, ·), ε-greedy actions, squared error."""
+    q = s.logits.float()  # (b, A)
+    b, a = q.shape
+    greedy = q.argmax(-1, keepdim=True)  # (b, 1)
+    explore = torch.rand(b, 1, device=q.device) < s.rl.epsilon
+    actions = torch.where(explore, torch.randint(0, a, (b, 1), device=q.device), greedy)  # (b, 1)
+    rewards, comps = _score(s, actions.cpu())  # (b, 1)
+    q_taken = q.gather(-1, actions)  # (b, 1)
+    loss, _ = value_loss(q_taken, q_taken.detach(), rewards, torch.ones_like(q_taken), clip_eps=None)
+    return loss, {"reward": rewards.mean(), **comps}
+
+
+ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
+    "expected": expected, "reinforce": sampled, "value": value,
+}
+
+
+def setup_reward(rl: RLSettings) -> CombinedReward:
+    registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
+    return build_rewards(rl.rewards, rl.reward_weights, registry)
+
+
+def setup_reference(model: Any, rl: RLSettings) -> Callable[[], Any]:
+    """A context factory under which `model` computes the initial policy's logits.
+
+    With LoRA: the adapter disabled (no second copy). Full fine-tuning: a frozen copy.
+    """
+    if rl.kl_coef == 0:
+        return nullcontext
+    if hasattr(model, "disable_adapter"):
+        return model.disable_adapter
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    class _Swap:
+        def __enter__(self) -> Any:
+            return frozen
+        def __exit__(self, *exc: Any) -> None:
+            return None
+    return _Swap
+
+
+def penalties(logits: torch.Tensor, ref_logits: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
+    """β·KL(π || π_0) (exact over the label set) − c·H(π), both averaged over the batch."""
+    logp = torch.log_softmax(logits.float(), -1)  # (b, A)
+    ent = entropy_from_logits(logits.float()).mean()
+    out = -rl.entropy_coef * ent
+    stats: dict[str, Any] = {"entropy": ent.detach()}
+    if ref_logits is not None:
+        kl = (logp.exp() * (logp - torch.log_softmax(ref_logits.float(), -1))).sum(-1).mean()
+        out = out + rl.kl_coef * kl
+        stats["kl"] = kl.detach()
+    return out, stats
+
+
+def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run RL on a classifier; returns the best validation score and the run folder."""
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    data = setup_data(cfg.data)
+    model, tok = setup_model(cfg.model, data.label_names)
+    reward = setup_reward(cfg.rl)
+    reference = setup_reference(model, cfg.rl)
+    estimator = ESTIMATORS[cfg.rl.estimator]
+    opt, ema = cfg.train, EMABaseline(decay=cfg.rl.ema_decay)
+    total = steps_per_epoch(len(data.train), opt) * opt.epochs
+    total = min(total, opt.max_steps) if opt.max_steps else total
+    optim, sched = setup_optimizer(model, opt, total)
+    model, optim, sched = run.accelerator.prepare(model, optim, sched)
+    encoded = encode_examples(tok, data.train, opt)
+    meta = {"label_names": data.label_names, "max_length": opt.max_length, "truncation": opt.truncation,
+            "trainer": f"rl-{cfg.rl.estimator}"}
+    run.print(f"rl ({cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val, rewards {list(reward.fns)}, "
+              f"{total} steps")
+
+    step, best, seen, train_s = 0, None, 0, 0.0
+    bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc=f"rl-{cfg.rl.estimator}")
+    for epoch in range(opt.epochs):
+        model.train()
+        t_epoch = time.time()
+        for batch in epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run, tok.pad_token_id):
+            batch = batch.to(run.accelerator.device)
+            logits = model(**batch.model_inputs()).logits  # (b, A)
+            idx = batch.index.tolist()
+            s = Step(logits, [data.train.texts[i] for i in idx], [data.label_names[data.train.labels[i]] for i in idx],
+                     data.label_names, reward, cfg.rl, ema)
+            loss, stats = estimator(s)
+            ref_logits = None
+            if cfg.rl.kl_coef:
+                with torch.no_grad(), reference() as ref:
+                    ref_logits = (model if ref is None else ref)(**batch.model_inputs()).logits
+            extra, pstats = penalties(logits, ref_logits, cfg.rl)
+            run.accelerator.backward(loss + extra)
+            if opt.max_grad_norm:
+                run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(idx) * run.accelerator.num_processes
+            bar.update(1)
+            if step % opt.log_every == 0 or step == total:
+                run.log(step, epoch=epoch, split="train", loss=loss.detach(), lr=sched.get_last_lr()[0],
+                        **stats, **pstats)
+            if step >= total:
+                break
+        train_s += time.time() - t_epoch
+        best = report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta)
+        if step >= total:
+            break
+    bar.close()
+    run.log(step, split="summary", train_s=train_s, train_examples_per_s=seen / max(train_s, 1e-9), best=best)
+    test = final_test(run, data, opt, step)
+    return {"best": best, "run_dir": str(run.dir), "steps": step, "train_s": train_s,
+            "test": test.metrics if test else None}

@@ -1,0 +1,80 @@
+"""Supervised baseline: cross-entropy fine-tuning of a sequence classifier.
+
+The loop reads top to bottom: batches → loss → backward → clip → step; after each epoch,
+the validation report and the best checkpoint; at the end, the test report.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import DataSettings, ModelSettings, doc, nested
+from ..run import start_run
+from .common import (OptimSettings, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+                     setup_model, setup_optimizer, steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """`rewardtune sft`: supervised fine-tuning of a classifier."""
+
+    model: ModelSettings = nested(ModelSettings, "encoder or checkpoint to start from")
+    data: DataSettings = nested(DataSettings, "training / validation / test data")
+    train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
+    runs_dir: str = doc("runs", "folder holding run folders")
+    name: str = doc("sft", "run folder name")
+    seed: int = doc(0, "global seed (initialisation, batch order)")
+
+
+def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run SFT; returns the best validation score, last metrics and the run folder."""
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    data = setup_data(cfg.data)
+    model, tok = setup_model(cfg.model, data.label_names)
+    opt = cfg.train
+    total = steps_per_epoch(len(data.train), opt) * opt.epochs
+    total = min(total, opt.max_steps) if opt.max_steps else total
+    optim, sched = setup_optimizer(model, opt, total)
+    model, optim, sched = run.accelerator.prepare(model, optim, sched)
+    encoded = encode_examples(tok, data.train, opt)
+    meta = {"label_names": data.label_names, "max_length": opt.max_length, "truncation": opt.truncation,
+            "trainer": "sft"}
+    run.print(f"sft: {len(data.train)} train / {len(data.val)} val, labels {data.label_names}, {total} steps, "
+              f"{run.accelerator.num_processes} process(es)")
+
+    step, best, seen, train_s = 0, None, 0, 0.0
+    bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc="sft")
+    for epoch in range(opt.epochs):
+        model.train()
+        t_epoch = time.time()
+        for batch in epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run, tok.pad_token_id):
+            batch = batch.to(run.accelerator.device)
+            logits = model(**batch.model_inputs()).logits  # (b, A)
+            loss = F.cross_entropy(logits.float(), batch.labels)
+            run.accelerator.backward(loss)
+            if opt.max_grad_norm:
+                run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(batch.index) * run.accelerator.num_processes
+            bar.update(1)
+            if step % opt.log_every == 0 or step == total:
+                run.log(step, epoch=epoch, split="train", loss=loss.detach(), lr=sched.get_last_lr()[0])
+            if step >= total:
+                break
+        train_s += time.time() - t_epoch  # evaluation time is not training time
+        best = report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta)
+        if step >= total:
+            break
+    bar.close()
+    run.log(step, split="summary", train_s=train_s, train_examples_per_s=seen / max(train_s, 1e-9), best=best)
+    test = final_test(run, data, opt, step)
+    return {"best": best, "run_dir": str(run.dir), "steps": step, "train_s": train_s,
+            "test": test.metrics if test else None}
