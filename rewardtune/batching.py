@@ -20,6 +20,8 @@ def truncate(ids: list[int], budget: int, how: Truncation) -> list[int]:
     head+tail follows Sun et al. 2019 ("How to Fine-Tune BERT for Text Classification?"), where
     keeping the start and the end of long reviews beat either alone.
     """
+    if how not in ("head", "tail", "head+tail"):
+        raise ValueError(f"truncation {how!r}: expected head, tail or head+tail")
     if len(ids) <= budget:
         return ids
     if how == "head":

@@ -16,11 +16,13 @@ from .config import ConfigError, DataSettings, describe, doc, load_config, neste
 class QuickstartConfig:
     """The main job on embedded defaults: bundled models + demo data."""
 
-    data: DataSettings = nested(DataSettings, "labelled demo reviews (classifier stages)")
+    data: DataSettings = nested(lambda: DataSettings(val_fraction=0.25), "labelled demo reviews (classifier stages)")
     prompts: str = doc("demo-prompts", "prompt file for the generation stage")
     classifier: str = doc("minilm-l6", "encoder for the classifier and reward model")
     policy: str = doc("smollm2-135m-instruct", "causal LM for generation")
     max_new_tokens: int = doc(20, "tokens generated per demo prompt")
+    epochs: int = doc(4, "epochs of each classifier stage")
+    lr: float = doc(1e-4, "learning rate of each classifier stage")
     runs_dir: str = doc("runs", "where run folders are created")
     name: str = doc("", "run name; empty = quickstart-<timestamp>")
     seed: int = doc(0, "global seed")
@@ -50,30 +52,74 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     cfg: QuickstartConfig = _load(QuickstartConfig, args)
     cfg = replace(cfg, name=cfg.name or time.strftime("quickstart-%Y%m%d-%H%M%S"))  # resolved name in config.yaml
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
-    run.print(f"[1/4] run folder {run.dir} (config.yaml written)")
+    run.print(f"[1/5] run folder {run.dir} (config.yaml written)")
     for name in (cfg.classifier, cfg.policy):
         t = time.time()
         path = M.prepare(name) if name in M.ALIASES else M.resolve(name)
-        run.print(f"[2/4] model {name}: ready at {path} ({time.time() - t:.1f} s)")
+        run.print(f"[2/5] model {name}: ready at {path} ({time.time() - t:.1f} s)")
     ex = D.load_examples(cfg.data.path, cfg.data.text_column, cfg.data.label_column, cfg.data.labels)
     train, val = D.split(ex, cfg.data.val_fraction, cfg.data.seed, cfg.data.stratify)
     prompts = D.load_examples(cfg.prompts, text_column="prompt", label_column=None)
     counts = {n: ex.labels.count(i) for i, n in enumerate(ex.label_names)}
-    run.print(f"[3/4] data {ex.source}: {len(ex)} examples {counts}, split {len(train)} train / {len(val)} val; "
+    run.print(f"[3/5] data {ex.source}: {len(ex)} examples {counts}, split {len(train)} train / {len(val)} val; "
               f"{len(prompts)} prompts")
     run.log(0, examples=len(ex), train=len(train), val=len(val), prompts=len(prompts))
 
-    clf, tok = M.load_classifier(cfg.classifier, len(ex.label_names), dict(enumerate(ex.label_names)))
-    with torch.no_grad():
-        logits = clf(**tok(val.texts[:8], padding=True, truncation=True, return_tensors="pt")).logits
-    run.print(f"[4/4] {cfg.classifier} classifier (untrained head) logits on 8 val texts: shape {tuple(logits.shape)}")
     lm, ltok = M.load_causal_lm(cfg.policy)
     batch = ltok(prompts.texts[:2], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = lm.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=False)
     for prompt, ids in zip(prompts.texts[:2], out[:, batch["input_ids"].shape[1]:]):
         run.print(f"      {cfg.policy} greedy: {prompt!r} -> {ltok.decode(ids, skip_special_tokens=True)!r}")
-    run.print("Training stages (sft, rl, rm) are not implemented yet; see README 'Status'.")
+    del lm
+    _quickstart_classifiers(cfg, run)
+
+
+def _quickstart_classifiers(cfg: QuickstartConfig, run: Any) -> None:
+    """Stage 2: supervised baseline, then RL with the exact expected-reward gradient, on the demo reviews."""
+    from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
+    from .train.sft import SFTConfig, train_sft
+
+    common = [f"model.name={cfg.classifier}", f"data.path={cfg.data.path}", f"data.val_fraction={cfg.data.val_fraction}",
+              f"data.seed={cfg.data.seed}", f"train.epochs={cfg.epochs}", f"train.lr={cfg.lr}", "train.batch_size=16",
+              "train.max_length=64", f"runs_dir={run.dir}", f"seed={cfg.seed}"]
+    run.print(f"\n[4/5] supervised baseline (sft) on {cfg.classifier}")
+    sft = train_sft(load_config(SFTConfig, None, common + ["name=sft"]))
+    run.print(f"\n[5/5] reward-driven fine-tuning (rl, estimator=expected, reward=indicator) on {cfg.classifier}")
+    rl = train_rl_classifier(load_config(RLClassifierConfig, None, common + ["name=rl", "rl.estimator=expected"]))
+    run.log(1, sft_best_accuracy=sft["best"], rl_best_accuracy=rl["best"])
+    run.print(f"\nvalidation accuracy: sft {sft['best']:.3f}, rl-expected {rl['best']:.3f} "
+              f"(runs in {run.dir}/sft and {run.dir}/rl)")
+
+
+def _train_command(config_cls: type, train_fn: Any) -> Any:
+    def cmd(args: argparse.Namespace) -> None:
+        result = train_fn(_load(config_cls, args))
+        print(json.dumps(result, indent=2))
+    return cmd
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Classification report, confusion matrix and per-example predictions of a checkpoint on a data file."""
+    from pathlib import Path
+
+    from .data import load_examples
+    from .eval import evaluate_classifier, format_confusion
+    from .models import load_trained_classifier
+
+    meta = json.loads((Path(args.checkpoint) / "rewardtune.json").read_text()) if (Path(args.checkpoint) / "rewardtune.json").exists() else None
+    model, tok = load_trained_classifier(args.checkpoint)
+    names = meta["label_names"]
+    ex = load_examples(args.data, args.text_column, args.label_column, names, args.split)
+    max_length = args.max_length or meta.get("max_length", 128)
+    rep = evaluate_classifier(model, tok, ex.texts, ex.labels, names, max_length, meta.get("truncation", "head"))
+    print(f"{args.checkpoint} on {ex.source} ({len(ex)} examples)\n{rep.text}\n{format_confusion(rep.confusion, names)}")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for text, gold, pred, probs in zip(ex.texts, ex.labels, rep.predictions, rep.probabilities):
+                fh.write(json.dumps({"text": text, "label": names[gold], "prediction": names[pred],
+                                     "probabilities": dict(zip(names, probs))}) + "\n")
+        print(f"predictions written to {args.out}")
 
 
 def cmd_models_list(args: argparse.Namespace) -> None:
@@ -121,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="prepare the bundled models, load the demo data, run the main job")
     _config_args(p)
     p.set_defaults(func=cmd_quickstart)
+
+    from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
+    from .train.sft import SFTConfig, train_sft
+
+    p = sub.add_parser("sft", help="supervised baseline: cross-entropy fine-tuning of a classifier")
+    _config_args(p)
+    p.set_defaults(func=_train_command(SFTConfig, train_sft))
+    p = sub.add_parser("rl", help="reward-driven fine-tuning (policy: classifier)")
+    _config_args(p)
+    p.set_defaults(func=_train_command(RLClassifierConfig, train_rl_classifier))
+    p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/sft/checkpoints/best")
+    p.add_argument("--data", required=True, help="data file to evaluate on")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--split", default="train", help="split for folders and hub datasets")
+    p.add_argument("--max-length", type=int, default=0, help="0 = as trained")
+    p.add_argument("--out", help="write per-example predictions to this JSONL file")
+    p.set_defaults(func=cmd_eval)
 
     models = sub.add_parser("models", help="list and prepare bundled models").add_subparsers(dest="sub", required=True)
     p = models.add_parser("list", help="aliases, whether each is prepared, size and path")

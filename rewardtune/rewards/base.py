@@ -30,7 +30,7 @@ def load_function(spec: str) -> Callable[..., Any]:
     mod_name, fn_name = spec.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError, TypeError) as e:  # ValueError/TypeError: '' or relative names
         raise RewardError(f"reward {spec!r} cannot be imported: {e}") from None
     if not callable(fn):
         raise RewardError(f"reward {spec!r} is not callable")
@@ -38,6 +38,8 @@ def load_function(spec: str) -> Callable[..., Any]:
 
 
 def _example(prompts: Sequence[str], completions: Sequence[str], i: int) -> str:
+    if i >= min(len(prompts), len(completions)):
+        return "an empty batch"
     return f"example {i}: prompt={prompts[i][:200]!r}, completion={completions[i][:200]!r}"
 
 
@@ -77,9 +79,9 @@ class RewardResult:
 class CombinedReward:
     """Weighted sum of reward functions; `None` values are left out and the weights rescaled.
 
-    With components S present on a sample, total = (W / W_S) · Σ_{i∈S} w_i r_i, where W is the sum
-    of all weights: when every function has an opinion this is the plain weighted sum, and a
-    missing opinion neither counts as 0 nor changes the scale.
+    With components S present on a sample, total = (W / W_S) · Σ_{i∈S} w_i r_i, where W = Σ_i |w_i|
+    and W_S = Σ_{i∈S} |w_i|: when every function has an opinion this is the plain weighted sum, and
+    a missing opinion neither counts as 0 nor changes the scale (nor, with |w|, flips a penalty's sign).
     """
 
     fns: dict[str, Callable[..., Any]]
@@ -98,11 +100,11 @@ class CombinedReward:
         w = torch.tensor([self.weights[n] for n in comps])  # (F,)
         r = torch.stack(list(comps.values()), dim=-1)  # (B, F)
         present = ~torch.isnan(r)
-        w_present = (present * w).sum(-1)  # (B,)
+        w_present = (present * w.abs()).sum(-1)  # (B,)
         if (w_present == 0).any():
             i = int((w_present == 0).nonzero()[0])
-            raise RewardError(f"no reward function gave a value for {_example(prompts, completions, i)}")
-        total = torch.nan_to_num(r * w).sum(-1) * (w.sum() / w_present)  # (B,)
+            raise RewardError(f"no reward function with a non-zero weight gave a value for {_example(prompts, completions, i)}")
+        total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present)  # (B,)
         return RewardResult(total, comps)
 
 
@@ -113,6 +115,9 @@ def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry:
     if weights and len(weights) != len(names):
         raise RewardError(f"{len(weights)} reward weights for {len(names)} reward functions")
     registry = registry or {}
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise RewardError(f"reward(s) {', '.join(dup)} listed twice; give each function once with its weight")
     fns = {}
     for n in names:
         if n in registry:

@@ -18,9 +18,12 @@ def parse_cost_matrix(spec: str) -> dict[tuple[str, str], float]:
         try:
             pair, value = item.split("=")
             gold, pred = pair.split("/")
-            table[(gold.strip(), pred.strip())] = float(value)
+            gold, pred, v = gold.strip(), pred.strip(), float(value)
+            if not gold or not pred or v != v or v in (float("inf"), float("-inf")):
+                raise ValueError
+            table[(gold, pred)] = v
         except ValueError:
-            raise ValueError(f"cost matrix entry {item!r}: expected gold/pred=value, e.g. positive/negative=-5") from None
+            raise ValueError(f"cost matrix entry {item!r}: expected gold/pred=value with a finite value, e.g. positive/negative=-5") from None
     return table
 
 
@@ -29,5 +32,6 @@ def cost_matrix(table: dict[tuple[str, str], float]) -> Callable[..., list[float
     def reward(prompts: list[str], completions: list[str], label: list[Any] | None = None, **_: Any) -> list[float | None]:
         if label is None:
             raise ValueError("cost_matrix needs the gold `label` column")
-        return [table.get((str(g), str(c)), float(str(g) == str(c))) for c, g in zip(completions, label)]
+        return [None if g is None else table.get((str(g), str(c)), float(str(g) == str(c)))
+                for c, g in zip(completions, label)]
     return reward

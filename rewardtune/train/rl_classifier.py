@@ -35,7 +35,9 @@ class RLSettings:
     ema_decay: float = doc(0.9, "decay of the EMA baseline")
     kl_coef: float = doc(0.0, "β of the exact KL(π || π_initial) penalty")
     entropy_coef: float = doc(0.0, "weight of the entropy bonus")
+    exploration: Literal["epsilon", "softmax"] = doc("softmax", "value estimator: ε-greedy or Boltzmann")
     epsilon: float = doc(0.1, "value estimator: ε-greedy exploration rate")
+    temperature: float = doc(0.1, "value estimator: softmax exploration temperature τ")
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,27 @@ def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     return loss, {"reward": rewards.mean(), **comps}
 
 
+def epsilon_greedy(q: torch.Tensor, rl: RLSettings) -> torch.Tensor:
+    """argmax_a Q(x, a), or a uniform label with probability ε.  q (b, A) → actions (b, 1)."""
+    b, a = q.shape
+    explore = torch.rand(b, 1, device=q.device) < rl.epsilon
+    return torch.where(explore, torch.randint(0, a, (b, 1), device=q.device), q.argmax(-1, keepdim=True))
+
+
+def boltzmann(q: torch.Tensor, rl: RLSettings) -> torch.Tensor:
+    """Sample a ~ softmax(Q(x, ·) / τ).  q (b, A) → actions (b, 1)."""
+    return torch.multinomial(torch.softmax(q / rl.temperature, -1), 1)
+
+
+EXPLORATION: dict[str, Callable[[torch.Tensor, RLSettings], torch.Tensor]] = {
+    "epsilon": epsilon_greedy, "softmax": boltzmann,
+}
+
+
 def value(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     """One-step Q-learning on the contextual bandit: logits are Q(x, ·), ε-greedy actions, squared error."""
     q = s.logits.float()  # (b, A)
-    b, a = q.shape
-    greedy = q.argmax(-1, keepdim=True)  # (b, 1)
-    explore = torch.rand(b, 1, device=q.device) < s.rl.epsilon
-    actions = torch.where(explore, torch.randint(0, a, (b, 1), device=q.device), greedy)  # (b, 1)
+    actions = EXPLORATION[s.rl.exploration](q.detach(), s.rl)  # (b, 1)
     rewards, comps = _score(s, actions.cpu())  # (b, 1)
     q_taken = q.gather(-1, actions)  # (b, 1)
     loss, _ = value_loss(q_taken, q_taken.detach(), rewards, torch.ones_like(q_taken), clip_eps=None)
