@@ -107,12 +107,24 @@ def test_rl_with_kl_and_entropy_full_and_lora(tiny_encoder_dir, toy_data, tmp_pa
     for name, lora in (("full", []), ("lora", ["model.lora.r=4", "model.lora.alpha=8"])):
         cfg = load_config(RLClassifierConfig, None, overrides(
             tiny_encoder_dir, toy_data, tmp_path, name, "rl.kl_coef=0.1", "rl.entropy_coef=0.01",
-            "train.epochs=1", *lora))
+            "train.epochs=1", "train.log_every=1", *lora))
         train_rl_classifier(cfg, show_progress=False)
         rows = [r for r in read_metrics(tmp_path / name) if r["split"] == "train"]
-        assert rows and all(r["kl"] >= -1e-6 and math.isfinite(r["kl"]) for r in rows)
-        assert rows[0]["kl"] < 1e-3  # the first logged step is close to the initial policy
+        assert rows and all(r["kl"] >= -1e-6 and math.isfinite(r["kl"]) and r["entropy"] > 0 for r in rows)
+        # step 1 is before any update: only dropout (train mode) separates policy and reference
+        assert rows[0]["kl"] < 1e-3
     assert (tmp_path / "lora" / "checkpoints" / "best" / "adapter_model.safetensors").exists()
+
+
+def test_kl_penalty_keeps_the_policy_closer_to_its_start(tiny_encoder_dir, toy_data, tmp_path):
+    final_kl = {}
+    for beta in (1e-9, 5.0):  # ~no penalty vs a strong one; same seed, data and steps
+        name = f"beta{beta}"
+        train_rl_classifier(load_config(RLClassifierConfig, None, overrides(
+            tiny_encoder_dir, toy_data, tmp_path, name, f"rl.kl_coef={beta}", "train.log_every=1")), show_progress=False)
+        rows = [r for r in read_metrics(tmp_path / name) if r["split"] == "train"]
+        final_kl[beta] = sum(r["kl"] for r in rows[-9:]) / 9  # the last epoch
+    assert final_kl[5.0] < 0.5 * final_kl[1e-9], final_kl
 
 
 def test_cost_matrix_and_user_function_rewards_are_logged_separately(tiny_encoder_dir, toy_data, tmp_path):
