@@ -64,10 +64,11 @@ class Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor | None
     index: torch.Tensor
+    weight: float = 1.0  # multiplies the batch-mean loss (see train.common.epoch_batches)
 
     def to(self, device: Any) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device),
-                     None if self.labels is None else self.labels.to(device), self.index.to(device))
+                     None if self.labels is None else self.labels.to(device), self.index.to(device), self.weight)
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}

@@ -79,7 +79,12 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     from accelerate.utils import set_seed
 
     set_seed(seed)
-    accelerator = Accelerator(**(accelerator_kwargs or {}))
+    # Steps are global (every process takes its share of each global batch), so the scheduler must
+    # advance once per optimiser step, not num_processes times as accelerate does by default.
+    kwargs = {"step_scheduler_with_optimizer": False, **(accelerator_kwargs or {})}
+    if "cpu" not in kwargs and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_gpu():
+        kwargs["cpu"] = True  # else, under torchrun without a GPU, every process silently trains alone
+    accelerator = Accelerator(**kwargs)
     run_dir = Path(root) / name
     if accelerator.is_main_process:
         if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
@@ -88,6 +93,12 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
         (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     accelerator.wait_for_everyone()
     return RunContext(dir=run_dir, seed=seed, accelerator=accelerator)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def _check_writable(folder: Path) -> None:

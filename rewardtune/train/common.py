@@ -99,12 +99,20 @@ def epoch_batches(encoded: list[list[int]], labels: list[int], opt: OptimSetting
 
     The global batch order depends only on (seed, epoch), so N processes × batch b see the same
     examples per step as 1 process × batch N·b, and DDP's gradient averaging gives the same update.
+    Each batch's `weight` is world·local/global rows: the trainer multiplies its batch-mean loss by it,
+    so DDP's mean over processes is the global batch's mean even when a batch does not split evenly
+    (a last batch of 5 rows on 2 processes). A process whose share is empty gets one row with weight
+    0, so that every process runs the same number of steps (DDP's collectives must pair up, or the
+    process group hangs).
     """
     rank = run.accelerator.process_index
     world = run.accelerator.num_processes
     order = batch_order([len(e) for e in encoded], opt.batch_size, seed, epoch, True, opt.group_by_length)
-    shards = [b[rank::world] for b in order if len(b[rank::world]) > 0]
-    return iterate(encoded, labels, shards, pad_id)
+    for b in order:
+        shard = b[rank::world]
+        batch = next(iterate(encoded, labels, [shard or b[:1]], pad_id))
+        batch.weight = world * len(shard) / len(b)
+        yield batch
 
 
 def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int]]:

@@ -201,7 +201,7 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
                 with torch.no_grad(), reference() as ref:
                     ref_logits = (model if ref is None else ref)(**batch.model_inputs()).logits
             extra, pstats = penalties(logits, ref_logits, cfg.rl)
-            run.accelerator.backward(loss + extra)
+            run.accelerator.backward((loss + extra) * batch.weight)
             if opt.max_grad_norm:
                 run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
             optim.step()

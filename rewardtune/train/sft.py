@@ -56,7 +56,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
             batch = batch.to(run.accelerator.device)
             logits = model(**batch.model_inputs()).logits  # (b, A)
             loss = F.cross_entropy(logits.float(), batch.labels)
-            run.accelerator.backward(loss)
+            run.accelerator.backward(loss * batch.weight)
             if opt.max_grad_norm:
                 run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
             optim.step()

@@ -1,0 +1,184 @@
+"""Multi-process equivalence: 2 CPU processes (gloo) × batch b train the same weights as 1 process × batch 2b.
+
+`train.batch_size` is the global batch (summed over processes), so the same `rewardtune sft` /
+`rewardtune rl` command line is launched once as a plain single process and once with 2 processes
+(torchrun; `accelerate launch` for rl too). After one epoch (6 optimiser steps) the saved
+checkpoints must agree to float tolerance, and must differ from the starting weights (so the
+comparison can fail). tests/ddp_worker.py runs the unchanged CLI and checks that accelerate really
+formed a 2-process group.
+
+The model is a tiny BERT with dropout off: dropout masks differ between 1 and 2 processes, which
+would make the runs differ for a reason unrelated to gradient synchronisation. Gradient clipping is
+off to isolate the check (clipping the global norm is equivalent under DDP too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import WORDS, make_tokenizer
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "ddp_worker.py"
+TIMEOUT_S = 240  # a desynchronised process group hangs (gloo waits 30 min): fail instead
+
+# 32 rows per label, val_fraction 0.25 → 48 train rows → 6 full global batches of 8 (4 rows per process).
+N_ROWS, BATCH, VAL_FRACTION = 64, 8, 0.25
+STEPS = (N_ROWS - 2 * round(N_ROWS / 2 * VAL_FRACTION)) // BATCH
+COMMON = [f"train.batch_size={BATCH}", "train.epochs=1", "train.lr=1e-3", "train.max_grad_norm=0",
+          "train.max_length=24", "train.log_every=1", f"data.val_fraction={VAL_FRACTION}", "seed=0"]
+EXTRA = {"sft": [], "rl": ["rl.estimator=expected", "rl.kl_coef=0.1", "rl.entropy_coef=0.01"]}
+
+# Only the float32 summation order differs with 2 processes (half batches, padding to the longer
+# half, gloo's all-reduce); observed: ≤ 2.2e-7 after 6 AdamW steps at lr 1e-3. The weights move by
+# ~3.5e-3 from their start; a per-step error (a wrong LR, unsynchronised or mis-weighted gradients)
+# gives differences of 1e-4 … 1e-3.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def deterministic_encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT like `tiny_encoder_dir`, but without dropout."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    out = tmp_path_factory.mktemp("tiny-bert-nodropout")
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reviews_file(tmp_path_factory) -> Path:
+    """64 labelled texts of 4–15 words (so batches need padding), 32 per label."""
+    rng = random.Random(0)
+    pos, neg = ["good", "great", "loved", "fun", "brilliant"], ["bad", "awful", "boring", "hated", "dull"]
+    rows = []
+    for i in range(N_ROWS):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 14))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(pos if label == "pos" else neg))
+        rows.append({"text": " ".join(words), "label": label})
+    path = tmp_path_factory.mktemp("data") / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+        HF_ENDPOINT=env.get("HF_ENDPOINT", "http://127.0.0.1:9"), HF_HUB_OFFLINE="1",
+        # No ACCELERATE_USE_CPU: start_run itself must form the CPU (gloo) process group on a machine
+        # without a GPU, or each launched process would silently train alone (ddp_worker catches that).
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+    )
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(launcher: str, nproc: int, args: list[str], log: Path) -> subprocess.Popen:
+    if nproc == 1:
+        cmd = [sys.executable, str(WORKER)]
+    elif launcher == "torchrun":  # --standalone: a local rendezvous on a free port
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(WORKER)]
+    else:  # accelerate launch starts several local CPU processes only via torch elastic (--multi_gpu) or mpirun
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={nproc}",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
+               f"--main_process_port={_free_port()}", str(WORKER)]
+    fh = open(log, "w", encoding="utf-8")
+    proc = subprocess.Popen(cmd + args, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    proc.log_file = fh  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait(proc: subprocess.Popen, log: Path) -> None:
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the launcher and its workers (their own session, started above)
+        proc.wait()
+    finally:
+        proc.log_file.close()  # type: ignore[attr-defined]
+    assert proc.returncode == 0, f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-6000:]}"
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def _train_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("split") == "train"]
+
+
+@pytest.mark.parametrize("command,launcher", [("sft", "torchrun"), ("rl", "torchrun"), ("rl", "accelerate")])
+def test_two_processes_match_one_process_with_the_same_global_batch(command, launcher, tmp_path,
+                                                                   deterministic_encoder_dir, reviews_file):
+    t0 = time.time()
+    runs = tmp_path / "runs"
+    base = COMMON + EXTRA[command] + [f"model.name={deterministic_encoder_dir}", f"data.path={reviews_file}",
+                                      f"runs_dir={runs}"]
+    procs = {n: _launch(launcher, n, [str(tmp_path / f"info{n}.json"), command, *base, f"name=np{n}"],
+                        tmp_path / f"log{n}.txt")
+             for n in (1, 2)}  # both at once: the tiny model leaves cores to spare
+    for n, p in procs.items():
+        _wait(p, tmp_path / f"log{n}.txt")
+
+    infos = {n: json.loads((tmp_path / f"info{n}.json").read_text()) for n in (1, 2)}
+    assert infos[1]["num_processes"] == 1
+    assert infos[2] == {"num_processes": 2, "distributed_type": "MULTI_CPU", "backend": "gloo"}
+
+    # Same number of optimiser steps and the same learning rate at each of them.
+    train1, train2 = _train_rows(runs / "np1"), _train_rows(runs / "np2")
+    assert [r["step"] for r in train1] == [r["step"] for r in train2] == list(range(1, STEPS + 1))
+    lr1, lr2 = [r["lr"] for r in train1], [r["lr"] for r in train2]
+    assert lr2 == pytest.approx(lr1, rel=1e-9), (
+        f"learning rates per step: 1 process {lr1}, 2 processes {lr2}; accelerate steps a prepared scheduler "
+        "num_processes times per call unless Accelerator(step_scheduler_with_optimizer=False)")
+
+    # The best checkpoint is the final weights: one epoch, evaluated once at its end.
+    for n in (1, 2):
+        meta = json.loads((runs / f"np{n}" / "checkpoints" / "best" / "rewardtune.json").read_text())
+        assert meta["step"] == STEPS
+    one = _weights(runs / "np1" / "checkpoints" / "best")
+    two = _weights(runs / "np2" / "checkpoints" / "best")
+    assert one.keys() == two.keys()
+    diffs = {k: (one[k] - two[k]).abs().max().item() for k in one}
+    worst = max(diffs, key=diffs.get)
+
+    # Training moved the encoder (which started from the saved tiny BERT) far beyond the tolerance.
+    start = {f"bert.{k}": v for k, v in _weights(deterministic_encoder_dir).items()}
+    moved = {k: (one[k] - start[k]).abs().max().item() for k in one if k in start}
+    print(f"\n{command} ({launcher}): max |1 proc - 2 procs| = {diffs[worst]:.3g} ({worst}); "
+          f"largest move from the start {max(moved.values()):.3g}; {time.time() - t0:.1f} s")
+    assert len(moved) >= len(one) - 2, f"unexpected parameter names: {sorted(set(one) - set(moved))}"
+    assert max(moved.values()) > 100 * ATOL
+    assert sum(m > 10 * ATOL for m in moved.values()) >= len(moved) // 2, moved
+
+    for k in one:
+        assert torch.allclose(one[k], two[k], rtol=0, atol=ATOL), f"{k}: max abs diff {diffs[k]:.3g} > {ATOL}"
