@@ -68,7 +68,7 @@ def run_trainer(args: argparse.Namespace) -> dict:
     targs = TrainingArguments(output_dir=str(Path(args.runs_dir) / "trainer"), per_device_train_batch_size=args.batch_size,
                               per_device_eval_batch_size=128, learning_rate=args.lr, num_train_epochs=args.epochs,
                               weight_decay=0.01, warmup_steps=int(0.06 * steps), lr_scheduler_type="linear", max_grad_norm=1.0,
-                              group_by_length=True, save_strategy="no", eval_strategy="no", report_to=[],
+                              train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no", report_to=[],
                               logging_steps=200, use_cpu=True, disable_tqdm=True, seed=0)
     trainer = Trainer(model=model, args=targs, train_dataset=ds(train), data_collator=DataCollatorWithPadding(tok))
     t = time.time()

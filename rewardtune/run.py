@@ -84,6 +84,12 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     kwargs = {"step_scheduler_with_optimizer": False, **(accelerator_kwargs or {})}
     if "cpu" not in kwargs and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_gpu():
         kwargs["cpu"] = True  # else, under torchrun without a GPU, every process silently trains alone
+    from accelerate.state import AcceleratorState
+
+    # Several runs in one process (the quickstart, a notebook) may ask for different precisions;
+    # accelerate keeps one global state and refuses a change, so forget it (the process group,
+    # held by PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(**kwargs)
     run_dir = Path(root) / name
     if accelerator.is_main_process:

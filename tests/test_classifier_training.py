@@ -172,3 +172,19 @@ def test_sft_then_rl_from_checkpoint_then_eval_cli(tiny_encoder_dir, toy_data, t
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == 96 and set(rows[0]) == {"text", "label", "prediction", "probabilities"}
     assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
+
+
+def test_bf16_autocast_and_frozen_embeddings(tiny_encoder_dir, toy_data, tmp_path):
+    train_sft(load_config(SFTConfig, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "fp32", "train.epochs=1")),
+              show_progress=False)  # a plain run first: the accelerate state must not leak into the next
+    cfg = load_config(SFTConfig, None, overrides(
+        tiny_encoder_dir, toy_data, tmp_path, "bf16", "train.mixed_precision=bf16", "train.freeze_embeddings=true"))
+    train_sft(cfg, show_progress=False)  # no accuracy bar: the tiny model's random word embeddings stay frozen
+    rows = [r for r in read_metrics(tmp_path / "bf16") if r["split"] == "train"]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    start = load_file(str(next(tiny_encoder_dir.glob("*.safetensors"))))
+    trained = weights(tmp_path / "bf16" / "checkpoints" / "best")
+    emb = "embeddings.word_embeddings.weight"
+    assert torch.equal(start[emb], trained[f"bert.{emb}"])  # frozen
+    assert not torch.equal(start["embeddings.position_embeddings.weight"],
+                           trained["bert.embeddings.position_embeddings.weight"])  # the rest trains

@@ -18,7 +18,7 @@ from ..algorithms import EMABaseline, entropy_from_logits, expected_reward_loss,
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..run import start_run
-from .common import (OptimSettings, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
 
 
@@ -167,9 +167,9 @@ def penalties(logits: torch.Tensor, ref_logits: torch.Tensor | None, rl: RLSetti
 
 def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run RL on a classifier; returns the best validation score and the run folder."""
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     data = setup_data(cfg.data)
-    model, tok = setup_model(cfg.model, data.label_names)
+    model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     reward = setup_reward(cfg.rl)
     reference = setup_reference(model, cfg.rl)
     estimator = ESTIMATORS[cfg.rl.estimator]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..run import start_run
-from .common import (OptimSettings, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
 
 
@@ -33,9 +33,9 @@ class SFTConfig:
 
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run SFT; returns the best validation score, last metrics and the run folder."""
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     data = setup_data(cfg.data)
-    model, tok = setup_model(cfg.model, data.label_names)
+    model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     opt = cfg.train
     total = steps_per_epoch(len(data.train), opt) * opt.epochs
     total = min(total, opt.max_steps) if opt.max_steps else total
