@@ -23,7 +23,8 @@ def common(args: argparse.Namespace, name: str) -> list[str]:
     return ["model.name=minilm-l6", f"data.path={DATA / 'train.tsv'}", f"data.val_path={DATA / 'dev.tsv'}",
             "data.text_column=sentence", f"data.max_examples={args.max_examples}",
             f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
-            "train.max_length=66", "train.log_every=200", f"runs_dir={args.runs_dir}", f"name={name}-{int(time.time())}"]
+            "train.max_length=66", "train.log_every=200", f"runs_dir={args.runs_dir}", f"name={name}-{int(time.time())}",
+            *args.set]
 
 
 def run_rewardtune(method: str, args: argparse.Namespace) -> dict:
@@ -69,7 +70,7 @@ def run_trainer(args: argparse.Namespace) -> dict:
                               per_device_eval_batch_size=128, learning_rate=args.lr, num_train_epochs=args.epochs,
                               weight_decay=0.01, warmup_steps=int(0.06 * steps), lr_scheduler_type="linear", max_grad_norm=1.0,
                               train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no", report_to=[],
-                              logging_steps=200, use_cpu=True, disable_tqdm=True, seed=0)
+                              logging_steps=200, use_cpu=True, disable_tqdm=True, seed=0, bf16=args.bf16)
     trainer = Trainer(model=model, args=targs, train_dataset=ds(train), data_collator=DataCollatorWithPadding(tok))
     t = time.time()
     trainer.train()
@@ -89,12 +90,14 @@ def main() -> None:
     p.add_argument("--max-examples", type=int, default=0, help="0 = all 67,349 training sentences")
     p.add_argument("--runs-dir", default="/tmp/rewardtune-bench")
     p.add_argument("--out", default="benchmarks/results.jsonl")
+    p.add_argument("--set", nargs="*", default=[], help="extra rewardtune overrides, e.g. train.mixed_precision=bf16")
+    p.add_argument("--bf16", action="store_true", help="Trainer: bf16 autocast (compare with train.mixed_precision=bf16)")
     args = p.parse_args()
     if not DATA.exists():
         sys.exit(f"SST-2 not found at {DATA}")
     for method in args.methods.split(","):
         res = run_trainer(args) if method == "trainer" else run_rewardtune(method, args)
-        res |= {"method": method, "task": "sst2", "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        res |= {"method": method, "overrides": args.set, "trainer_bf16": args.bf16, "task": "sst2", "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "max_examples": args.max_examples, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "command": " ".join(sys.argv)}
         print(json.dumps(res), flush=True)

@@ -122,6 +122,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"predictions written to {args.out}")
 
 
+def cmd_rm_score(args: argparse.Namespace) -> None:
+    """Score a data file with a reward model (its own tokenizer), write JSONL, print the distribution."""
+    from pathlib import Path
+
+    from .data import DataError, read_table
+    from .rewards.model import reward_model
+
+    table = read_table(args.data)
+    if args.completion_column not in table.columns:
+        raise DataError(f"{table.source}: no column {args.completion_column!r}; the columns are: {', '.join(table.columns)}")
+    rm = reward_model(args.rm_dir, batch_size=args.batch_size, max_length=args.max_length or None,
+                      truncation_side=args.truncation_side)
+    completions = [str(r.get(args.completion_column) or "") for r in table.rows]
+    prompts = [str(r.get(args.prompt_column) or "") for r in table.rows]
+    scores = rm(prompts, completions)
+    out = Path(args.out) if args.out else Path(args.rm_dir).resolve().parents[1] / "scores.jsonl"
+    with open(out, "w", encoding="utf-8") as fh:
+        for row, score in zip(table.rows, scores):
+            fh.write(json.dumps({**row, "score": score}) + "\n")
+    ordered = sorted(scores)
+    pct = {q: ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] for q in (0, 10, 50, 90, 100)}
+    print(f"scored {len(scores)} rows of {table.source} with {args.rm_dir}: mean {sum(scores) / len(scores):.4f}; "
+          + ", ".join(f"p{q} {v:.4f}" for q, v in pct.items()))
+    print(f"scores written to {out}")
+
+
 def cmd_models_list(args: argparse.Namespace) -> None:
     from .models import list_models
 
@@ -187,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write per-example predictions to this JSONL file")
     p.set_defaults(func=cmd_eval)
 
+    from .train.reward_model import RMConfig, train_reward_model
+
+    rm = sub.add_parser("rm", help="train and use reward models").add_subparsers(dest="sub", required=True)
+    p = rm.add_parser("train", help="pointwise (labels) or pairwise (chosen/rejected) reward model")
+    _config_args(p)
+    p.set_defaults(func=_train_command(RMConfig, train_reward_model))
+    p = rm.add_parser("score", help="score (prompt, completion) rows with a reward model; write JSONL")
+    p.add_argument("rm_dir")
+    p.add_argument("--data", required=True, help="file with a completion column (and optionally prompts)")
+    p.add_argument("--completion-column", default="text")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--max-length", type=int, default=0, help="0 = as trained")
+    p.add_argument("--truncation-side", choices=["left", "right"], default="right")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", help="JSONL with each row and its score (default: RM_DIR/../../scores.jsonl)")
+    p.set_defaults(func=cmd_rm_score)
+
     models = sub.add_parser("models", help="list and prepare bundled models").add_subparsers(dest="sub", required=True)
     p = models.add_parser("list", help="aliases, whether each is prepared, size and path")
     p.add_argument("--json", action="store_true")
@@ -211,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
     from .models import ModelError
+    from .rewards import RewardError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelError, FileExistsError) as e:
+    except (ConfigError, DataError, ModelError, FileExistsError, RewardError) as e:
         print(f"rewardtune: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -64,6 +64,9 @@ def evaluate_classifier(model: Any, tokenizer: Any, texts: Sequence[str], labels
     probs = predict(model, tokenizer, texts, max_length, truncation, batch_size, device)
     pred = probs.argmax(-1).tolist()
     metrics, text, cm = classification_metrics(labels, pred, label_names)
+    if len(label_names) == 2 and len(set(labels)) == 2:  # ranking quality of P(label 1), as a reward uses it
+        from sklearn.metrics import roc_auc_score
+        metrics["auc"] = float(roc_auc_score(labels, probs[:, 1].tolist()))
     return Report(metrics, text, cm, pred, probs.tolist())
 
 

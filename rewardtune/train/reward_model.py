@@ -1,0 +1,200 @@
+"""`rewardtune rm train`: pointwise (labels → P(positive)) and pairwise (Bradley–Terry) reward models.
+
+Pointwise training *is* supervised classification, so it reuses `train_sft` and only marks the
+saved folder as a reward model. Pairwise training has its own short loop: score chosen and
+rejected with a scalar head, minimise -log σ(r_c - r_r - m), keep the best by pairwise accuracy.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ..algorithms import bradley_terry_loss
+from ..batching import batch_order
+from ..config import DataSettings, ModelSettings, doc, nested
+from ..data import DataError, Table, read_table, split
+from ..models import apply_lora, load_classifier
+from ..run import RunContext, start_run
+from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_optimizer
+
+
+@dataclass(frozen=True)
+class RMSettings:
+    """What kind of reward model and how its loss is shaped."""
+
+    mode: Literal["pointwise", "pairwise"] = doc("pointwise", "labels → classifier, or chosen/rejected pairs")
+    positive_label: str = doc("", "pointwise: the label whose probability is the reward ('' = guess)")
+    margin: float = doc(0.0, "pairwise: Bradley–Terry margin m")
+    center_coef: float = doc(0.0, "pairwise: weight of mean(r)² keeping rewards centred at 0")
+    chosen_column: str = doc("chosen", "pairwise: column of the preferred completion")
+    rejected_column: str = doc("rejected", "pairwise: column of the other completion")
+    truncation_side: Literal["left", "right"] = doc("right", "which end of long inputs is cut")
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    """`rewardtune rm train`."""
+
+    model: ModelSettings = nested(ModelSettings, "encoder (or causal LM) to put a reward head on")
+    data: DataSettings = nested(DataSettings, "labelled texts (pointwise) or prompt/chosen/rejected rows")
+    train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
+    rm: RMSettings = nested(RMSettings, "reward-model settings")
+    runs_dir: str = doc("runs", "folder holding run folders")
+    name: str = doc("rm", "run folder name")
+    seed: int = doc(0, "global seed")
+
+
+def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Train and save a reward model; its folder is `<run>/checkpoints/best`."""
+    if cfg.rm.mode == "pointwise":
+        return _pointwise(cfg, show_progress)
+    return _pairwise(cfg, show_progress)
+
+
+def _pointwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
+    from .sft import SFTConfig, train_sft
+
+    out = train_sft(SFTConfig(cfg.model, cfg.data, cfg.train, cfg.runs_dir, cfg.name, cfg.seed), show_progress)
+    meta_file = Path(out["run_dir"]) / "checkpoints" / "best" / "rewardtune.json"
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        meta |= {"kind": "reward_model", "head": "classifier", "mode": "pointwise",
+                 "positive_label": cfg.rm.positive_label or None}
+        meta_file.write_text(json.dumps(meta, indent=2))
+    return out
+
+
+# ---------------------------------------------------------------- pairwise
+@dataclass
+class Pairs:
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+
+    def subset(self, idx: Any) -> "Pairs":
+        return Pairs(*([getattr(self, f)[i] for i in idx] for f in ("prompts", "chosen", "rejected")))
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+def load_pairs(table: Table, data: DataSettings, rm: RMSettings) -> Pairs:
+    """Validate prompt/chosen/rejected rows; each bad row is named (file and line)."""
+    cols = table.columns
+    for c in (rm.chosen_column, rm.rejected_column):
+        if c not in cols:
+            raise DataError(f"{table.source}: no column {c!r}; the columns are: {', '.join(cols)}")
+    pairs = Pairs([], [], [])
+    for row, where in zip(table.rows, table.where):
+        prompt = row.get(data.prompt_column) or ""
+        ch, rj = row.get(rm.chosen_column), row.get(rm.rejected_column)
+        for name, v in ((rm.chosen_column, ch), (rm.rejected_column, rj)):
+            if not isinstance(v, str) or not v.strip():
+                raise DataError(f"{where}: field {name!r}: expected non-empty text, got {v!r}")
+        if ch.strip() == rj.strip():
+            raise DataError(f"{where}: chosen and rejected are identical; a pair must differ")
+        pairs.prompts.append(str(prompt))
+        pairs.chosen.append(ch)
+        pairs.rejected.append(rj)
+    return pairs
+
+
+def _scores(model: Any, tok: Any, prompts: list[str], texts: list[str], max_length: int, device: Any) -> torch.Tensor:
+    """Scalar rewards (b,) for (prompt, text) pairs; the prompt is a text pair's first segment if any."""
+    use_prompt = any(p for p in prompts)
+    args = (prompts, texts) if use_prompt else (texts,)
+    enc = tok(*args, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return model(**enc).logits[:, 0].float()  # (b,)
+
+
+@torch.no_grad()
+def evaluate_pairs(model: Any, tok: Any, pairs: Pairs, max_length: int, device: Any, batch_size: int = 64) -> dict[str, float]:
+    """Pairwise accuracy (chosen scored above rejected) and mean margin r_c - r_r."""
+    was = model.training
+    model.eval()
+    diffs = []
+    for s in range(0, len(pairs), batch_size):
+        p = pairs.prompts[s:s + batch_size]
+        diffs.append(_scores(model, tok, p, pairs.chosen[s:s + batch_size], max_length, device)
+                     - _scores(model, tok, p, pairs.rejected[s:s + batch_size], max_length, device))
+    model.train(was)
+    d = torch.cat(diffs)
+    return {"pairwise_accuracy": float((d > 0).float().mean()), "mean_margin": float(d.mean())}
+
+
+def _pairwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
+    opt = cfg.train
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(opt))
+    pairs = load_pairs(read_table(cfg.data.path, cfg.data.split), cfg.data, cfg.rm)
+    if cfg.data.val_path:
+        train, val = pairs, load_pairs(read_table(cfg.data.val_path, cfg.data.split), cfg.data, cfg.rm)
+    else:
+        train, val = _split_pairs(pairs, cfg.data)
+    model, tok = load_classifier(cfg.model.name, 1, {0: "reward"})
+    tok.truncation_side = cfg.rm.truncation_side
+    model = apply_lora(model, cfg.model.lora)
+    total = -(-len(train) // opt.batch_size) * opt.epochs
+    total = min(total, opt.max_steps) if opt.max_steps else total
+    optim, sched = setup_optimizer(model, opt, total)
+    model, optim, sched = run.accelerator.prepare(model, optim, sched)
+    meta = {"kind": "reward_model", "head": "scalar", "mode": "pairwise", "label_names": ["reward"],
+            "max_length": opt.max_length, "use_prompt": any(p for p in train.prompts), "trainer": "rm-pairwise"}
+    run.print(f"rm pairwise: {len(train)} train pairs / {len(val)} val pairs, {total} steps")
+    step, best, t0 = 0, None, time.time()
+    bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc="rm")
+    for epoch in range(opt.epochs):
+        for idx in batch_order([len(c) for c in train.chosen], opt.batch_size, cfg.seed, epoch, True, opt.group_by_length):
+            b = train.subset(idx)
+            dev = run.accelerator.device
+            r_c = _scores(model, tok, b.prompts, b.chosen, opt.max_length, dev)  # (b,)
+            r_r = _scores(model, tok, b.prompts, b.rejected, opt.max_length, dev)  # (b,)
+            loss, st = bradley_terry_loss(r_c, r_r, cfg.rm.margin or None)
+            centre = torch.cat([r_c, r_r]).mean() ** 2  # Eisenstein et al. 2023: keep E[r] ≈ 0
+            run.accelerator.backward(loss + cfg.rm.center_coef * centre)
+            if opt.max_grad_norm:
+                run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % opt.log_every == 0 or step == total:
+                run.log(step, epoch=epoch, split="train", loss=loss.detach(), accuracy=st.accuracy, margin=st.margin)
+            if step >= total:
+                break
+        best = _eval_and_keep(run, model, tok, val, opt, step, epoch, best, meta)
+        if step >= total:
+            break
+    bar.close()
+    run.log(step, split="summary", train_s=time.time() - t0, best=best)
+    return {"best": best, "run_dir": str(run.dir), "steps": step}
+
+
+def _split_pairs(pairs: Pairs, data: DataSettings) -> tuple[Pairs, Pairs]:
+    from ..data import Examples
+
+    ex = Examples([str(i) for i in range(len(pairs))], None, [])  # split row numbers: texts may repeat
+    tr, va = split(ex, data.val_fraction, data.seed, stratify=False)
+    return pairs.subset([int(t) for t in tr.texts]), pairs.subset([int(t) for t in va.texts])
+
+
+def _eval_and_keep(run: RunContext, model: Any, tok: Any, val: Pairs, opt: OptimSettings, step: int, epoch: int,
+                   best: float | None, meta: dict[str, Any]) -> float | None:
+    if run.is_main:
+        m = evaluate_pairs(run.accelerator.unwrap_model(model), tok, val, opt.max_length, run.accelerator.device)
+        run.log(step, epoch=epoch, split="val", **m)
+        run.print(f"epoch {epoch} step {step}: val pairwise accuracy {m['pairwise_accuracy']:.4f}, "
+                  f"mean margin {m['mean_margin']:.3f}")
+        if best is None or m["pairwise_accuracy"] > best:
+            best = m["pairwise_accuracy"]
+            save_classifier(run, model, tok, run.checkpoints / "best", {**meta, "step": step, **m})
+    run.accelerator.wait_for_everyone()
+    return best
+

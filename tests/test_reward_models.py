@@ -1,0 +1,140 @@
+"""Reward models: pairwise (Bradley–Terry) and pointwise training on tiny models, use as reward functions."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+
+import pytest
+
+from rewardtune.cli import main
+from rewardtune.config import load_config
+from rewardtune.data import DataError
+from rewardtune.rewards import RewardModelError, reward_model
+from rewardtune.train.reward_model import RMConfig, train_reward_model
+
+POS = "good great fun loved brilliant best funny".split()
+NEG = "bad awful boring hated dull worst slow".split()
+FILLER = "the film movie plot acting was very really so".split()
+
+
+def sentence(rng, words):
+    out = rng.sample(FILLER, 3) + [rng.choice(words)]
+    rng.shuffle(out)
+    return " ".join(out)
+
+
+@pytest.fixture(scope="module")
+def pair_file(tmp_path_factory):
+    """Separable preferences: the chosen completion holds a positive word, the rejected a negative one."""
+    rng = random.Random(1)
+    rows = [{"prompt": "", "chosen": sentence(rng, POS), "rejected": sentence(rng, NEG)} for _ in range(96)]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def label_file(tmp_path_factory):
+    rng = random.Random(2)
+    rows = [{"text": sentence(rng, POS if i % 2 else NEG), "label": "positive" if i % 2 else "negative"}
+            for i in range(96)]
+    path = tmp_path_factory.mktemp("labels") / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cfg(model_dir, data, tmp_path, name, *extra):
+    return load_config(RMConfig, None, [
+        f"model.name={model_dir}", f"data.path={data}", "data.val_fraction=0.25", "train.epochs=6",
+        "train.batch_size=8", "train.lr=5e-3", "train.max_length=16", "train.log_every=1",
+        f"runs_dir={tmp_path}", f"name={name}", *extra])
+
+
+@pytest.fixture(scope="module")
+def pairwise_rm(tiny_encoder_dir, pair_file, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rm-runs")
+    out = train_reward_model(cfg(tiny_encoder_dir, pair_file, root, "pw", "rm.mode=pairwise", "rm.center_coef=0.01"),
+                             show_progress=False)
+    return out, root / "pw"
+
+
+def test_pairwise_loss_falls_and_accuracy_beats_chance(pairwise_rm):
+    out, run = pairwise_rm
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    first, last = sum(r["loss"] for r in train[:9]) / 9, sum(r["loss"] for r in train[-9:]) / 9
+    assert last < first * 0.7, (first, last)  # log 2 ≈ 0.69 at the start
+    assert out["best"] >= 0.8  # held-out pairs; chance is 0.5
+
+
+def test_pairwise_rm_scores_as_a_reward_function_deterministically(pairwise_rm, tiny_causal_lm_dir):
+    from transformers import AutoTokenizer
+
+    best = pairwise_rm[1] / "checkpoints" / "best"
+    rm = reward_model(best)
+    texts = ["the film was great", "the film was awful", "loved it really", "hated it really"]
+    s1 = rm([""] * 4, texts)
+    assert s1[0] > s1[1] and s1[2] > s1[3]
+    assert reward_model(best)([""] * 4, texts) == s1  # save → load → identical scores
+    # A policy with another tokenizer: its completions reach the reward model as text only.
+    policy_tok = AutoTokenizer.from_pretrained(tiny_causal_lm_dir)
+    decoded = [policy_tok.decode(policy_tok(t)["input_ids"]) for t in texts]
+    assert rm([""] * 4, decoded) == s1
+
+
+def test_pointwise_rm_probability_of_positive(tiny_encoder_dir, label_file, tmp_path):
+    out = train_reward_model(cfg(tiny_encoder_dir, label_file, tmp_path, "pt"), show_progress=False)
+    assert out["best"] >= 0.8
+    best = tmp_path / "pt" / "checkpoints" / "best"
+    meta = json.loads((best / "rewardtune.json").read_text())
+    assert meta["kind"] == "reward_model" and meta["head"] == "classifier"
+    val_row = [json.loads(line) for line in (tmp_path / "pt" / "metrics.jsonl").read_text().splitlines()
+               if '"split": "val"' in line][-1]
+    assert 0.5 < val_row["auc"] <= 1.0
+    scores = reward_model(best)(["", ""], ["really loved the plot", "really hated the plot"])
+    assert all(0 <= s <= 1 for s in scores) and scores[0] > scores[1]  # P("positive")
+
+
+def test_rm_score_cli_writes_scores_and_warns_once_on_truncation(pairwise_rm, tmp_path, capsys, caplog):
+    best = pairwise_rm[1] / "checkpoints" / "best"
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["great film " * 20, "awful film " * 20, "fun"]))
+    out = tmp_path / "scores.jsonl"
+    with caplog.at_level(logging.WARNING, logger="rewardtune.rewards"):
+        assert main(["rm", "score", str(best), "--data", str(data), "--max-length", "8", "--out", str(out)]) == 0
+    assert caplog.text.count("truncated on the right") == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and rows[0]["score"] > rows[1]["score"]
+    assert "scored 3 rows" in capsys.readouterr().out
+
+
+def test_bad_pairs_are_named(tiny_encoder_dir, tmp_path):
+    cases = {
+        "missing": ({"prompt": "", "chosen": "good"}, r"no column 'rejected'; the columns are: prompt, chosen"),
+        "same": ({"chosen": "good film", "rejected": "good film "}, r"line 1: chosen and rejected are identical"),
+        "empty": ({"chosen": "good film", "rejected": "  "}, r"line 1: field 'rejected': expected non-empty text"),
+    }
+    for name, (row, match) in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(DataError, match=match):
+            train_reward_model(cfg(tiny_encoder_dir, path, tmp_path, name, "rm.mode=pairwise"), show_progress=False)
+
+
+def test_broken_reward_model_folders(pairwise_rm, tmp_path):
+    best = pairwise_rm[1] / "checkpoints" / "best"
+    missing = tmp_path / "missing"
+    shutil.copytree(best, missing)
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(RewardModelError, match=r"missing model.safetensors"):
+        reward_model(missing)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(best, mismatch)
+    meta = json.loads((mismatch / "rewardtune.json").read_text())
+    (mismatch / "rewardtune.json").write_text(json.dumps({**meta, "head": "classifier", "label_names": ["a", "b"]}))
+    with pytest.raises(RewardModelError, match=r"2 label names but the head has 1 outputs"):
+        reward_model(mismatch)
+    with pytest.raises(RewardModelError, match="is not a folder"):
+        reward_model(tmp_path / "nope")
