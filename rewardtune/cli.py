@@ -99,6 +99,34 @@ def _train_command(config_cls: type, train_fn: Any) -> Any:
     return cmd
 
 
+def _policy_kind(args: argparse.Namespace) -> str:
+    """`policy` from the overrides, else from the YAML file, else 'classifier'."""
+    import yaml
+
+    for item in reversed(args.overrides):
+        if item.startswith("policy="):
+            return item.split("=", 1)[1].strip()
+    if args.config:
+        try:
+            data = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}  # load_config reports the problem with its line number
+        if isinstance(data, dict) and data.get("policy"):
+            return str(data["policy"])
+    return "classifier"
+
+
+def cmd_rl(args: argparse.Namespace) -> None:
+    from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
+    from .train.rl_generate import GenRLConfig, train_rl_generate
+
+    kinds = {"classifier": (RLClassifierConfig, train_rl_classifier), "causal-lm": (GenRLConfig, train_rl_generate)}
+    kind = _policy_kind(args)
+    if kind not in kinds:
+        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(kinds)}")
+    _train_command(*kinds[kind])(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     """Classification report, confusion matrix and per-example predictions of a checkpoint on a data file."""
     from pathlib import Path
@@ -194,15 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_quickstart)
 
-    from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
     from .train.sft import SFTConfig, train_sft
 
     p = sub.add_parser("sft", help="supervised baseline: cross-entropy fine-tuning of a classifier")
     _config_args(p)
     p.set_defaults(func=_train_command(SFTConfig, train_sft))
-    p = sub.add_parser("rl", help="reward-driven fine-tuning (policy: classifier)")
+    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default) or policy=causal-lm")
     _config_args(p)
-    p.set_defaults(func=_train_command(RLClassifierConfig, train_rl_classifier))
+    p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/sft/checkpoints/best")
     p.add_argument("--data", required=True, help="data file to evaluate on")

@@ -1,0 +1,125 @@
+"""A causal LM as a policy: batched sampling with the KV cache, and token log-probs.
+
+Shapes: P prompts, K samples each, B = P·K rows, Tp prompt tokens (left-padded), T completion
+tokens (right-padded after EOS), V vocabulary.
+
+Log-probs of the sampled tokens come from the raw logits `generate` already computed
+(`output_logits=True`), divided by the temperature, so no extra forward pass is spent on
+π_old. They match a fresh full-sequence forward pass up to float rounding (KV-cached vs. one-shot
+attention); `tests/test_causal_lm_policy.py` checks the tolerance. The training forward pass
+must use the same position ids as generation, which with left padding are *not* arange(T):
+`position_ids` below reproduces them from the attention mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..algorithms import logprobs_from_logits
+from ..config import doc
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """How completions are sampled."""
+
+    max_new_tokens: int = doc(32, "completion length budget T")
+    temperature: float = doc(1.0, "sampling temperature (the policy is softmax(logits / temperature))")
+    top_p: float = doc(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = doc(0, "top-k sampling (0 = off)")
+    chat_template: bool = doc(False, "wrap each prompt as a user turn with the model's chat template")
+    stop_strings: tuple = doc((), "extra strings that end a completion")
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions and what the update needs about them."""
+
+    prompt_ids: torch.Tensor  # (B, Tp) left-padded
+    prompt_mask: torch.Tensor  # (B, Tp)
+    completion_ids: torch.Tensor  # (B, T) right-padded
+    completion_mask: torch.Tensor  # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor  # (B, T) log π_old of the sampled tokens
+    prompts: list[str]  # (B,)
+    completions: list[str]  # (B,)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)  # (B, Tp + T)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)  # (B, Tp + T)
+
+    def rows(self, idx: slice) -> "Rollout":
+        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+                       self.completion_mask[idx], self.logprobs[idx], self.prompts[idx], self.completions[idx])
+
+
+def format_prompts(tok: Any, prompts: Sequence[str], chat_template: bool) -> list[str]:
+    """Raw prompts, or each one as a user turn through the tokenizer's chat template."""
+    if not chat_template:
+        return list(prompts)
+    if not getattr(tok, "chat_template", None):
+        raise ValueError("chat_template=true but this tokenizer has no chat template")
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, as `generate` does for left-padded rows.  (B, L)"""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
+    """1 for tokens up to and including the first EOS, 0 after.  ids (B, T) → (B, T)."""
+    is_eos = torch.zeros_like(ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= ids == e
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long()
+
+
+@torch.no_grad()
+def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSettings, max_prompt_tokens: int) -> Rollout:
+    """K completions for each of P prompts (rows ordered prompt-major: p0k0, p0k1, ..., p1k0, ...)."""
+    texts = format_prompts(tok, prompts, gen.chat_template)
+    enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=not gen.chat_template)
+    too_long = [i for i, m in enumerate(enc["attention_mask"]) if int(m.sum()) > max_prompt_tokens]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(f"{len(too_long)} prompt(s) longer than {max_prompt_tokens} tokens "
+                         f"(context minus max_new_tokens), first: {prompts[i][:120]!r}")
+    device = next(model.parameters()).device
+    ids = enc["input_ids"].repeat_interleave(k, 0).to(device)  # (B, Tp)
+    mask = enc["attention_mask"].repeat_interleave(k, 0).to(device)  # (B, Tp)
+    eos = model.generation_config.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=True, temperature=gen.temperature, top_p=gen.top_p,
+        top_k=gen.top_k or None, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
+        eos_token_id=eos_ids, return_dict_in_generate=True, output_logits=True,
+        stop_strings=list(gen.stop_strings) or None, tokenizer=tok if gen.stop_strings else None,
+    )
+    comp = out.sequences[:, ids.shape[1]:]  # (B, T)
+    cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
+    comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
+    logits = torch.stack(out.logits, dim=1).float() / gen.temperature  # (B, T, V)
+    logp = logprobs_from_logits(logits, comp) * cmask  # (B, T)
+    completions = tok.batch_decode(comp, skip_special_tokens=True)
+    return Rollout(ids, mask, comp, cmask, logp, [p for p in prompts for _ in range(k)], completions)
+
+
+def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(token) and entropy for the last `n_completion` positions.  ids (B, L) → (B, T), (B, T)."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, L, V)
+    logits = logits[:, -n_completion - 1:-1].float() / temperature  # (B, T, V): logits that predict each token
+    targets = ids[:, -n_completion:]  # (B, T)
+    logp = logprobs_from_logits(logits, targets)
+    with torch.no_grad():
+        from ..algorithms import entropy_from_logits
+        ent = entropy_from_logits(logits)
+    return logp, ent

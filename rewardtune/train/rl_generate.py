@@ -1,0 +1,250 @@
+"""Reward-driven fine-tuning of a causal LM: rollout → score → advantages → update.
+
+One step: P prompts × K samples = B completions are sampled with the KV cache, scored by the
+reward functions, turned into advantages by the chosen estimator, and used for one policy-
+gradient update (REINFORCE / RLOO / GRPO / Dr. GRPO). `micro_batch_size` only bounds memory:
+each micro-batch's loss is weighted by its share of the aggregation's denominator, so the
+summed gradient equals the full-batch gradient.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ..algorithms import EMABaseline, get_advantage_fn, kl_loss, masked_mean, pg_loss
+from ..config import DataSettings, ModelSettings, doc, nested
+from ..data import load_examples
+from ..models import apply_lora, load_causal_lm
+from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs
+from ..rewards import CombinedReward, build_rewards
+from ..run import RunContext, start_run
+from .common import accelerator_kwargs  # noqa: F401  (same precision switch as the classifier trainers)
+
+
+@dataclass(frozen=True)
+class GenRLSettings:
+    """Algorithm, batch and KL settings for generative RL."""
+
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo"] = doc("grpo", "advantage estimator")
+    prompts_per_step: int = doc(4, "P: prompts per step")
+    samples_per_prompt: int = doc(4, "K: completions per prompt (B = P·K per step)")
+    micro_batch_size: int = doc(0, "rows per forward/backward (0 = B); never changes the update")
+    steps: int = doc(20, "optimiser steps")
+    lr: float = doc(1e-4, "AdamW learning rate (constant)")
+    max_grad_norm: float = doc(1.0, "gradient clipping (0 = off)")
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = doc(
+        "seq_mean_token_mean", "how token losses become one number (Dr. GRPO: seq_mean_token_sum)")
+    baseline: Literal["none", "mean", "ema"] = doc("mean", "reinforce: baseline")
+    kl_coef: float = doc(0.04, "β of the KL to the reference policy (0 = no reference)")
+    kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "per-token KL estimator")
+    rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
+    reward_weights: tuple = doc((), "one weight per reward")
+    eval_every: int = doc(10, "steps between held-out evaluations (0 = only at the end)")
+    eval_prompts: int = doc(16, "held-out prompts evaluated (greedy)")
+    sample_every: int = doc(5, "steps between samples.jsonl rows")
+    log_every: int = doc(1, "steps between metrics.jsonl rows")
+
+
+@dataclass(frozen=True)
+class GenRLConfig:
+    """`rewardtune rl` with `policy: causal-lm`."""
+
+    model: ModelSettings = nested(lambda: ModelSettings(name="smollm2-135m-instruct"), "causal LM to fine-tune")
+    data: DataSettings = nested(lambda: DataSettings(path="demo-prompts", label_column=""), "prompts")
+    gen: GenSettings = nested(GenSettings, "sampling")
+    rl: GenRLSettings = nested(GenRLSettings, "algorithm, batch, KL, rewards")
+    policy: Literal["causal-lm"] = doc("causal-lm", "what the action is (a completion)")
+    runs_dir: str = doc("runs", "folder holding run folders")
+    name: str = doc("rl-lm", "run folder name")
+    seed: int = doc(0, "global seed")
+
+
+def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
+    """A toy reward for smoke tests: completion length in words, capped at 10, divided by 10."""
+    return [min(len(c.split()), 10) / 10 for c in completions]
+
+
+BUILTIN_REWARDS: dict[str, Callable[[], Any]] = {"length": lambda: length_reward}
+
+
+def setup_reward(rl: GenRLSettings) -> CombinedReward:
+    return build_rewards(rl.rewards, rl.reward_weights, BUILTIN_REWARDS)
+
+
+def setup_reference(model: Any, rl: GenRLSettings) -> Callable[[], Any]:
+    """Context factory yielding the reference model: the adapter disabled (LoRA), else a frozen copy."""
+    if rl.kl_coef == 0:
+        return nullcontext
+    if hasattr(model, "disable_adapter"):
+        return model.disable_adapter
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    class _Frozen:
+        def __enter__(self) -> Any:
+            return frozen
+
+        def __exit__(self, *exc: Any) -> None:
+            return None
+    return _Frozen
+
+
+def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str) -> float:
+    """This micro-batch's share of the full batch's aggregation denominator."""
+    if aggregation == "token_mean":
+        return float(mask.sum() / full_mask.sum().clamp(min=1))
+    return mask.shape[0] / full_mask.shape[0]
+
+
+def policy_loss(model: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor, full_mask: torch.Tensor,
+                rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one micro-batch, already weighted; stats are micro-batch means."""
+    T = ro.completion_ids.shape[1]
+    logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature)  # (b, T)
+    mask = ro.completion_mask
+    loss, _ = pg_loss(logp, adv, mask, rl.aggregation, gen.max_new_tokens)
+    stats = {"entropy": masked_mean(ent, mask)}
+    if rl.kl_coef:
+        with torch.no_grad(), ref() as ref_model:
+            ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids,
+                                         ro.attention_mask, T, gen.temperature)
+        kl, kst = kl_loss(logp, ref_logp, mask, rl.kl_coef, rl.kl_estimator, rl.aggregation, gen.max_new_tokens)
+        loss = loss + kl
+        stats["kl"] = kst.kl_mean
+    return loss * micro_weight(mask, full_mask, rl.aggregation), stats
+
+
+def advantages(rewards: torch.Tensor, rl: GenRLSettings, ema: EMABaseline) -> torch.Tensor:
+    """(P, K) rewards → (B,) advantages with the configured estimator."""
+    fn = get_advantage_fn(rl.algorithm)
+    adv = fn(rewards, baseline=rl.baseline, ema=ema) if rl.algorithm == "reinforce" else fn(rewards)
+    return adv.reshape(-1)
+
+
+def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, ref: Callable[[], Any], ro: Rollout,
+                         adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings) -> dict[str, float]:
+    """Backward over the rollout in micro-batches; the summed gradient is the full batch's."""
+    B = ro.completion_ids.shape[0]
+    mb = rl.micro_batch_size or B
+    sums: dict[str, float] = {}
+    for s in range(0, B, mb):
+        loss, stats = policy_loss(model, ref, ro.rows(slice(s, s + mb)), adv[s:s + mb], ro.completion_mask, rl, gen)
+        backward(loss)
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * min(mb, B - s) / B
+    return sums
+
+
+def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor,
+           rl: GenRLSettings, gen: GenSettings) -> dict[str, float]:
+    """One optimiser step over the rollout."""
+    stats = accumulate_gradients(run.accelerator.backward, model, ref, ro, adv, rl, gen)
+    if rl.max_grad_norm:
+        stats["grad_norm"] = float(run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm))
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+    return stats
+
+
+def check_settings(rl: GenRLSettings, n_prompts: int) -> None:
+    if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:
+        raise ValueError(f"algorithm {rl.algorithm!r} compares samples within a group: "
+                         f"samples_per_prompt must be ≥ 2, got {rl.samples_per_prompt}")
+    if n_prompts == 0:
+        raise ValueError("the prompt set is empty")
+
+
+def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int) -> None:
+    lengths = [len(ids) for ids in tok(prompts)["input_ids"]]
+    bad = [i for i, n in enumerate(lengths) if n > max_tokens]
+    if bad:
+        raise ValueError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens (the context minus max_new_tokens); "
+                         f"first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
+
+
+def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run generative RL; returns the last held-out reward and the run folder."""
+    rl, gen = cfg.rl, cfg.gen
+    prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
+    check_settings(rl, len(prompts))
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    rng = random.Random(cfg.seed)
+    order = list(range(len(prompts)))
+    rng.shuffle(order)
+    held_out = [prompts[i] for i in order[:rl.eval_prompts]]
+    train_prompts = [prompts[i] for i in order[rl.eval_prompts:]] or held_out
+    model, tok = load_causal_lm(cfg.model.name)
+    model = apply_lora(model, cfg.model.lora)
+    reward, ref = setup_reward(rl), setup_reference(model, rl)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rl.lr)
+    model, optim = run.accelerator.prepare(model, optim)
+    max_prompt = getattr(model.config, "max_position_embeddings", 2048) - gen.max_new_tokens
+    check_prompt_lengths(tok, prompts, max_prompt)  # before any step, not at the step that meets it
+    ema, cycle = EMABaseline(), itertools.cycle(train_prompts)
+    run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
+              f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
+              f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
+    last_eval = None
+    for step in tqdm(range(1, rl.steps + 1), disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
+        batch = [next(cycle) for _ in range(rl.prompts_per_step)]
+        t0 = time.time()
+        ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
+        t1 = time.time()
+        scored = reward(ro.prompts, ro.completions)
+        rewards = scored.total.reshape(rl.prompts_per_step, rl.samples_per_prompt)  # (P, K)
+        t2 = time.time()
+        stats = update(run, model, optim, ref, ro, advantages(rewards, rl, ema).to(ro.logprobs.device), rl, gen)
+        t3 = time.time()
+        if step % rl.log_every == 0:
+            n_tok = int(ro.completion_mask.sum())
+            run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(),
+                    **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
+                    completion_len=ro.completion_mask.sum(-1).float().mean(),
+                    equal_reward_groups=(rewards.std(-1) == 0).float().mean(),
+                    time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2, tokens_per_s=n_tok / (t1 - t0))
+        if rl.sample_every and step % rl.sample_every == 0:
+            run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
+        if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
+            last_eval = evaluate(run, model, tok, reward, held_out, gen, step)
+    save_policy(run, model, tok)
+    return {"run_dir": str(run.dir), "steps": rl.steps, "eval": last_eval}
+
+
+@torch.no_grad()
+def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
+             step: int) -> dict[str, float]:
+    """Greedy completions of held-out prompts: mean reward, length, distinct-1/2."""
+    net = run.accelerator.unwrap_model(model)
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts] if gen.chat_template else prompts
+    enc = tok(texts, padding=True, return_tensors="pt").to(next(net.parameters()).device)
+    out = net.generate(**enc, do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id)
+    completions = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    r = reward(prompts, completions).total
+    words = [c.split() for c in completions]
+    m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
+         "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
+    run.log(step, split="eval", decoding="greedy", **m)
+    run.log_sample(step, split="eval", prompt=prompts[0], completion=completions[0], reward=float(r[0]))
+    return m
+
+
+def _distinct(words: list[list[str]], n: int) -> float:
+    grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+def save_policy(run: RunContext, model: Any, tok: Any) -> None:
+    """Final weights (adapter only with LoRA) as safetensors, with the tokenizer."""
+    if run.is_main:
+        out = run.checkpoints / "final"
+        run.accelerator.unwrap_model(model).save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
