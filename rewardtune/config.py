@@ -73,8 +73,12 @@ class DataSettings:
 
 
 # ---------------------------------------------------------------- loading
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass `cls` from a nested dict, checking keys and types."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", base: Any = None) -> T:
+    """Build dataclass `cls` from a nested dict, checking keys and types.
+
+    Keys not given keep `base`'s values (the enclosing field's default), not the class defaults:
+    `model.lora.r=8` must not reset a section default such as `model.name`.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -87,8 +91,21 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-    return cls(**kwargs)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            default = getattr(base, name) if base is not None else _field_default(fields[name])
+            kwargs[name] = from_dict(tp, value if value is not None else {}, f"{where}.{name}", default)
+        else:
+            kwargs[name] = _coerce(tp, value, f"{where}.{name}")
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

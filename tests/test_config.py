@@ -97,3 +97,16 @@ def test_describe_has_a_doc_for_every_field():
     assert "train.lr = 1e-05  # learning rate" in lines
     assert "model.lora.r = 0  # adapter rank; 0 disables LoRA (full fine-tuning)" in lines
     assert all(line.split("# ", 1)[1].strip() for line in lines)
+
+
+@dataclass(frozen=True)
+class WithSectionDefault:
+    model: ModelSettings = nested(lambda: ModelSettings(name="smollm2-135m-instruct"), "a section with its own default")
+
+
+def test_partial_section_override_keeps_the_section_default(tmp_path):
+    cfg = load_config(WithSectionDefault, None, ["model.lora.r=16"])
+    assert cfg.model.name == "smollm2-135m-instruct" and cfg.model.lora.r == 16
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  lora:\n    alpha: 4\n")
+    assert load_config(WithSectionDefault, f).model.name == "smollm2-135m-instruct"

@@ -109,7 +109,7 @@ class CombinedReward:
 
 
 def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None) -> CombinedReward:
-    """Names (built-in or `module:function`) and weights (default 1 each) → a CombinedReward."""
+    """Names (built-in, `rm:FOLDER` or `module:function`) and weights (default 1 each) → a CombinedReward."""
     if not names:
         raise RewardError("no reward functions given")
     if weights and len(weights) != len(names):
@@ -122,9 +122,12 @@ def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry:
     for n in names:
         if n in registry:
             fns[n] = registry[n]()
+        elif n.startswith("rm:"):  # a trained reward model folder, scored with its own tokenizer
+            from .model import reward_model
+            fns[n] = reward_model(n[3:])
         elif ":" in n:
             fns[n] = load_function(n)
         else:
-            raise RewardError(f"unknown reward {n!r}; built-ins: {', '.join(registry)}; or give 'module:function'")
+            raise RewardError(f"unknown reward {n!r}; built-ins: {', '.join(registry)}; or give 'rm:FOLDER' or 'module:function'")
     ws = [float(x) for x in weights] if weights else [1.0] * len(names)
     return CombinedReward(fns, dict(zip(fns, ws)))

@@ -192,7 +192,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
-    last_eval = None
+    first_eval = last_eval = evaluate(run, model, tok, reward, held_out, gen, 0)  # the starting point, for the curve
     for step in tqdm(range(1, rl.steps + 1), disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
         batch = [next(cycle) for _ in range(rl.prompts_per_step)]
         t0 = time.time()
@@ -215,7 +215,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
         if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
             last_eval = evaluate(run, model, tok, reward, held_out, gen, step)
     save_policy(run, model, tok)
-    return {"run_dir": str(run.dir), "steps": rl.steps, "eval": last_eval}
+    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval}
 
 
 @torch.no_grad()
