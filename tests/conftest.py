@@ -18,8 +18,10 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT saved as a normal HF folder."""
+    import torch
     from transformers import BertConfig, BertModel
 
+    torch.manual_seed(0)  # the same weights whichever tests ran first
     tok = make_tokenizer()
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)

@@ -83,8 +83,12 @@ def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> t
 
 
 @torch.no_grad()
-def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSettings, max_prompt_tokens: int) -> Rollout:
-    """K completions for each of P prompts (rows ordered prompt-major: p0k0, p0k1, ..., p1k0, ...)."""
+def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSettings, max_prompt_tokens: int,
+           greedy: bool = False) -> Rollout:
+    """K completions for each of P prompts (rows ordered prompt-major: p0k0, p0k1, ..., p1k0, ...).
+
+    `greedy=True` decodes greedily (evaluation); log-probs are then under the untempered policy.
+    """
     texts = format_prompts(tok, prompts, gen.chat_template)
     enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=not gen.chat_template)
     too_long = [i for i, m in enumerate(enc["attention_mask"]) if int(m.sum()) > max_prompt_tokens]
@@ -98,15 +102,15 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
     out = model.generate(
-        input_ids=ids, attention_mask=mask, do_sample=True, temperature=gen.temperature, top_p=gen.top_p,
-        top_k=gen.top_k or None, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
+        input_ids=ids, attention_mask=mask, do_sample=not greedy, temperature=None if greedy else gen.temperature,
+        top_p=None if greedy else gen.top_p, top_k=None if greedy else (gen.top_k or None), max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
         eos_token_id=eos_ids, return_dict_in_generate=True, output_logits=True,
         stop_strings=list(gen.stop_strings) or None, tokenizer=tok if gen.stop_strings else None,
     )
     comp = out.sequences[:, ids.shape[1]:]  # (B, T)
     cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
-    logits = torch.stack(out.logits, dim=1).float() / gen.temperature  # (B, T, V)
+    logits = torch.stack(out.logits, dim=1).float() / (1.0 if greedy else gen.temperature)  # (B, T, V)
     logp = logprobs_from_logits(logits, comp) * cmask  # (B, T)
     completions = tok.batch_decode(comp, skip_special_tokens=True)
     return Rollout(ids, mask, comp, cmask, logp, [p for p in prompts for _ in range(k)], completions)

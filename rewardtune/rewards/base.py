@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -76,6 +76,54 @@ class RewardResult:
 
 
 @dataclass
+class RunningStats:
+    """Count, mean and sum of squared deviations of every value seen (Welford 1962); checkpointable."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        for v in x[~torch.isnan(x)].tolist():
+            self.n += 1
+            d = v - self.mean
+            self.mean += d / self.n
+            self.m2 += d * (v - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
+
+
+def _no_norm(x: torch.Tensor, st: RunningStats) -> torch.Tensor:
+    return x
+
+
+def _running_norm(x: torch.Tensor, st: RunningStats) -> torch.Tensor:
+    """(r − mean) / std over every value seen so far, this batch included.  (B,) → (B,)"""
+    st.update(x)
+    return (x - st.mean) / max(st.std, 1e-8)
+
+
+def _rank_norm(x: torch.Tensor, st: RunningStats) -> torch.Tensor:
+    """Ranks within the batch scaled to [0, 1], ties averaged; NaN (no opinion) stays NaN.  (B,) → (B,)"""
+    out = torch.full_like(x, math.nan)
+    ok = ~torch.isnan(x)
+    v = x[ok]
+    if v.numel() == 1:
+        out[ok] = 0.5
+    elif v.numel() > 1:
+        ranks = (v.unsqueeze(0) < v.unsqueeze(1)).sum(1).float() + 0.5 * ((v.unsqueeze(0) == v.unsqueeze(1)).sum(1).float() - 1)
+        out[ok] = ranks / (v.numel() - 1)
+    return out
+
+
+NORMALIZERS: dict[str, Callable[[torch.Tensor, RunningStats], torch.Tensor]] = {
+    "none": _no_norm, "running": _running_norm, "rank": _rank_norm,
+}
+
+
+@dataclass
 class CombinedReward:
     """Weighted sum of reward functions; `None` values are left out and the weights rescaled.
 
@@ -86,6 +134,8 @@ class CombinedReward:
 
     fns: dict[str, Callable[..., Any]]
     weights: dict[str, float]
+    normalize: str = "none"  # "none" | "running" (mean/std over all batches so far) | "rank" (within the batch)
+    stats: dict[str, "RunningStats"] = field(default_factory=dict)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
         comps: dict[str, torch.Tensor] = {}
@@ -97,8 +147,9 @@ class CombinedReward:
                                   f"(batch of {len(prompts)}, first {_example(prompts, completions, 0)})") from e
             vals = check_rewards(name, raw, prompts, completions)
             comps[name] = torch.tensor([math.nan if v is None else v for v in vals], dtype=torch.float32)
+        normed = {n: NORMALIZERS[self.normalize](v, self.stats.setdefault(n, RunningStats())) for n, v in comps.items()}
         w = torch.tensor([self.weights[n] for n in comps])  # (F,)
-        r = torch.stack(list(comps.values()), dim=-1)  # (B, F)
+        r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
         present = ~torch.isnan(r)
         w_present = (present * w.abs()).sum(-1)  # (B,)
         if (w_present == 0).any():
@@ -108,7 +159,8 @@ class CombinedReward:
         return RewardResult(total, comps)
 
 
-def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None) -> CombinedReward:
+def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None,
+                  normalize: str = "none") -> CombinedReward:
     """Names (built-in, `rm:FOLDER` or `module:function`) and weights (default 1 each) → a CombinedReward."""
     if not names:
         raise RewardError("no reward functions given")
@@ -130,4 +182,6 @@ def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry:
         else:
             raise RewardError(f"unknown reward {n!r}; built-ins: {', '.join(registry)}; or give 'rm:FOLDER' or 'module:function'")
     ws = [float(x) for x in weights] if weights else [1.0] * len(names)
-    return CombinedReward(fns, dict(zip(fns, ws)))
+    if normalize not in NORMALIZERS:
+        raise RewardError(f"reward normalisation {normalize!r}: expected one of {', '.join(NORMALIZERS)}")
+    return CombinedReward(fns, dict(zip(fns, ws)), normalize)

@@ -25,15 +25,16 @@ from ..data import load_examples
 from ..models import apply_lora, load_causal_lm
 from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs
 from ..rewards import CombinedReward, build_rewards
+from ..rewards import text as text_rewards
 from ..run import RunContext, start_run
-from .common import accelerator_kwargs  # noqa: F401  (same precision switch as the classifier trainers)
+from .ppo import PPOSettings, ValueHead, ppo_update
 
 
 @dataclass(frozen=True)
 class GenRLSettings:
     """Algorithm, batch and KL settings for generative RL."""
 
-    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo"] = doc("grpo", "advantage estimator")
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = doc("grpo", "estimator (ppo: value head + GAE)")
     prompts_per_step: int = doc(4, "P: prompts per step")
     samples_per_prompt: int = doc(4, "K: completions per prompt (B = P·K per step)")
     micro_batch_size: int = doc(0, "rows per forward/backward (0 = B); never changes the update")
@@ -47,6 +48,9 @@ class GenRLSettings:
     kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "per-token KL estimator")
     rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
     reward_weights: tuple = doc((), "one weight per reward")
+    reward_normalize: Literal["none", "running", "rank"] = doc("none", "per-reward normalisation before weighting")
+    regex: str = doc("", "pattern for the `regex` reward (1 if the completion matches)")
+    target_length: int = doc(20, "target words for the `length_penalty` reward")
     eval_every: int = doc(10, "steps between held-out evaluations (0 = only at the end)")
     eval_prompts: int = doc(16, "held-out prompts evaluated (greedy)")
     sample_every: int = doc(5, "steps between samples.jsonl rows")
@@ -61,6 +65,7 @@ class GenRLConfig:
     data: DataSettings = nested(lambda: DataSettings(path="demo-prompts", label_column=""), "prompts")
     gen: GenSettings = nested(GenSettings, "sampling")
     rl: GenRLSettings = nested(GenRLSettings, "algorithm, batch, KL, rewards")
+    ppo: PPOSettings = nested(PPOSettings, "PPO epochs, minibatches, clipping, GAE (rl.algorithm=ppo)")
     policy: Literal["causal-lm"] = doc("causal-lm", "what the action is (a completion)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-lm", "run folder name")
@@ -72,11 +77,13 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
     return [min(len(c.split()), 10) / 10 for c in completions]
 
 
-BUILTIN_REWARDS: dict[str, Callable[[], Any]] = {"length": lambda: length_reward}
-
-
 def setup_reward(rl: GenRLSettings) -> CombinedReward:
-    return build_rewards(rl.rewards, rl.reward_weights, BUILTIN_REWARDS)
+    """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER, module:fn."""
+    builtins: dict[str, Callable[[], Any]] = {
+        "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
+        "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
+    }
+    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize)
 
 
 def setup_reference(model: Any, rl: GenRLSettings) -> Callable[[], Any]:
@@ -155,7 +162,7 @@ def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: 
 
 
 def check_settings(rl: GenRLSettings, n_prompts: int) -> None:
-    if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:
+    if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:  # ppo and reinforce do not
         raise ValueError(f"algorithm {rl.algorithm!r} compares samples within a group: "
                          f"samples_per_prompt must be ≥ 2, got {rl.samples_per_prompt}")
     if n_prompts == 0:
@@ -179,20 +186,27 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     rng = random.Random(cfg.seed)
     order = list(range(len(prompts)))
     rng.shuffle(order)
-    held_out = [prompts[i] for i in order[:rl.eval_prompts]]
-    train_prompts = [prompts[i] for i in order[rl.eval_prompts:]] or held_out
+    if cfg.data.val_path:  # a fixed held-out prompt set
+        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:rl.eval_prompts]
+        train_prompts = [prompts[i] for i in order]
+    else:
+        held_out = [prompts[i] for i in order[:rl.eval_prompts]]
+        train_prompts = [prompts[i] for i in order[rl.eval_prompts:]] or held_out
     model, tok = load_causal_lm(cfg.model.name)
     model = apply_lora(model, cfg.model.lora)
     reward, ref = setup_reward(rl), setup_reference(model, rl)
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rl.lr)
+    head = ValueHead(model.config.hidden_size) if rl.algorithm == "ppo" else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    optim = torch.optim.AdamW(params, lr=rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
     max_prompt = getattr(model.config, "max_position_embeddings", 2048) - gen.max_new_tokens
-    check_prompt_lengths(tok, prompts, max_prompt)  # before any step, not at the step that meets it
+    check_prompt_lengths(tok, prompts + held_out, max_prompt)  # before any step, not at the step that meets it
     ema, cycle = EMABaseline(), itertools.cycle(train_prompts)
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
-    first_eval = last_eval = evaluate(run, model, tok, reward, held_out, gen, 0)  # the starting point, for the curve
+    first_eval = last_eval = evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
+    best = first_eval["reward"]
     for step in tqdm(range(1, rl.steps + 1), disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
         batch = [next(cycle) for _ in range(rl.prompts_per_step)]
         t0 = time.time()
@@ -201,39 +215,50 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
         scored = reward(ro.prompts, ro.completions)
         rewards = scored.total.reshape(rl.prompts_per_step, rl.samples_per_prompt)  # (P, K)
         t2 = time.time()
-        stats = update(run, model, optim, ref, ro, advantages(rewards, rl, ema).to(ro.logprobs.device), rl, gen)
+        if head is not None:
+            stats = ppo_step(run, model, head, optim, params, ref, ro, scored.total, cfg)
+        else:
+            stats = update(run, model, optim, ref, ro, advantages(rewards, rl, ema).to(ro.logprobs.device), rl, gen)
         t3 = time.time()
         if step % rl.log_every == 0:
             n_tok = int(ro.completion_mask.sum())
             run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(),
                     **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
                     completion_len=ro.completion_mask.sum(-1).float().mean(),
-                    equal_reward_groups=(rewards.std(-1) == 0).float().mean(),
+                    equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(),
                     time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2, tokens_per_s=n_tok / (t1 - t0))
         if rl.sample_every and step % rl.sample_every == 0:
             run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
         if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
-            last_eval = evaluate(run, model, tok, reward, held_out, gen, step)
-    save_policy(run, model, tok)
-    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval}
+            last_eval = evaluate(run, model, tok, reward, held_out, gen, step, max_prompt)
+            if last_eval["reward"] > best:  # keep the best policy by held-out reward
+                best = last_eval["reward"]
+                save_policy(run, model, tok, head, "best")
+    save_policy(run, model, tok, head)
+    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval, "best_reward": best}
 
 
 @torch.no_grad()
 def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
-             step: int) -> dict[str, float]:
-    """Greedy completions of held-out prompts: mean reward, length, distinct-1/2."""
+             step: int, max_prompt: int = 10**9) -> dict[str, float]:
+    """Greedy completions of held-out prompts: reward, length, distinct-1/2, and against the reference
+    model (the adapter disabled; LoRA only): KL on the greedy tokens Σ(log π − log π_ref)/n and the
+    completions' perplexity under the reference, exp(−mean log π_ref)."""
     net = run.accelerator.unwrap_model(model)
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts] if gen.chat_template else prompts
-    enc = tok(texts, padding=True, return_tensors="pt").to(next(net.parameters()).device)
-    out = net.generate(**enc, do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id)
-    completions = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    r = reward(prompts, completions).total
-    words = [c.split() for c in completions]
+    ro = sample(net, tok, prompts, 1, gen, max_prompt, greedy=True)
+    r = reward(prompts, ro.completions).total
+    words = [c.split() for c in ro.completions]
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
+    if hasattr(net, "disable_adapter"):
+        with net.disable_adapter():
+            ref_logp, _ = token_logprobs(net, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1])
+        mask = ro.completion_mask
+        m["kl_greedy"] = float(masked_mean(ro.logprobs - ref_logp, mask))
+        m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))
     run.log(step, split="eval", decoding="greedy", **m)
-    run.log_sample(step, split="eval", prompt=prompts[0], completion=completions[0], reward=float(r[0]))
+    for i in range(min(3, len(prompts))):
+        run.log_sample(step, split="eval", prompt=prompts[i], completion=ro.completions[i], reward=float(r[i]))
     return m
 
 
@@ -242,9 +267,31 @@ def _distinct(words: list[list[str]], n: int) -> float:
     return len(set(grams)) / max(1, len(grams))
 
 
-def save_policy(run: RunContext, model: Any, tok: Any) -> None:
-    """Final weights (adapter only with LoRA) as safetensors, with the tokenizer."""
+def save_policy(run: RunContext, model: Any, tok: Any, head: Any = None, name: str = "final") -> None:
+    """Weights (adapter only with LoRA) as safetensors, with the tokenizer (and PPO's value head)."""
     if run.is_main:
-        out = run.checkpoints / "final"
+        out = run.checkpoints / name
         run.accelerator.unwrap_model(model).save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
+        if head is not None:
+            from safetensors.torch import save_file
+            save_file(head.state_dict(), str(out / "value_head.safetensors"))
+
+
+def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
+             scores: torch.Tensor, cfg: GenRLConfig) -> dict[str, float]:
+    """Reference log-probs for the KL-in-reward, then PPO's epochs of minibatch updates."""
+    T = ro.completion_ids.shape[1]
+    ref_logp = None
+    if cfg.rl.kl_coef:
+        with torch.no_grad(), ref() as ref_model:
+            ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
+                                         T, cfg.gen.temperature)
+
+    def step() -> None:
+        if cfg.rl.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+    return ppo_update(run.accelerator.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
+                      cfg.rl.kl_coef, cfg.ppo, cfg.gen)
