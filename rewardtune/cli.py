@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.reward_model import RMConfig, train_reward_model
 
     rm = sub.add_parser("rm", help="train and use reward models").add_subparsers(dest="sub", required=True)
-    p = rm.add_parser("train", help="pointwise (labels) or pairwise (chosen/rejected) reward model")
+    p = rm.add_parser("train", help="pointwise (labels), regression (scores) or pairwise (chosen/rejected) reward model")
     _config_args(p)
     p.set_defaults(func=_train_command(RMConfig, train_reward_model))
     p = rm.add_parser("score", help="score (prompt, completion) rows with a reward model; write JSONL")

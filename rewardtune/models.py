@@ -211,7 +211,8 @@ def load_tokenizer(name: str) -> Any:
     """The tokenizer of `name`, with a pad token (causal LMs often lack one)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(name))
+    own = Path(name).is_dir() and (Path(name) / "tokenizer_config.json").exists()  # e.g. a LoRA checkpoint
+    tok = AutoTokenizer.from_pretrained(name if own else resolve(name))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -138,3 +138,50 @@ def test_broken_reward_model_folders(pairwise_rm, tmp_path):
         reward_model(mismatch)
     with pytest.raises(RewardModelError, match="is not a folder"):
         reward_model(tmp_path / "nope")
+
+
+@pytest.fixture(scope="module")
+def score_file(tmp_path_factory):
+    """Scores in [0, 3]: the number of positive words in the sentence (0–3), so a text's words set its score."""
+    rng = random.Random(3)
+    rows = []
+    for _ in range(120):
+        k = rng.randrange(4)
+        words = rng.sample(POS, k) + rng.sample(NEG, 3 - k) + rng.sample(FILLER, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "score": k})
+    path = tmp_path_factory.mktemp("scores") / "scores.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_regression_rm_learns_scores_and_is_a_scalar_reward(tiny_encoder_dir, score_file, tmp_path):
+    out = train_reward_model(cfg(tiny_encoder_dir, score_file, tmp_path, "reg", "rm.mode=regression"), show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert val[-1]["mse"] < val[0]["mse"] and out["best"] >= 0.7, val  # held-out Pearson; 0 for a constant guess
+    best = tmp_path / "reg" / "checkpoints" / "best"
+    assert json.loads((best / "rewardtune.json").read_text())["head"] == "scalar"
+    s = reward_model(best)(["", ""], ["great best loved the film", "awful worst boring the film"])
+    assert s[0] > s[1]
+
+
+def test_regression_rm_names_the_row_with_a_bad_score(tiny_encoder_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "score": 1.5}\n{"text": "odd", "score": "high"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl.*line 2.*'score'.*finite number.*'high'"):
+        train_reward_model(cfg(tiny_encoder_dir, bad, tmp_path, "bad", "rm.mode=regression"), show_progress=False)
+    bad.write_text('{"text": "fine", "rating": 1}\n')
+    with pytest.raises(DataError, match="no column 'score'.*text, rating"):
+        train_reward_model(cfg(tiny_encoder_dir, bad, tmp_path, "bad2", "rm.mode=regression"), show_progress=False)
+
+
+def test_pairwise_rm_on_a_causal_lm_backbone(tiny_causal_lm_dir, pair_file, tmp_path):
+    """A causal LM gets a last-token score head (LlamaForSequenceClassification); LoRA trains it."""
+    out = train_reward_model(cfg(tiny_causal_lm_dir, pair_file, tmp_path, "lm", "rm.mode=pairwise",
+                                 "model.lora.r=8", "train.epochs=8"), show_progress=False)
+    assert out["best"] >= 0.75, out
+    best = tmp_path / "lm" / "checkpoints" / "best"
+    rm = reward_model(best)
+    texts = ["the film was great", "the film was awful"]
+    assert rm(["", ""], texts) == reward_model(best)(["", ""], texts)  # reload → identical scores

@@ -27,15 +27,18 @@ def check_folder(path: str | Path) -> dict[str, Any]:
     folder = Path(path)
     if not folder.is_dir():
         raise RewardModelError(f"reward model {folder} is not a folder")
-    missing = [f for f in REQUIRED if not (folder / f).exists()]
-    if not any((folder / f).exists() for f in ("model.safetensors", "adapter_model.safetensors")):
-        missing.append("model.safetensors")
+    lora = (folder / "adapter_config.json").exists()  # an adapter over its base: no config.json of its own
+    required = [f for f in REQUIRED if not (lora and f == "config.json")]
+    missing = [f for f in required if not (folder / f).exists()]
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    if not (folder / weights).exists():
+        missing.append(weights)
     if missing:
         raise RewardModelError(f"reward model {folder} is missing {', '.join(missing)}; "
                                "was it written by `rewardtune rm train` (or `sft`)?")
     meta = json.loads((folder / "rewardtune.json").read_text())
     head = meta.get("head", "classifier")
-    n_labels = len(json.loads((folder / "config.json").read_text()).get("id2label") or {}) or None
+    n_labels = None if lora else len(json.loads((folder / "config.json").read_text()).get("id2label") or {}) or None
     if head == "scalar" and n_labels not in (None, 1):
         raise RewardModelError(f"{folder}: rewardtune.json says head=scalar but config.json has {n_labels} labels")
     if head == "classifier" and meta.get("label_names") and n_labels not in (None, len(meta["label_names"])):

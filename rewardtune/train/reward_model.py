@@ -1,16 +1,17 @@
-"""`rewardtune rm train`: pointwise (labels → P(positive)) and pairwise (Bradley–Terry) reward models.
+"""`rewardtune rm train`: pointwise (labels → P(positive)), regression (scores) and pairwise (Bradley–Terry).
 
 Pointwise training *is* supervised classification, so it reuses `train_sft` and only marks the
-saved folder as a reward model. Pairwise training has its own short loop: score chosen and
-rejected with a scalar head, minimise -log σ(r_c - r_r - m), keep the best by pairwise accuracy.
+saved folder as a reward model. Regression and pairwise share one short loop over a one-output
+head; what differs (row loading, loss, validation metric) is a `ScalarTask` picked once by mode.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -28,7 +29,9 @@ from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_op
 class RMSettings:
     """What kind of reward model and how its loss is shaped."""
 
-    mode: Literal["pointwise", "pairwise"] = doc("pointwise", "labels → classifier, or chosen/rejected pairs")
+    mode: Literal["pointwise", "regression", "pairwise"] = doc(
+        "pointwise", "labels → classifier; numeric scores → scalar head (MSE); or chosen/rejected pairs")
+    score_column: str = doc("score", "regression: column holding each text's numeric score")
     positive_label: str = doc("", "pointwise: the label whose probability is the reward ('' = guess)")
     margin: float = doc(0.0, "pairwise: Bradley–Terry margin m")
     center_coef: float = doc(0.0, "pairwise: weight of mean(r)² keeping rewards centred at 0")
@@ -54,7 +57,7 @@ def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict[str, A
     """Train and save a reward model; its folder is `<run>/checkpoints/best`."""
     if cfg.rm.mode == "pointwise":
         return _pointwise(cfg, show_progress)
-    return _pairwise(cfg, show_progress)
+    return _scalar_head(cfg, show_progress)
 
 
 def _pointwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
@@ -83,6 +86,25 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.chosen)
 
+    def lengths(self) -> list[int]:
+        return [len(c) for c in self.chosen]
+
+
+@dataclass
+class Scored:
+    prompts: list[str]
+    texts: list[str]
+    scores: list[float]
+
+    def subset(self, idx: Any) -> "Scored":
+        return Scored(*([getattr(self, f)[i] for i in idx] for f in ("prompts", "texts", "scores")))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.texts]
+
 
 def load_pairs(table: Table, data: DataSettings, rm: RMSettings) -> Pairs:
     """Validate prompt/chosen/rejected rows; each bad row is named (file and line)."""
@@ -103,6 +125,28 @@ def load_pairs(table: Table, data: DataSettings, rm: RMSettings) -> Pairs:
         pairs.chosen.append(ch)
         pairs.rejected.append(rj)
     return pairs
+
+
+def load_scored(table: Table, data: DataSettings, rm: RMSettings) -> Scored:
+    """Validate text/score rows for regression; each bad row is named (file and line)."""
+    for c in (data.text_column, rm.score_column):
+        if c not in table.columns:
+            raise DataError(f"{table.source}: no column {c!r}; the columns are: {', '.join(table.columns)}")
+    out = Scored([], [], [])
+    for row, where in zip(table.rows, table.where):
+        text, score = row.get(data.text_column), row.get(rm.score_column)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: field {data.text_column!r}: expected non-empty text, got {text!r}")
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or isinstance(score, bool):
+            raise DataError(f"{where}: field {rm.score_column!r}: expected a finite number, got {score!r}")
+        out.prompts.append(str(row.get(data.prompt_column) or ""))
+        out.texts.append(text)
+        out.scores.append(value)
+    return out
 
 
 def _scores(model: Any, tok: Any, prompts: list[str], texts: list[str], max_length: int, device: Any) -> torch.Tensor:
@@ -129,14 +173,41 @@ def evaluate_pairs(model: Any, tok: Any, pairs: Pairs, max_length: int, device: 
     return {"pairwise_accuracy": float((d > 0).float().mean()), "mean_margin": float(d.mean())}
 
 
-def _pairwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
-    opt = cfg.train
+@torch.no_grad()
+def evaluate_scored(model: Any, tok: Any, rows: Scored, max_length: int, device: Any, batch_size: int = 64) -> dict[str, float]:
+    """Pearson and Spearman correlation and MSE between predicted and true scores."""
+    from scipy.stats import pearsonr, spearmanr
+
+    was = model.training
+    model.eval()
+    pred = torch.cat([_scores(model, tok, rows.prompts[s:s + batch_size], rows.texts[s:s + batch_size], max_length, device)
+                      for s in range(0, len(rows), batch_size)]).cpu()
+    model.train(was)
+    y = torch.tensor(rows.scores)
+    constant = bool(pred.std() == 0 or y.std() == 0)  # correlation undefined: report 0, not NaN
+    return {"pearson": 0.0 if constant else float(pearsonr(pred, y)[0]),
+            "spearman": 0.0 if constant else float(spearmanr(pred, y)[0]), "mse": float(((pred - y) ** 2).mean())}
+
+
+@dataclass(frozen=True)
+class ScalarTask:
+    """How one scalar-head mode loads rows, computes its loss and is evaluated (picked once by mode)."""
+
+    load: Callable[[Table, DataSettings, RMSettings], Any]
+    loss: Callable[..., tuple[torch.Tensor, dict]]
+    evaluate: Callable[..., dict[str, float]]
+    metric: str
+
+
+def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
+    """Pairwise (Bradley–Terry) or regression (MSE) training of a one-output head; best kept by val metric."""
+    opt, task = cfg.train, TASKS[cfg.rm.mode]
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(opt))
-    pairs = load_pairs(read_table(cfg.data.path, cfg.data.split), cfg.data, cfg.rm)
+    items = task.load(read_table(cfg.data.path, cfg.data.split), cfg.data, cfg.rm)
     if cfg.data.val_path:
-        train, val = pairs, load_pairs(read_table(cfg.data.val_path, cfg.data.split), cfg.data, cfg.rm)
+        train, val = items, task.load(read_table(cfg.data.val_path, cfg.data.split), cfg.data, cfg.rm)
     else:
-        train, val = _split_pairs(pairs, cfg.data)
+        train, val = _split_rows(items, cfg.data)
     model, tok = load_classifier(cfg.model.name, 1, {0: "reward"})
     tok.truncation_side = cfg.rm.truncation_side
     model = apply_lora(model, cfg.model.lora)
@@ -144,20 +215,15 @@ def _pairwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     total = min(total, opt.max_steps) if opt.max_steps else total
     optim, sched = setup_optimizer(model, opt, total)
     model, optim, sched = run.accelerator.prepare(model, optim, sched)
-    meta = {"kind": "reward_model", "head": "scalar", "mode": "pairwise", "label_names": ["reward"],
-            "max_length": opt.max_length, "use_prompt": any(p for p in train.prompts), "trainer": "rm-pairwise"}
-    run.print(f"rm pairwise: {len(train)} train pairs / {len(val)} val pairs, {total} steps")
+    meta = {"kind": "reward_model", "head": "scalar", "mode": cfg.rm.mode, "label_names": ["reward"],
+            "max_length": opt.max_length, "use_prompt": any(p for p in train.prompts), "trainer": f"rm-{cfg.rm.mode}"}
+    run.print(f"rm {cfg.rm.mode}: {len(train)} train / {len(val)} val rows, {total} steps")
     step, best, t0 = 0, None, time.time()
     bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc="rm")
     for epoch in range(opt.epochs):
-        for idx in batch_order([len(c) for c in train.chosen], opt.batch_size, cfg.seed, epoch, True, opt.group_by_length):
-            b = train.subset(idx)
-            dev = run.accelerator.device
-            r_c = _scores(model, tok, b.prompts, b.chosen, opt.max_length, dev)  # (b,)
-            r_r = _scores(model, tok, b.prompts, b.rejected, opt.max_length, dev)  # (b,)
-            loss, st = bradley_terry_loss(r_c, r_r, cfg.rm.margin or None)
-            centre = torch.cat([r_c, r_r]).mean() ** 2  # Eisenstein et al. 2023: keep E[r] ≈ 0
-            run.accelerator.backward(loss + cfg.rm.center_coef * centre)
+        for idx in batch_order(train.lengths(), opt.batch_size, cfg.seed, epoch, True, opt.group_by_length):
+            loss, stats = task.loss(model, tok, train.subset(idx), cfg, run.accelerator.device)
+            run.accelerator.backward(loss)
             if opt.max_grad_norm:
                 run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
             optim.step()
@@ -166,10 +232,10 @@ def _pairwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
             step += 1
             bar.update(1)
             if step % opt.log_every == 0 or step == total:
-                run.log(step, epoch=epoch, split="train", loss=loss.detach(), accuracy=st.accuracy, margin=st.margin)
+                run.log(step, epoch=epoch, split="train", loss=loss.detach(), **stats)
             if step >= total:
                 break
-        best = _eval_and_keep(run, model, tok, val, opt, step, epoch, best, meta)
+        best = _eval_and_keep(run, model, tok, val, opt, step, epoch, best, meta, task)
         if step >= total:
             break
     bar.close()
@@ -177,24 +243,40 @@ def _pairwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     return {"best": best, "run_dir": str(run.dir), "steps": step}
 
 
-def _split_pairs(pairs: Pairs, data: DataSettings) -> tuple[Pairs, Pairs]:
+def _pairwise_loss(model: Any, tok: Any, b: Pairs, cfg: RMConfig, dev: Any) -> tuple[torch.Tensor, dict]:
+    r_c = _scores(model, tok, b.prompts, b.chosen, cfg.train.max_length, dev)  # (b,)
+    r_r = _scores(model, tok, b.prompts, b.rejected, cfg.train.max_length, dev)  # (b,)
+    loss, st = bradley_terry_loss(r_c, r_r, cfg.rm.margin or None)
+    centre = torch.cat([r_c, r_r]).mean() ** 2  # Eisenstein et al. 2023: keep E[r] ≈ 0
+    return loss + cfg.rm.center_coef * centre, {"accuracy": st.accuracy, "margin": st.margin}
+
+
+def _regression_loss(model: Any, tok: Any, b: "Scored", cfg: RMConfig, dev: Any) -> tuple[torch.Tensor, dict]:
+    pred = _scores(model, tok, b.prompts, b.texts, cfg.train.max_length, dev)  # (b,)
+    return torch.nn.functional.mse_loss(pred, torch.tensor(b.scores, device=dev)), {}
+
+
+def _split_rows(items: Any, data: DataSettings) -> tuple[Any, Any]:
     from ..data import Examples
 
-    ex = Examples([str(i) for i in range(len(pairs))], None, [])  # split row numbers: texts may repeat
+    ex = Examples([str(i) for i in range(len(items))], None, [])  # split row numbers: texts may repeat
     tr, va = split(ex, data.val_fraction, data.seed, stratify=False)
-    return pairs.subset([int(t) for t in tr.texts]), pairs.subset([int(t) for t in va.texts])
+    return items.subset([int(t) for t in tr.texts]), items.subset([int(t) for t in va.texts])
 
 
-def _eval_and_keep(run: RunContext, model: Any, tok: Any, val: Pairs, opt: OptimSettings, step: int, epoch: int,
-                   best: float | None, meta: dict[str, Any]) -> float | None:
+def _eval_and_keep(run: RunContext, model: Any, tok: Any, val: Any, opt: OptimSettings, step: int, epoch: int,
+                   best: float | None, meta: dict[str, Any], task: "ScalarTask") -> float | None:
     if run.is_main:
-        m = evaluate_pairs(run.accelerator.unwrap_model(model), tok, val, opt.max_length, run.accelerator.device)
+        m = task.evaluate(run.accelerator.unwrap_model(model), tok, val, opt.max_length, run.accelerator.device)
         run.log(step, epoch=epoch, split="val", **m)
-        run.print(f"epoch {epoch} step {step}: val pairwise accuracy {m['pairwise_accuracy']:.4f}, "
-                  f"mean margin {m['mean_margin']:.3f}")
-        if best is None or m["pairwise_accuracy"] > best:
-            best = m["pairwise_accuracy"]
+        run.print(f"epoch {epoch} step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        if best is None or m[task.metric] > best:
+            best = m[task.metric]
             save_classifier(run, model, tok, run.checkpoints / "best", {**meta, "step": step, **m})
     run.accelerator.wait_for_everyone()
     return best
 
+
+
+TASKS = {"pairwise": ScalarTask(load_pairs, _pairwise_loss, evaluate_pairs, "pairwise_accuracy"),
+         "regression": ScalarTask(load_scored, _regression_loss, evaluate_scored, "pearson")}
