@@ -33,13 +33,31 @@ class QuickstartConfig:
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=train.jsonl")
+
+
+def _resume_args(args: argparse.Namespace) -> None:
+    """`--resume RUN_DIR` = its own config.yaml + your overrides + ckpt.resume=auto in that folder."""
+    from pathlib import Path
+
+    if not getattr(args, "resume", None):
+        return
+    run = Path(args.resume)
+    if args.config:
+        raise ConfigError("give --resume or --config, not both: a resumed run uses its own config.yaml")
+    if not (run / "config.yaml").exists():
+        raise ConfigError(f"--resume {run}: no config.yaml there; is it a run folder (runs/<name>)?")
+    args.config = str(run / "config.yaml")
+    args.overrides = [*args.overrides, "ckpt.resume=auto", f"runs_dir={run.parent}", f"name={run.name}"]
+    args.resume = None
 
 
 def _load(cls: type, args: argparse.Namespace) -> Any:
     if args.help_config:
         print("\n".join(describe(cls)))
         raise SystemExit(0)
+    _resume_args(args)
     return load_config(cls, args.config, args.overrides)
 
 
@@ -117,6 +135,10 @@ def _train_command(config_cls: type, train_fn: Any) -> Any:
     def cmd(args: argparse.Namespace) -> None:
         result = train_fn(_load(config_cls, args))
         print(json.dumps(result, indent=2))
+        if result.get("signal"):  # preempted: the conventional 128 + signal number, so schedulers see it
+            import signal
+
+            raise SystemExit(128 + int(getattr(signal, result["signal"])))
     return cmd
 
 
@@ -124,13 +146,14 @@ def _policy_kind(args: argparse.Namespace) -> str:
     """`policy` from the overrides, else from the YAML file, else 'classifier'."""
     import yaml
 
+    _resume_args(args)
     for item in reversed(args.overrides):
         if item.startswith("policy="):
             return item.split("=", 1)[1].strip()
     if args.config:
         try:
             data = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
+        except (OSError, ValueError, yaml.YAMLError):
             data = {}  # load_config reports the problem with its line number
         if isinstance(data, dict) and data.get("policy"):
             return str(data["policy"])
@@ -302,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
     from .models import ModelError
+    from .checkpoint import CheckpointError, NonFiniteError
     from .rewards import RewardError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelError, FileExistsError, RewardError) as e:
+    except (ConfigError, DataError, ModelError, FileExistsError, RewardError, NonFiniteError, CheckpointError) as e:
         print(f"rewardtune: error: {e}", file=sys.stderr)
         return 2
     return 0

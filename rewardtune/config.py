@@ -82,7 +82,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config", base: A
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be ints, None, ...
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
@@ -136,6 +136,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _looks_like_float(value):
+        return float(value)  # YAML 1.1 reads `lr: 3e-5` in a file as a string
     if tp in (int, float, str, bool):
         if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # `name=123` on the command line is still a name
@@ -170,33 +172,49 @@ def _looks_like_float(s: str) -> bool:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    """Load `cls` from an optional YAML file, then apply `key=value` overrides in order."""
-    data: dict[str, Any] = {}
-    where = "config"
+    """Load `cls` from an optional YAML file, then apply `key=value` overrides in order.
+
+    An empty file means all defaults, like no file. The file is checked on its own first,
+    so that a mistake in an override is never reported as one in the file.
+    """
+    data = _read_yaml(path) if path else {}
+    if not overrides:
+        return from_dict(cls, data, str(path) if path else "config")
     if path:
-        where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f", line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        data = loaded if loaded is not None else {}
+        from_dict(cls, data, str(path))
     for item in overrides:
-        keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k!r} is not a section")
-        node[keys[-1]] = value
-    return from_dict(cls, data, where)
+        _apply_override(data, item)
+    return from_dict(cls, data, "config")
+
+
+def _read_yaml(path: str | Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # a folder, no permission, ...
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    return loaded if loaded is not None else {}
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    keys, value = parse_override(item)
+    node = data
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}  # an absent section, or an empty one (`train:` in the file)
+        node = node[k]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {k!r} is not a section")
+    node[keys[-1]] = value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

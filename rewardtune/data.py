@@ -13,6 +13,8 @@ import io
 import json
 import logging
 import random
+import reprlib
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -22,6 +24,7 @@ log = logging.getLogger("rewardtune.data")
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_FILES = {"demo": DEMO_DIR / "reviews.jsonl", "demo-prompts": DEMO_DIR / "prompts.jsonl"}
 FORMATS = (".jsonl", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".parquet")
+_FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".gz")  # a missing file, not a hub name
 csv.field_size_limit(2**31 - 1)  # long reviews are data, not an attack
 
 
@@ -85,7 +88,7 @@ def read_table(path: str | Path, split: str = "train") -> Table:
         if name.endswith(".parquet"):
             return _read_parquet(p)
         raise DataError(f"{p}: unknown file type; expected one of {', '.join(FORMATS)} or an aclImdb-style folder")
-    if spath.startswith(("/", ".", "~")) or Path(spath).suffix in (".jsonl", ".csv", ".tsv", ".parquet", ".gz"):
+    if spath.startswith(("/", ".", "~")) or Path(spath).suffix.lower() in _FILE_SUFFIXES:
         raise DataError(f"{spath}: no such file or folder")
     return _read_hub(spath, split)
 
@@ -95,7 +98,7 @@ def _open_bytes_lines(p: Path) -> Iterator[bytes]:
     try:
         with opener(p, "rb") as fh:
             yield from fh
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
+    except (EOFError, OSError, zlib.error) as e:  # zlib.error: a gzip header on corrupt data
         raise DataError(f"{p}: cannot read compressed/binary data ({e}); is the file truncated or corrupt?") from None
 
 
@@ -103,7 +106,7 @@ def _read_jsonl(p: Path) -> Table:
     rows, where = [], []
     for n, raw in enumerate(_open_bytes_lines(p), start=1):
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a leading BOM is not data
         except UnicodeDecodeError as e:
             raise DataError(f"{p}, line {n}: not valid UTF-8 (byte {e.start} of the line: {raw[e.start:e.start + 4]!r})") from None
         if not line.strip():
@@ -112,6 +115,8 @@ def _read_jsonl(p: Path) -> Table:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno}): {line[:80]!r}") from None
+        except (ValueError, RecursionError) as e:  # an int of 4300+ digits, or nesting too deep
+            raise DataError(f"{p}, line {n}: unreadable JSON ({e}): {line[:80]!r}") from None
         if not isinstance(obj, dict):
             raise DataError(f"{p}, line {n}: expected a JSON object with named fields, got {type(obj).__name__}")
         rows.append(obj)
@@ -132,24 +137,33 @@ def _read_delimited(p: Path) -> Table:
     # TSV files such as GLUE's are not quoted: a stray '"' in a sentence must stay literal.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{p}: the file is empty (expected a header line)") from None
+    header = next((values for values in reader if any(v.strip() for v in values)), None)
+    if header is None:
+        raise DataError(f"{p}: no header line (the file is empty or holds only blank lines)")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:  # dict(zip(...)) would keep only the last of them
+        raise DataError(f"{p}, line {reader.line_num}: column name(s) {', '.join(map(repr, repeated))} "
+                        "appear more than once in the header")
     rows, where = [], []
+    start = reader.line_num + 1
     for values in reader:
+        line, start = start, reader.line_num + 1  # a quoted field may span lines: name the first
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(header):
             raise DataError(
-                f"{p}, line {reader.line_num}: {len(values)} fields but the header has {len(header)} "
-                f"({', '.join(header)})"
+                f"{p}, line {line}: {len(values)} fields but the header has {len(header)} "
+                f"({', '.join(header)})" + _span_hint(line, reader.line_num)
             )
         rows.append(dict(zip(header, values)))
-        where.append(f"{p}, line {reader.line_num}")
+        where.append(f"{p}, line {line}")
     if not rows:
         raise DataError(f"{p}: the file has a header but no rows")
     return Table(rows, where, str(p))
+
+
+def _span_hint(first: int, last: int) -> str:
+    return "" if first == last else f"; this row runs on to line {last}: is a quote left open?"
 
 
 def _read_parquet(p: Path) -> Table:
@@ -218,8 +232,11 @@ def normalize_label(value: Any) -> int | str:
         return value
     if isinstance(value, str):
         s = value.strip()
-        return int(s) if s.lstrip("-").isdigit() else s
-    raise TypeError(f"expected an int or string label, got {type(value).__name__} {value!r}")
+        try:
+            return int(s) if s.lstrip("-").isdigit() else s
+        except ValueError:  # '--1', '²', or more digits than int() converts: a string label
+            return s
+    raise TypeError(f"expected an int or string label, got {type(value).__name__} {reprlib.repr(value)}")
 
 
 def to_examples(table: Table, text_column: str = "text", label_column: str | None = "label",
@@ -230,7 +247,10 @@ def to_examples(table: Table, text_column: str = "text", label_column: str | Non
     for needed in [text_column] + ([label_column] if label_column else []):
         if needed not in cols:
             raise DataError(f"{table.source}: no column {needed!r}; the columns are: {', '.join(cols)}")
-    label_set = [normalize_label(v) for v in labels]
+    try:
+        label_set = [normalize_label(v) for v in labels]
+    except TypeError as e:
+        raise DataError(f"the given label set {reprlib.repr(list(labels))}: {e}") from None
     texts, raw_labels, extra, reasons = [], [], {c: [] for c in keep_columns}, []
     for row, where in zip(table.rows, table.where):
         try:
@@ -257,10 +277,14 @@ def to_examples(table: Table, text_column: str = "text", label_column: str | Non
 
 def _check_row(row: dict, text_column: str, label_column: str | None, label_set: list) -> tuple[str, Any]:
     text = row.get(text_column)
+    if text is None:
+        raise DataError(f"field {text_column!r}: missing text (null or absent)")
     if not isinstance(text, str):
-        raise DataError(f"field {text_column!r}: expected text, got {type(text).__name__} {text!r}")
+        raise DataError(f"field {text_column!r}: expected text, got {type(text).__name__} {reprlib.repr(text)}")
     if not text.strip():
         raise DataError(f"field {text_column!r}: empty text")
+    if not text.isascii() and not _encodable(text):
+        raise DataError(f"field {text_column!r}: text holds an unpaired surrogate escape (invalid Unicode)")
     if not label_column:
         return text, None
     raw = row.get(label_column)
@@ -271,8 +295,17 @@ def _check_row(row: dict, text_column: str, label_column: str | None, label_set:
     except TypeError as e:
         raise DataError(f"field {label_column!r}: {e}") from None
     if label_set and label not in label_set:
-        raise DataError(f"field {label_column!r}: label {raw!r} is not in the label set {label_set}")
+        raise DataError(f"field {label_column!r}: label {reprlib.repr(raw)} is not in the label set {label_set}")
     return text, label
+
+
+def _encodable(text: str) -> bool:
+    """False for JSON such as "\\ud800", which tokenizers reject far from the file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_examples(path: str | Path, text_column: str = "text", label_column: str | None = "label",

@@ -39,6 +39,7 @@ class RunContext:
     seed: int
     accelerator: Any = None
     started: float = field(default_factory=time.time)
+    resume_from: Path | None = None  # the newest complete checkpoint when resuming
 
     @property
     def is_main(self) -> bool:
@@ -73,7 +74,9 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     """Seed everything, create the Accelerator and the run folder, write the resolved config.
 
     The folder is checked for writability before any training starts, so a read-only or full
-    disk fails in the first second rather than after an hour of training.
+    disk fails in the first second rather than after an hour of training. With `ckpt.resume=auto`
+    an existing folder is continued from its newest complete checkpoint, once the config is
+    checked against the one it was started with.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -92,13 +95,50 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(**kwargs)
     run_dir = Path(root) / name
+    resume = getattr(getattr(config, "ckpt", None), "resume", "")
+    resume_from = None
+    if resume == "auto" and (run_dir / "config.yaml").exists():
+        resume_from = _check_resume(run_dir, config)
+    elif run_dir.exists() and any(run_dir.iterdir()) and not exist_ok and accelerator.is_main_process:
+        raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name, "
+                              "or continue it with ckpt.resume=auto (`--resume RUN_DIR`)")
     if accelerator.is_main_process:
-        if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
-            raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name")
         _check_writable(run_dir)
         (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     accelerator.wait_for_everyone()
-    return RunContext(dir=run_dir, seed=seed, accelerator=accelerator)
+    return RunContext(dir=run_dir, seed=seed, accelerator=accelerator, resume_from=resume_from)
+
+
+# Keys that may change between a run and its resumption: they do not change what is being trained.
+HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
+            "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts")
+
+
+def _check_resume(run_dir: Path, config: Any) -> Path | None:
+    """Refuse a resumption whose config changes the run's meaning; return the newest complete checkpoint."""
+    import yaml
+
+    from .checkpoint import complete_checkpoints
+    from .config import ConfigError, to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+    old = flat(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    new = flat(to_dict(config))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    harmful = {k: v for k, v in changed.items() if not k.startswith(HARMLESS)}
+    if harmful:
+        diff = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in harmful.items())
+        raise ConfigError(f"cannot resume {run_dir}: the config changes what is trained:\n{diff}\n"
+                          f"Start a new run (another `name`) for a different experiment.")
+    found = complete_checkpoints(run_dir / "checkpoints")
+    if changed:
+        with open(run_dir / "config_changes.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
+    return found[-1] if found else None
 
 
 def _has_gpu() -> bool:

@@ -170,7 +170,7 @@ def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
     ppo = PPOSettings(epochs=1, minibatches=1, clip_eps=0.2, vf_coef=0.0)
     torch.manual_seed(4)
     model.zero_grad(set_to_none=True)
-    ppo_update(lambda loss: loss.backward(), lambda: None, model, head, ro, scores, None, 0.0, ppo, gen)
+    ppo_update(lambda loss: loss.backward(), lambda loss: None, model, head, ro, scores, None, 0.0, ppo, gen)
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     # The plain policy gradient with the same token advantages (V = 0: zero-initialised head, β = 0).
     mask = ro.completion_mask

@@ -156,7 +156,8 @@ def score_file(tmp_path_factory):
 
 
 def test_regression_rm_learns_scores_and_is_a_scalar_reward(tiny_encoder_dir, score_file, tmp_path):
-    out = train_reward_model(cfg(tiny_encoder_dir, score_file, tmp_path, "reg", "rm.mode=regression"), show_progress=False)
+    out = train_reward_model(cfg(tiny_encoder_dir, score_file, tmp_path, "reg", "rm.mode=regression", "train.epochs=15"),
+                             show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["split"] == "val"]
     assert val[-1]["mse"] < val[0]["mse"] and out["best"] >= 0.7, val  # held-out Pearson; 0 for a constant guess

@@ -119,8 +119,11 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
 def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(token) and entropy for the last `n_completion` positions.  ids (B, L) → (B, T), (B, T)."""
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, L, V)
-    logits = logits[:, -n_completion - 1:-1].float() / temperature  # (B, T, V): logits that predict each token
+    # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
+    # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                   logits_to_keep=n_completion + 1).logits  # (B, T + 1, V)
+    logits = logits[:, :-1].float() / temperature  # (B, T, V): logits that predict each token
     targets = ids[:, -n_completion:]  # (B, T)
     logp = logprobs_from_logits(logits, targets)
     with torch.no_grad():

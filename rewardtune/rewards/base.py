@@ -43,6 +43,10 @@ def _example(prompts: Sequence[str], completions: Sequence[str], i: int) -> str:
     return f"example {i}: prompt={prompts[i][:200]!r}, completion={completions[i][:200]!r}"
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "__float__") and not isinstance(v, str)
+
+
 def check_rewards(name: str, values: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[float | None]:
     """Validate one function's output: a list of len(prompts) finite floats or None."""
     try:
@@ -73,6 +77,7 @@ class RewardResult:
 
     total: torch.Tensor
     components: dict[str, torch.Tensor]
+    dropped: torch.Tensor | None = None  # (B,) bool: a function raised or gave NaN here (on_error="skip")
 
 
 @dataclass
@@ -136,31 +141,68 @@ class CombinedReward:
     weights: dict[str, float]
     normalize: str = "none"  # "none" | "running" (mean/std over all batches so far) | "rank" (within the batch)
     stats: dict[str, "RunningStats"] = field(default_factory=dict)
+    on_error: str = "raise"  # "raise": stop and show the sample; "skip": drop failing samples (see `dropped`)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
         comps: dict[str, torch.Tensor] = {}
+        dropped = torch.zeros(len(prompts), dtype=torch.bool)
         for name, fn in self.fns.items():
-            try:
-                raw = fn(prompts, completions, **columns)
-            except Exception as e:
-                raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} "
-                                  f"(batch of {len(prompts)}, first {_example(prompts, completions, 0)})") from e
-            vals = check_rewards(name, raw, prompts, completions)
+            vals, bad = self._call(name, fn, prompts, completions, columns)
+            dropped |= bad
             comps[name] = torch.tensor([math.nan if v is None else v for v in vals], dtype=torch.float32)
         normed = {n: NORMALIZERS[self.normalize](v, self.stats.setdefault(n, RunningStats())) for n, v in comps.items()}
         w = torch.tensor([self.weights[n] for n in comps])  # (F,)
         r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
         present = ~torch.isnan(r)
         w_present = (present * w.abs()).sum(-1)  # (B,)
-        if (w_present == 0).any():
-            i = int((w_present == 0).nonzero()[0])
+        if ((w_present == 0) & ~dropped).any():
+            i = int(((w_present == 0) & ~dropped).nonzero()[0])
             raise RewardError(f"no reward function with a non-zero weight gave a value for {_example(prompts, completions, i)}")
-        total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present)  # (B,)
-        return RewardResult(total, comps)
+        total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present.clamp(min=1e-12))  # (B,)
+        return RewardResult(total.masked_fill(dropped, 0.0), comps, dropped)
+
+    def _call(self, name: str, fn: Callable[..., Any], prompts: list[str], completions: list[str],
+              columns: dict[str, list[Any]]) -> tuple[list[float | None], torch.Tensor]:
+        """One function's values and the samples it failed on (raised, NaN); failures raise unless on_error=skip."""
+        try:
+            raw = fn(prompts, completions, **columns)
+        except Exception as e:
+            if self.on_error != "skip":
+                raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} (batch of {len(prompts)}, first "
+                                  f"{_example(prompts, completions, 0)}); set on_reward_error=skip to drop such "
+                                  "samples instead") from e
+            return self._one_by_one(name, fn, prompts, completions, columns)
+        if self.on_error != "skip":
+            return check_rewards(name, raw, prompts, completions), torch.zeros(len(prompts), dtype=torch.bool)
+        check_rewards(name, [0.0 if _is_number(v) else v for v in raw] if isinstance(raw, list) else raw,
+                      prompts, completions)  # the count and types must still be right
+        bad = torch.tensor([_is_number(v) and not math.isfinite(float(v)) for v in raw], dtype=torch.bool)
+        return [None if b else (None if v is None else float(v)) for v, b in zip(raw, bad.tolist())], bad
+
+    def _one_by_one(self, name: str, fn: Callable[..., Any], prompts: list[str], completions: list[str],
+                    columns: dict[str, list[Any]]) -> tuple[list[float | None], torch.Tensor]:
+        """The batch raised: score each sample alone, so only the samples that raise are dropped."""
+        vals: list[float | None] = []
+        for i in range(len(prompts)):
+            try:
+                v = fn(prompts[i:i + 1], completions[i:i + 1], **{k: c[i:i + 1] for k, c in columns.items()})
+                v = check_rewards(name, v, prompts[i:i + 1], completions[i:i + 1])[0]
+            except Exception:
+                v = math.nan
+            vals.append(v)
+        bad = torch.tensor([v is not None and not math.isfinite(v) for v in vals], dtype=torch.bool)
+        return [None if b else v for v, b in zip(vals, bad.tolist())], bad
+
+    def state_dict(self) -> dict[str, Any]:
+        """Normalisation statistics, for checkpoints."""
+        return {n: [st.n, st.mean, st.m2] for n, st in self.stats.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats = {n: RunningStats(int(k), float(mean), float(m2)) for n, (k, mean, m2) in state.items()}
 
 
 def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None,
-                  normalize: str = "none") -> CombinedReward:
+                  normalize: str = "none", on_error: str = "raise") -> CombinedReward:
     """Names (built-in, `rm:FOLDER` or `module:function`) and weights (default 1 each) → a CombinedReward."""
     if not names:
         raise RewardError("no reward functions given")
@@ -184,4 +226,6 @@ def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry:
     ws = [float(x) for x in weights] if weights else [1.0] * len(names)
     if normalize not in NORMALIZERS:
         raise RewardError(f"reward normalisation {normalize!r}: expected one of {', '.join(NORMALIZERS)}")
-    return CombinedReward(fns, dict(zip(fns, ws)), normalize)
+    if on_error not in ("raise", "skip"):
+        raise RewardError(f"on_reward_error {on_error!r}: expected raise or skip")
+    return CombinedReward(fns, dict(zip(fns, ws)), normalize, on_error=on_error)

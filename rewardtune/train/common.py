@@ -107,7 +107,7 @@ def steps_per_epoch(n: int, opt: OptimSettings) -> int:
 
 
 def epoch_batches(encoded: list[list[int]], labels: list[int], opt: OptimSettings, seed: int, epoch: int,
-                  run: RunContext, pad_id: int):
+                  run: RunContext, pad_id: int, start: int = 0):
     """This process's share of each global batch: rows rank::world of it.
 
     The global batch order depends only on (seed, epoch), so N processes × batch b see the same
@@ -116,12 +116,12 @@ def epoch_batches(encoded: list[list[int]], labels: list[int], opt: OptimSetting
     so DDP's mean over processes is the global batch's mean even when a batch does not split evenly
     (a last batch of 5 rows on 2 processes). A process whose share is empty gets one row with weight
     0, so that every process runs the same number of steps (DDP's collectives must pair up, or the
-    process group hangs).
+    process group hangs). `start` skips the batches trained on before a resumption.
     """
     rank = run.accelerator.process_index
     world = run.accelerator.num_processes
     order = batch_order([len(e) for e in encoded], opt.batch_size, seed, epoch, True, opt.group_by_length)
-    for b in order:
+    for b in order[start:]:
         shard = b[rank::world]
         batch = next(iterate(encoded, labels, [shard or b[:1]], pad_id))
         batch.weight = world * len(shard) / len(b)

@@ -47,13 +47,14 @@ class ValueHead(torch.nn.Module):
 def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, n: int,
                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """log π and V for the last `n` positions in one forward pass.  ids (B, L) → (B, T), (B, T)."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
-    logits = out.logits[:, -n - 1:-1].float() / temperature  # (B, T, V)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
+                logits_to_keep=n + 1)
+    logits = out.logits[:, :-1].float() / temperature  # (B, T, V)
     values = head(out.hidden_states[-1][:, -n - 1:-1])  # (B, T): value of the state before each token
     return logprobs_from_logits(logits, ids[:, -n:]), values
 
 
-def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[], None], model: Any, head: ValueHead,
+def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any, head: ValueHead,
                ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
                ppo: PPOSettings, gen: GenSettings) -> dict[str, float]:
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates.  scores (B,)."""
@@ -75,7 +76,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[], N
             pl, cst = clipped_surrogate(logp, ro.logprobs[perm], adv[perm], m, ppo.clip_eps)
             vl, vst = value_loss(values, old_values[perm], returns[perm], m, ppo.value_clip or None)
             backward(pl + ppo.vf_coef * vl)
-            step_fn()
+            step_fn(pl.detach() + vl.detach())
             stats = {"loss": pl.detach().item(), "value_loss": vl.detach().item(), "clip_frac": float(cst.clip_frac),
                      "approx_kl": float(cst.approx_kl), "value_clip_frac": float(vst.clip_frac)}
     stats["kl"] = float(masked_mean(ro.logprobs - ref, mask))

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from ..algorithms import bradley_terry_loss
 from ..batching import batch_order
+from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
 from ..models import apply_lora, load_classifier
 from ..run import RunContext, start_run
 from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_optimizer
+from .loop import train_epochs
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class RMConfig:
     data: DataSettings = nested(DataSettings, "labelled texts (pointwise) or prompt/chosen/rejected rows")
     train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
     rm: RMSettings = nested(RMSettings, "reward-model settings")
+    ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rm", "run folder name")
     seed: int = doc(0, "global seed")
@@ -63,7 +64,8 @@ def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict[str, A
 def _pointwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     from .sft import SFTConfig, train_sft
 
-    out = train_sft(SFTConfig(cfg.model, cfg.data, cfg.train, cfg.runs_dir, cfg.name, cfg.seed), show_progress)
+    out = train_sft(SFTConfig(model=cfg.model, data=cfg.data, train=cfg.train, ckpt=cfg.ckpt, runs_dir=cfg.runs_dir,
+                              name=cfg.name, seed=cfg.seed), show_progress)
     meta_file = Path(out["run_dir"]) / "checkpoints" / "best" / "rewardtune.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())
@@ -218,29 +220,24 @@ def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     meta = {"kind": "reward_model", "head": "scalar", "mode": cfg.rm.mode, "label_names": ["reward"],
             "max_length": opt.max_length, "use_prompt": any(p for p in train.prompts), "trainer": f"rm-{cfg.rm.mode}"}
     run.print(f"rm {cfg.rm.mode}: {len(train)} train / {len(val)} val rows, {total} steps")
-    step, best, t0 = 0, None, time.time()
-    bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc="rm")
-    for epoch in range(opt.epochs):
-        for idx in batch_order(train.lengths(), opt.batch_size, cfg.seed, epoch, True, opt.group_by_length):
-            loss, stats = task.loss(model, tok, train.subset(idx), cfg, run.accelerator.device)
-            run.accelerator.backward(loss)
-            if opt.max_grad_norm:
-                run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % opt.log_every == 0 or step == total:
-                run.log(step, epoch=epoch, split="train", loss=loss.detach(), **stats)
-            if step >= total:
-                break
-        best = _eval_and_keep(run, model, tok, val, opt, step, epoch, best, meta, task)
-        if step >= total:
-            break
-    bar.close()
-    run.log(step, split="summary", train_s=time.time() - t0, best=best)
-    return {"best": best, "run_dir": str(run.dir), "steps": step}
+
+    def batch_loss(b: Any) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
+        idx, items = b
+        loss, stats = task.loss(model, tok, items, cfg, run.accelerator.device)
+        run.accelerator.backward(loss)
+        return loss, len(idx), stats, idx
+
+    def batches(epoch: int, start: int) -> Any:
+        order = batch_order(train.lengths(), opt.batch_size, cfg.seed, epoch, True, opt.group_by_length)
+        return ((idx, train.subset(idx)) for idx in order[start:])
+
+    res = train_epochs(
+        run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
+        log_every=opt.log_every, desc="rm", show_progress=show_progress, batch_loss=batch_loss, batches=batches,
+        end_of_epoch=lambda step, epoch, best: _eval_and_keep(run, model, tok, val, opt, step, epoch, best, meta, task))
+    if not res.stopped:
+        run.log(res.step, split="summary", train_s=res.train_s, best=res.best)
+    return {"best": res.best, "run_dir": str(run.dir), "steps": res.step, "stopped": res.stopped, "signal": res.signal}
 
 
 def _pairwise_loss(model: Any, tok: Any, b: Pairs, cfg: RMConfig, dev: Any) -> tuple[torch.Tensor, dict]:

@@ -6,20 +6,19 @@ initial policy and entropy bonus → update. Each estimator is a short function 
 from __future__ import annotations
 
 import copy
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
-from tqdm.auto import tqdm
-
 from ..algorithms import EMABaseline, entropy_from_logits, expected_reward_loss, pg_loss, reinforce, rloo, value_loss
+from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..run import start_run
 from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
+from .loop import train_epochs
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,8 @@ class RLSettings:
     exploration: Literal["epsilon", "softmax"] = doc("softmax", "value estimator: ε-greedy or Boltzmann")
     epsilon: float = doc(0.1, "value estimator: ε-greedy exploration rate")
     temperature: float = doc(0.1, "value estimator: softmax exploration temperature τ")
+    on_reward_error: Literal["raise", "skip"] = doc(
+        "raise", "a reward that raises or gives NaN: stop showing the example, or drop that example (counted)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class RLClassifierConfig:
     data: DataSettings = nested(DataSettings, "training / validation / test data")
     train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
     rl: RLSettings = nested(RLSettings, "estimator, rewards, penalties")
+    ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     policy: Literal["classifier"] = doc("classifier", "what the action is (classifier: a label)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl", "run folder name")
@@ -67,20 +69,28 @@ class Step:
     ema: EMABaseline
 
 
-def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Rewards (b, K) of chosen label indices (b, K), and each component's mean."""
+def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Rewards (b, K) of chosen label indices (b, K), each component's mean, and the rows kept (b,).
+
+    With on_reward_error=skip, an example with any failed reward is dropped from the update: its
+    rewards are zeroed and its `keep` is 0 (the estimators mask it out).
+    """
     b, k = actions.shape
     completions = [s.label_names[a] for a in actions.reshape(-1).tolist()]
     res = s.reward([t for t in s.texts for _ in range(k)], completions, label=[g for g in s.gold for _ in range(k)])
     comps = {f"reward/{n}": torch.nanmean(v) for n, v in res.components.items()}
-    return res.total.reshape(b, k).to(s.logits.device), comps
+    keep = torch.ones(b, dtype=torch.bool) if res.dropped is None else ~res.dropped.reshape(b, k).any(-1)
+    rewards = res.total.reshape(b, k) * keep[:, None]
+    if not keep.all():
+        comps["reward_dropped"] = torch.tensor(float((~keep).sum()))
+    return rewards.to(s.logits.device), comps, keep.float().to(s.logits.device)
 
 
 def expected(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     """Exact gradient of E_π[R]: every label is scored, nothing is sampled (zero variance)."""
     b, a = s.logits.shape
     all_actions = torch.arange(a).expand(b, a)  # (b, A)
-    rewards, comps = _score(s, all_actions)  # (b, A)
+    rewards, comps, _ = _score(s, all_actions)  # (b, A); a dropped row is all zeros: no gradient
     loss, st = expected_reward_loss(s.logits.float(), rewards)
     return loss, {"reward": st.expected_reward, **comps}
 
@@ -89,10 +99,10 @@ def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     """REINFORCE: K labels sampled per example, advantages from the chosen baseline."""
     logp_all = torch.log_softmax(s.logits.float(), dim=-1)  # (b, A)
     actions = torch.multinomial(logp_all.exp().detach(), s.rl.samples, replacement=True)  # (b, K)
-    rewards, comps = _score(s, actions.cpu())  # (b, K)
+    rewards, comps, keep = _score(s, actions.cpu())  # (b, K)
     adv = rloo(rewards) if s.rl.baseline == "rloo" else reinforce(rewards, s.rl.baseline, s.ema)
     logp = logp_all.gather(-1, actions)  # (b, K): each sample is one "token" of weight 1
-    loss, _ = pg_loss(logp, adv, torch.ones_like(logp), "token_mean")
+    loss, _ = pg_loss(logp, adv, keep[:, None].expand_as(logp), "token_mean")
     return loss, {"reward": rewards.mean(), **comps}
 
 
@@ -117,9 +127,9 @@ def value(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     """One-step Q-learning on the contextual bandit: logits are Q(x, ·), ε-greedy actions, squared error."""
     q = s.logits.float()  # (b, A)
     actions = EXPLORATION[s.rl.exploration](q.detach(), s.rl)  # (b, 1)
-    rewards, comps = _score(s, actions.cpu())  # (b, 1)
+    rewards, comps, keep = _score(s, actions.cpu())  # (b, 1)
     q_taken = q.gather(-1, actions)  # (b, 1)
-    loss, _ = value_loss(q_taken, q_taken.detach(), rewards, torch.ones_like(q_taken), clip_eps=None)
+    loss, _ = value_loss(q_taken, q_taken.detach(), rewards, keep[:, None], clip_eps=None)
     return loss, {"reward": rewards.mean(), **comps}
 
 
@@ -130,7 +140,7 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 
 def setup_reward(rl: RLSettings) -> CombinedReward:
     registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
-    return build_rewards(rl.rewards, rl.reward_weights, registry)
+    return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error)
 
 
 def setup_reference(model: Any, rl: RLSettings) -> Callable[[], Any]:
@@ -184,43 +194,32 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     run.print(f"rl ({cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val, rewards {list(reward.fns)}, "
               f"{total} steps")
 
-    step, best, seen, train_s = 0, None, 0, 0.0
-    bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc=f"rl-{cfg.rl.estimator}")
-    for epoch in range(opt.epochs):
-        model.train()
-        t_epoch = time.time()
-        for batch in epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run, tok.pad_token_id):
-            batch = batch.to(run.accelerator.device)
-            logits = model(**batch.model_inputs()).logits  # (b, A)
-            idx = batch.index.tolist()
-            s = Step(logits, [data.train.texts[i] for i in idx], [data.label_names[data.train.labels[i]] for i in idx],
-                     data.label_names, reward, cfg.rl, ema)
-            loss, stats = estimator(s)
-            ref_logits = None
-            if cfg.rl.kl_coef:
-                with torch.no_grad(), reference() as ref:
-                    ref_logits = (model if ref is None else ref)(**batch.model_inputs()).logits
-            extra, pstats = penalties(logits, ref_logits, cfg.rl)
-            run.accelerator.backward((loss + extra) * batch.weight)
-            if opt.max_grad_norm:
-                run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            seen += len(idx) * run.accelerator.num_processes
-            bar.update(1)
-            if step % opt.log_every == 0 or step == total:
-                run.log(step, epoch=epoch, split="train", loss=loss.detach(), lr=sched.get_last_lr()[0],
-                        **stats, **pstats)
-            if step >= total:
-                break
-        train_s += time.time() - t_epoch
-        best = report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta)
-        if step >= total:
-            break
-    bar.close()
-    run.log(step, split="summary", train_s=train_s, train_examples_per_s=seen / max(train_s, 1e-9), best=best)
+    def batch_loss(batch: Any) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
+        batch = batch.to(run.accelerator.device)
+        logits = model(**batch.model_inputs()).logits  # (b, A)
+        idx = batch.index.tolist()
+        s = Step(logits, [data.train.texts[i] for i in idx], [data.label_names[data.train.labels[i]] for i in idx],
+                 data.label_names, reward, cfg.rl, ema)
+        loss, stats = estimator(s)
+        ref_logits = None
+        if cfg.rl.kl_coef:
+            with torch.no_grad(), reference() as ref:
+                ref_logits = (model if ref is None else ref)(**batch.model_inputs()).logits
+        extra, pstats = penalties(logits, ref_logits, cfg.rl)
+        run.accelerator.backward((loss + extra) * batch.weight)
+        return loss, len(idx) * run.accelerator.num_processes, {**stats, **pstats}, idx
+
+    res = train_epochs(
+        run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
+        log_every=opt.log_every, desc=f"rl-{cfg.rl.estimator}", show_progress=show_progress, batch_loss=batch_loss,
+        batches=lambda epoch, start: epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run,
+                                                   tok.pad_token_id, start),
+        end_of_epoch=lambda step, epoch, best: report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta),
+        state={"ema": ema, "reward": reward})
+    if res.stopped:
+        return {"stopped": True, "signal": res.signal, "run_dir": str(run.dir), "steps": res.step, "best": res.best}
+    step, best, train_s = res.step, res.best, res.train_s
+    run.log(step, split="summary", train_s=train_s, train_examples_per_s=res.seen / max(train_s, 1e-9), best=best)
     test = final_test(run, data, opt, step)
     return {"best": best, "run_dir": str(run.dir), "steps": step, "train_s": train_s,
             "test": test.metrics if test else None}

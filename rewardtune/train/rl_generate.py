@@ -26,6 +26,7 @@ from ..models import apply_lora, load_causal_lm
 from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
+from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
 from ..run import RunContext, start_run
 from .ppo import PPOSettings, ValueHead, ppo_update
 
@@ -49,6 +50,8 @@ class GenRLSettings:
     rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
     reward_weights: tuple = doc((), "one weight per reward")
     reward_normalize: Literal["none", "running", "rank"] = doc("none", "per-reward normalisation before weighting")
+    on_reward_error: Literal["raise", "skip"] = doc(
+        "raise", "a reward that raises or gives NaN: stop showing the sample, or drop that sample (counted)")
     regex: str = doc("", "pattern for the `regex` reward (1 if the completion matches)")
     target_length: int = doc(20, "target words for the `length_penalty` reward")
     eval_every: int = doc(10, "steps between held-out evaluations (0 = only at the end)")
@@ -66,6 +69,7 @@ class GenRLConfig:
     gen: GenSettings = nested(GenSettings, "sampling")
     rl: GenRLSettings = nested(GenRLSettings, "algorithm, batch, KL, rewards")
     ppo: PPOSettings = nested(PPOSettings, "PPO epochs, minibatches, clipping, GAE (rl.algorithm=ppo)")
+    ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     policy: Literal["causal-lm"] = doc("causal-lm", "what the action is (a completion)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-lm", "run folder name")
@@ -83,7 +87,7 @@ def setup_reward(rl: GenRLSettings) -> CombinedReward:
         "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
         "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
     }
-    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize)
+    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error)
 
 
 def setup_reference(model: Any, rl: GenRLSettings) -> Callable[[], Any]:
@@ -151,14 +155,30 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
 
 
 def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor,
-           rl: GenRLSettings, gen: GenSettings) -> dict[str, float]:
-    """One optimiser step over the rollout."""
+           rl: GenRLSettings, gen: GenSettings, ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
+    """One optimiser step over the rollout (skipped when `ok` finds the loss or gradient non-finite)."""
     stats = accumulate_gradients(run.accelerator.backward, model, ref, ro, adv, rl, gen)
-    if rl.max_grad_norm:
-        stats["grad_norm"] = float(run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm))
-    optim.step()
+    norm = run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm or float("inf"))
+    stats["grad_norm"] = float(norm)
+    if ok(torch.tensor(stats["loss"]), norm):
+        optim.step()
     optim.zero_grad(set_to_none=True)
     return stats
+
+
+def drop_failed(ro: Rollout, scored: Any, rl: GenRLSettings) -> tuple[torch.Tensor, int]:
+    """(P, K) rewards; samples whose reward failed (on_reward_error=skip) get no gradient: their completion
+    mask is cleared, and their reward is set to the mean of their group's others, so that group-relative
+    baselines are computed from the samples that were scored."""
+    rewards = scored.total.reshape(rl.prompts_per_step, rl.samples_per_prompt).clone()  # (P, K)
+    if scored.dropped is None or not scored.dropped.any():
+        return rewards, 0
+    bad = scored.dropped.reshape(rewards.shape)  # (P, K)
+    kept = (~bad).float()
+    group_mean = (rewards * kept).sum(-1, keepdim=True) / kept.sum(-1, keepdim=True).clamp(min=1)  # (P, 1)
+    rewards = torch.where(bad, group_mean.expand_as(rewards), rewards)
+    ro.completion_mask[scored.dropped.to(ro.completion_mask.device)] = 0
+    return rewards, int(bad.sum())
 
 
 def check_settings(rl: GenRLSettings, n_prompts: int) -> None:
@@ -201,41 +221,62 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     model, optim = run.accelerator.prepare(model, optim)
     max_prompt = getattr(model.config, "max_position_embeddings", 2048) - gen.max_new_tokens
     check_prompt_lengths(tok, prompts + held_out, max_prompt)  # before any step, not at the step that meets it
-    ema, cycle = EMABaseline(), itertools.cycle(train_prompts)
+    ema = EMABaseline()
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
-    first_eval = last_eval = evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
-    best = first_eval["reward"]
-    for step in tqdm(range(1, rl.steps + 1), disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
-        batch = [next(cycle) for _ in range(rl.prompts_per_step)]
-        t0 = time.time()
-        ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
-        t1 = time.time()
-        scored = reward(ro.prompts, ro.completions)
-        rewards = scored.total.reshape(rl.prompts_per_step, rl.samples_per_prompt)  # (P, K)
-        t2 = time.time()
-        if head is not None:
-            stats = ppo_step(run, model, head, optim, params, ref, ro, scored.total, cfg)
-        else:
-            stats = update(run, model, optim, ref, ro, advantages(rewards, rl, ema).to(ro.logprobs.device), rl, gen)
-        t3 = time.time()
-        if step % rl.log_every == 0:
-            n_tok = int(ro.completion_mask.sum())
-            run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(),
-                    **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
-                    completion_len=ro.completion_mask.sum(-1).float().mean(),
-                    equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(),
-                    time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2, tokens_per_s=n_tok / (t1 - t0))
-        if rl.sample_every and step % rl.sample_every == 0:
-            run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
-        if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
-            last_eval = evaluate(run, model, tok, reward, held_out, gen, step, max_prompt)
-            if last_eval["reward"] > best:  # keep the best policy by held-out reward
-                best = last_eval["reward"]
-                save_policy(run, model, tok, head, "best")
+    guard = StopGuard(cfg.ckpt.stop_after)
+    cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
+    saved = cp.restore()
+    if saved:
+        start, best, first_eval, last_eval = saved["step"], saved["best"], saved["eval_start"], saved["eval"]
+        ema.load_state_dict(saved["algo"]["ema"])
+        reward.load_state_dict(saved["algo"]["reward"])
+    else:
+        start, first_eval = 0, evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
+        best, last_eval = first_eval["reward"], first_eval
+    cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
+
+    def snapshot() -> dict[str, Any]:
+        return {"best": best, "eval_start": first_eval, "eval": last_eval,
+                "algo": {"ema": ema.state_dict(), "reward": reward.state_dict()}}
+
+    with guard:
+        for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
+                         disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
+            batch = [next(cycle) for _ in range(rl.prompts_per_step)]
+            t0 = time.time()
+            ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
+            t1 = time.time()
+            scored = reward(ro.prompts, ro.completions)
+            rewards, dropped = drop_failed(ro, scored, rl)  # (P, K), count
+            t2 = time.time()
+            ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
+            if head is not None:
+                stats = ppo_step(run, model, head, optim, params, ref, ro, scored.total, cfg, ok)
+            else:
+                stats = update(run, model, optim, ref, ro, advantages(rewards, rl, ema).to(ro.logprobs.device), rl, gen, ok)
+            t3 = time.time()
+            if step % rl.log_every == 0:
+                n_tok = int(ro.completion_mask.sum())
+                run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(),
+                        **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
+                        completion_len=ro.completion_mask.sum(-1).float().mean(),
+                        equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), reward_dropped=dropped,
+                        time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2, tokens_per_s=n_tok / (t1 - t0))
+            if rl.sample_every and step % rl.sample_every == 0:
+                run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
+            if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
+                last_eval = evaluate(run, model, tok, reward, held_out, gen, step, max_prompt)
+                if last_eval["reward"] > best:  # keep the best policy by held-out reward
+                    best = last_eval["reward"]
+                    save_policy(run, model, tok, head, "best")
+            if step < rl.steps and cp.step_done(step, snapshot):
+                return {"stopped": True, "signal": guard.signal_name, "run_dir": str(run.dir), "steps": step}
+        cp.save(rl.steps, snapshot())
     save_policy(run, model, tok, head)
-    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval, "best_reward": best}
+    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval, "best_reward": best,
+            "checkpoint_save_s": cp.save_s}
 
 
 @torch.no_grad()
@@ -279,7 +320,7 @@ def save_policy(run: RunContext, model: Any, tok: Any, head: Any = None, name: s
 
 
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
-             scores: torch.Tensor, cfg: GenRLConfig) -> dict[str, float]:
+             scores: torch.Tensor, cfg: GenRLConfig, ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
     """Reference log-probs for the KL-in-reward, then PPO's epochs of minibatch updates."""
     T = ro.completion_ids.shape[1]
     ref_logp = None
@@ -288,10 +329,10 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
             ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
                                          T, cfg.gen.temperature)
 
-    def step() -> None:
-        if cfg.rl.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm)
-        optim.step()
+    def step(loss: torch.Tensor) -> None:
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm or float("inf"))
+        if ok(loss, norm):
+            optim.step()
         optim.zero_grad(set_to_none=True)
     return ppo_update(run.accelerator.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
                       cfg.rl.kl_coef, cfg.ppo, cfg.gen)

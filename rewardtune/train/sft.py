@@ -5,18 +5,17 @@ the validation report and the best checkpoint; at the end, the test report.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
+from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..run import start_run
 from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
+from .loop import train_epochs
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,7 @@ class SFTConfig:
     model: ModelSettings = nested(ModelSettings, "encoder or checkpoint to start from")
     data: DataSettings = nested(DataSettings, "training / validation / test data")
     train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
+    ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft", "run folder name")
     seed: int = doc(0, "global seed (initialisation, batch order)")
@@ -47,34 +47,23 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     run.print(f"sft: {len(data.train)} train / {len(data.val)} val, labels {data.label_names}, {total} steps, "
               f"{run.accelerator.num_processes} process(es)")
 
-    step, best, seen, train_s = 0, None, 0, 0.0
-    bar = tqdm(total=total, disable=not (show_progress and run.is_main), desc="sft")
-    for epoch in range(opt.epochs):
-        model.train()
-        t_epoch = time.time()
-        for batch in epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run, tok.pad_token_id):
-            batch = batch.to(run.accelerator.device)
-            logits = model(**batch.model_inputs()).logits  # (b, A)
-            loss = F.cross_entropy(logits.float(), batch.labels)
-            run.accelerator.backward(loss * batch.weight)
-            if opt.max_grad_norm:
-                run.accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            step += 1
-            seen += len(batch.index) * run.accelerator.num_processes
-            bar.update(1)
-            if step % opt.log_every == 0 or step == total:
-                run.log(step, epoch=epoch, split="train", loss=loss.detach(), lr=sched.get_last_lr()[0])
-            if step >= total:
-                break
-        train_s += time.time() - t_epoch  # evaluation time is not training time
-        best = report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta)
-        if step >= total:
-            break
-    bar.close()
-    run.log(step, split="summary", train_s=train_s, train_examples_per_s=seen / max(train_s, 1e-9), best=best)
+    def batch_loss(batch: Any) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
+        batch = batch.to(run.accelerator.device)
+        logits = model(**batch.model_inputs()).logits  # (b, A)
+        loss = F.cross_entropy(logits.float(), batch.labels)
+        run.accelerator.backward(loss * batch.weight)
+        return loss, len(batch.index) * run.accelerator.num_processes, {}, batch.index
+
+    res = train_epochs(
+        run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
+        log_every=opt.log_every, desc="sft", show_progress=show_progress, batch_loss=batch_loss,
+        batches=lambda epoch, start: epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run,
+                                                   tok.pad_token_id, start),
+        end_of_epoch=lambda step, epoch, best: report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta))
+    if res.stopped:
+        return {"stopped": True, "signal": res.signal, "run_dir": str(run.dir), "steps": res.step, "best": res.best}
+    step, best, train_s = res.step, res.best, res.train_s
+    run.log(step, split="summary", train_s=train_s, train_examples_per_s=res.seen / max(train_s, 1e-9), best=best)
     test = final_test(run, data, opt, step)
     return {"best": best, "run_dir": str(run.dir), "steps": step, "train_s": train_s,
             "test": test.metrics if test else None}

@@ -1,0 +1,93 @@
+"""The epoch loop shared by the classifier and reward-model trainers, with exact resumption.
+
+A trainer supplies what differs: the batches of an epoch (from a position) and the loss of one
+batch. This loop does the rest in one place: clipping, the NaN/inf guard, the optimiser and
+scheduler steps, logging, checkpoints (every N steps, at the end, and on SIGTERM/SIGINT), the
+end-of-epoch evaluation, and continuing from a checkpoint exactly where it stopped.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
+from ..run import RunContext
+
+# One batch → (loss already scaled for backward, rows it holds, stats to log, batch row ids).
+BatchLoss = Callable[[Any], tuple[torch.Tensor, int, dict[str, Any], Any]]
+
+
+@dataclass
+class LoopResult:
+    step: int = 0
+    best: float | None = None
+    seen: int = 0
+    train_s: float = 0.0
+    stopped: bool = False
+    signal: str = ""  # SIGTERM / SIGINT when a signal stopped the run
+    checkpoint_save_s: list[float] = field(default_factory=list)
+
+
+def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: Any, sched: Any, *, epochs: int,
+                 total: int, max_grad_norm: float, log_every: int,
+                 batches: Callable[[int, int], Iterable[Any]], batch_loss: BatchLoss,
+                 end_of_epoch: Callable[[int, int, float | None], float | None],
+                 state: dict[str, Any] | None = None, desc: str = "train", show_progress: bool = True) -> LoopResult:
+    """Run `epochs` (at most `total` optimiser steps); `state` holds objects with state_dict/load_state_dict
+    (EMA baselines, reward statistics) that are checkpointed with the run."""
+    state = state or {}
+    guard = StopGuard(ckpt.stop_after)
+    cp = Checkpointer(run, ckpt, {"model": model}, optim, sched, guard)
+    res, epoch0, start = LoopResult(), 0, 0
+    saved = cp.restore()
+    if saved:
+        res.step, res.best, res.seen, res.train_s = saved["step"], saved["best"], saved["seen"], saved["train_s"]
+        epoch0, start = saved["epoch"], saved["batch"]
+        for k, obj in state.items():
+            obj.load_state_dict(saved["algo"][k])
+
+    def snapshot(epoch: int, batch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "batch": batch, "best": res.best, "seen": res.seen, "train_s": res.train_s,
+                "algo": {k: obj.state_dict() for k, obj in state.items()}}
+
+    bar = tqdm(total=total, initial=res.step, disable=not (show_progress and run.is_main), desc=desc)
+    with guard:
+        for epoch in range(epoch0, epochs):
+            model.train()
+            t_epoch, first = time.time(), start if epoch == epoch0 else 0
+            for i, batch in enumerate(batches(epoch, first), start=first):
+                loss, rows, stats, ids = batch_loss(batch)
+                norm = run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+                if cp.ok_to_step(res.step + 1, loss, norm, ids):
+                    optim.step()
+                sched.step()
+                optim.zero_grad(set_to_none=True)
+                res.step += 1
+                res.seen += rows
+                bar.update(1)
+                if res.step % log_every == 0 or res.step == total:
+                    run.log(res.step, epoch=epoch, split="train", loss=loss.detach(), lr=sched.get_last_lr()[0], **stats)
+                last = res.step >= total
+                if not last and cp.step_done(res.step, lambda: snapshot(epoch, i + 1)):
+                    res.train_s += time.time() - t_epoch
+                    return _stopped(res, cp, bar)
+                if last:
+                    break
+            res.train_s += time.time() - t_epoch  # evaluation time is not training time
+            res.best = end_of_epoch(res.step, epoch, res.best)
+            if res.step >= total:
+                break
+        cp.save(res.step, snapshot(epochs, 0))  # the end: a later, longer run may continue from here
+    bar.close()
+    res.checkpoint_save_s = cp.save_s
+    return res
+
+
+def _stopped(res: LoopResult, cp: Checkpointer, bar: Any) -> LoopResult:
+    bar.close()
+    res.stopped, res.signal, res.checkpoint_save_s = True, cp.guard.signal_name, cp.save_s
+    return res

@@ -1,0 +1,209 @@
+"""Exact resumption: N steps straight == N/2 steps, stop, resume, N/2 steps (bit-identical), for every
+training command; atomic checkpoints; config changes on resume; NaN steps skipped."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rewardtune.checkpoint import complete_checkpoints
+from rewardtune.config import ConfigError, load_config
+from rewardtune.train.reward_model import RMConfig, train_reward_model
+from rewardtune.train.rl_classifier import RLClassifierConfig, train_rl_classifier
+from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+from rewardtune.train.sft import SFTConfig, train_sft
+
+WORDS = {"pos": "good great fun loved".split(), "neg": "bad awful dull hated".split()}
+FILLER = "the film movie plot was very".split()
+TIMES = ("train_s", "train_examples_per_s", "time_generate", "time_score", "time_update", "tokens_per_s")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    rng = random.Random(0)
+    rows = [{"text": " ".join(rng.sample(FILLER, 3) + [rng.choice(WORDS[y])]), "label": y}
+            for y in ["pos", "neg"] * 20]
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    rng = random.Random(1)
+    rows = [{"prompt": "", "chosen": " ".join(rng.sample(FILLER, 3) + [rng.choice(WORDS["pos"])]),
+             "rejected": " ".join(rng.sample(FILLER, 3) + [rng.choice(WORDS["neg"])])} for _ in range(40)]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"the film {w}"}) + "\n" for w in FILLER * 2))
+    return path
+
+
+def classifier_args(model, data, root, name):
+    # 30 train rows / batch 8 → 4 steps per epoch (the last one short); 3 epochs = 12 steps.
+    return [f"model.name={model}", f"data.path={data}", "data.val_fraction=0.25", "train.epochs=3",
+            "train.batch_size=8", "train.lr=5e-3", "train.max_length=16", "train.log_every=1",
+            f"runs_dir={root}", f"name={name}"]
+
+
+def commands(tiny_encoder_dir, tiny_causal_lm_dir, labelled, pairs, prompts):
+    """(config class, train function, overrides(root, name), total steps) per training command."""
+    return {
+        "sft": (SFTConfig, train_sft, lambda r, n: classifier_args(tiny_encoder_dir, labelled, r, n), 12),
+        "rl-reinforce-ema": (RLClassifierConfig, train_rl_classifier, lambda r, n: classifier_args(
+            tiny_encoder_dir, labelled, r, n) + ["rl.estimator=reinforce", "rl.baseline=ema", "rl.kl_coef=0.1"], 12),
+        "rm-pairwise-lora": (RMConfig, train_reward_model, lambda r, n: [
+            f"model.name={tiny_encoder_dir}", f"data.path={pairs}", "data.val_fraction=0.25", "train.epochs=2",
+            "train.batch_size=8", "train.lr=5e-3", "train.max_length=16", "train.log_every=1", "rm.mode=pairwise",
+            "model.lora.r=4", f"runs_dir={r}", f"name={n}"], 8),
+        "rl-causal-lm-grpo": (GenRLConfig, train_rl_generate, lambda r, n: [
+            f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+            "rl.samples_per_prompt=3", "rl.steps=6", "rl.eval_prompts=2", "rl.eval_every=2", "rl.lr=1e-2",
+            "rl.reward_normalize=running", "gen.max_new_tokens=5", f"runs_dir={r}", f"name={n}"], 6),
+        "rl-causal-lm-ppo": (GenRLConfig, train_rl_generate, lambda r, n: [
+            f"model.name={tiny_causal_lm_dir}", f"data.path={prompts}", "rl.algorithm=ppo", "rl.prompts_per_step=2",
+            "rl.samples_per_prompt=2", "rl.steps=4", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-3",
+            "gen.max_new_tokens=4", f"runs_dir={r}", f"name={n}"], 4),
+    }
+
+
+def rows(run_dir):
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out.append({k: v for k, v in r.items() if k not in TIMES})
+    return out
+
+
+def final_weights(run_dir, total):
+    folder = run_dir / "checkpoints" / f"step-{total:08d}"
+    return {f.name: load_file(str(f)) for f in folder.glob("*.safetensors") if not f.name.startswith("rng")}
+
+
+@pytest.mark.parametrize("command", ["sft", "rl-reinforce-ema", "rm-pairwise-lora", "rl-causal-lm-grpo", "rl-causal-lm-ppo"])
+def test_stop_and_resume_is_bit_identical(command, tiny_encoder_dir, tiny_causal_lm_dir, labelled, pairs, prompts, tmp_path):
+    cls, train, args, total = commands(tiny_encoder_dir, tiny_causal_lm_dir, labelled, pairs, prompts)[command]
+    straight = train(load_config(cls, None, args(tmp_path, "straight")), show_progress=False)
+    assert not straight.get("stopped")
+    half = total // 2 + 1  # odd for the classifiers: mid-epoch, so the data position matters
+    first = train(load_config(cls, None, args(tmp_path, "resumed") + [f"ckpt.stop_after={half}"]), show_progress=False)
+    assert first["stopped"] and first["steps"] == half
+    assert [c.name for c in complete_checkpoints(tmp_path / "resumed" / "checkpoints")] == [f"step-{half:08d}"]
+    second = train(load_config(cls, None, args(tmp_path, "resumed") + ["ckpt.resume=auto"]), show_progress=False)
+    assert not second.get("stopped")
+    a, b = final_weights(tmp_path / "straight", total), final_weights(tmp_path / "resumed", total)
+    assert a.keys() == b.keys() and a
+    for f in a:
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+    assert rows(tmp_path / "straight") == rows(tmp_path / "resumed")
+    mid = final_weights(tmp_path / "resumed", half)["model.safetensors"]
+    assert any(not torch.equal(mid[k], a["model.safetensors"][k]) for k in mid)  # the second half did train
+
+
+def test_resume_refuses_a_changed_meaning_and_records_harmless_changes(tiny_encoder_dir, labelled, tmp_path):
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run")
+    train_sft(load_config(SFTConfig, None, args + ["ckpt.stop_after=2"]), show_progress=False)
+    with pytest.raises(ConfigError, match=r"(?s)changes what is trained.*train.lr: 0.005 -> 0.001"):
+        train_sft(load_config(SFTConfig, None, args + ["ckpt.resume=auto", "train.lr=1e-3"]), show_progress=False)
+    out = train_sft(load_config(SFTConfig, None, args + ["ckpt.resume=auto", "train.log_every=2"]), show_progress=False)
+    assert out["steps"] == 12
+    change = json.loads((tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()[-1])
+    assert change["changed"]["train.log_every"] == [1, 2]
+
+
+def test_new_run_in_a_used_folder_is_refused(tiny_encoder_dir, labelled, tmp_path):
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["train.epochs=1"]
+    train_sft(load_config(SFTConfig, None, args), show_progress=False)
+    with pytest.raises(FileExistsError, match="ckpt.resume=auto"):
+        train_sft(load_config(SFTConfig, None, args), show_progress=False)
+
+
+def test_half_written_checkpoint_is_ignored_and_old_ones_pruned(tiny_encoder_dir, labelled, tmp_path):
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["ckpt.every=2", "ckpt.keep_last=2"]
+    train_sft(load_config(SFTConfig, None, args + ["ckpt.stop_after=7"]), show_progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    assert [c.name for c in complete_checkpoints(root)] == ["step-00000006", "step-00000007"]
+    # A crash while writing step 8: its folder is there, without COMPLETE; resuming must use step 7.
+    (root / "step-00000008.tmp").mkdir()
+    (root / "step-00000008.tmp" / "model.safetensors").write_bytes(b"half")
+    fake = root / "step-00000009"
+    fake.mkdir()  # renamed but never marked complete (cannot happen with os.replace, tolerated anyway)
+    out = train_sft(load_config(SFTConfig, None, args + ["ckpt.resume=auto"]), show_progress=False)
+    assert out["steps"] == 12
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["split"] == "train"] == list(range(1, 13))  # each step once
+
+
+def test_checkpoint_holds_no_pickled_code(tiny_encoder_dir, labelled, tmp_path):
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["ckpt.stop_after=3"]
+    train_sft(load_config(SFTConfig, None, args), show_progress=False)
+    folder = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    for f in folder.glob("*.pt"):
+        torch.load(f, weights_only=True)  # raises on anything but tensors and plain containers
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "optimizer.pt", "scheduler.pt", "state.json",
+                                                   "rng-0.safetensors", "rng-0.json", "config.yaml", "COMPLETE"}
+
+
+def test_nan_loss_is_skipped_then_stops_after_too_many(tiny_encoder_dir, labelled, tmp_path, monkeypatch):
+    from rewardtune.checkpoint import NonFiniteError
+    from rewardtune.train import sft
+
+    real = sft.F.cross_entropy
+    calls = {"n": 0}
+
+    def flaky(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] in (3, 6, 7, 8) else loss  # steps 3, then 6-8 in a row
+
+    monkeypatch.setattr(sft.F, "cross_entropy", flaky)
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["ckpt.every=4"]
+    with pytest.raises(NonFiniteError, match="3 consecutive steps.*step 8"):
+        train_sft(load_config(SFTConfig, None, args), show_progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in logged if r["split"] == "skipped"]
+    assert [r["step"] for r in skipped] == [3, 6, 7, 8] and len(skipped[0]["batch_ids"]) == 8
+    assert [c.name for c in complete_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004"]
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tiny_encoder_dir, labelled, tmp_path, monkeypatch):
+    import errno
+
+    from rewardtune import checkpoint
+    from rewardtune.checkpoint import CheckpointError
+
+    real = checkpoint.save_checkpoint
+
+    def full_at_step_8(root, step, *a, **k):
+        if step == 8:
+            (checkpoint.tmp_folder(root, step) / "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(root, step, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full_at_step_8)
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["ckpt.every=4"]
+    with pytest.raises(CheckpointError, match="step 8.*No space left.*step-00000004, is intact"):
+        train_sft(load_config(SFTConfig, None, args), show_progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    assert [c.name for c in complete_checkpoints(root)] == ["step-00000004"] and not list(root.glob("*.tmp"))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real)
+    out = train_sft(load_config(SFTConfig, None, args + ["ckpt.resume=auto"]), show_progress=False)
+    assert out["steps"] == 12
+
+
+def test_unwritable_run_folder_fails_before_training(tiny_encoder_dir, labelled, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # even root cannot create a folder under a file
+    with pytest.raises(OSError, match="not writable.*choose another"):
+        train_sft(load_config(SFTConfig, None, classifier_args(tiny_encoder_dir, labelled, blocker, "run")),
+                  show_progress=False)

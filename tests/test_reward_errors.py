@@ -1,0 +1,81 @@
+"""A reward that raises or returns NaN: stop with the sample shown (default), or drop the sample (skip)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rewardtune.config import load_config
+from rewardtune.rewards import CombinedReward, RewardError
+
+
+def picky(prompts, completions, **_):
+    """Raises on any completion containing 'x' (so a batch holding one raises as a whole)."""
+    if any("x" in c for c in completions):
+        raise ValueError("cannot score x")
+    return [float(len(c)) for c in completions]
+
+
+def nan_on_b(prompts, completions, **_):
+    return [math.nan if "b" in c else 1.0 for c in completions]
+
+
+def test_skip_drops_only_the_failing_samples():
+    comb = CombinedReward({"picky": picky}, {"picky": 1.0}, on_error="skip")
+    res = comb(["p"] * 4, ["aa", "x", "bbb", "xy"])
+    assert res.dropped.tolist() == [False, True, False, True]
+    assert res.total.tolist() == [2.0, 0.0, 3.0, 0.0]  # dropped rows hold 0, the others their value
+    comb = CombinedReward({"nan": nan_on_b, "picky": picky}, {"nan": 1.0, "picky": 0.5}, on_error="skip")
+    res = comb(["p"] * 3, ["a", "b", "x"])
+    assert res.dropped.tolist() == [False, True, True]
+    assert res.total[0].item() == pytest.approx(1.0 + 0.5 * 1.0)  # 1·1 + 0.5·len("a")
+
+
+def test_raise_shows_the_sample_and_the_way_out():
+    comb = CombinedReward({"picky": picky}, {"picky": 1.0})
+    with pytest.raises(RewardError, match=r"'picky' raised ValueError: cannot score x.*on_reward_error=skip"):
+        comb(["p"], ["x"])
+    with pytest.raises(RewardError, match=r"'nan' returned nan on .*completion='b'"):
+        CombinedReward({"nan": nan_on_b}, {"nan": 1.0})(["p", "p"], ["a", "b"])
+
+
+def test_skip_still_refuses_a_wrong_count():
+    comb = CombinedReward({"short": lambda p, c, **_: [1.0]}, {"short": 1.0}, on_error="skip")
+    with pytest.raises(RewardError, match="returned 1 values for 2 samples"):
+        comb(["p", "p"], ["a", "b"])
+
+
+def test_generative_rl_skips_failed_samples_and_counts_them(tiny_causal_lm_dir, tmp_path):
+    from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abcdefgh"))
+    args = [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+            "rl.samples_per_prompt=4", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
+            "rl.rewards=[test_reward_errors:nan_on_b]", "gen.max_new_tokens=8", f"runs_dir={tmp_path}"]
+    with pytest.raises(RewardError, match="'test_reward_errors:nan_on_b' returned nan"):
+        train_rl_generate(load_config(GenRLConfig, None, args + ["name=strict"]), show_progress=False)
+    # the tiny tokenizer spells completions from letters: 8 tokens × 8 samples almost surely hold a 'b'
+    out = train_rl_generate(load_config(GenRLConfig, None, args + ["name=skip", "rl.on_reward_error=skip"]),
+                            show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(train) == 3 and all(math.isfinite(r["loss"]) for r in train)
+    assert sum(r["reward_dropped"] for r in train) > 0 and not out.get("stopped")
+
+
+def test_classifier_rl_skip_masks_the_dropped_examples():
+    from rewardtune.algorithms import EMABaseline
+    from rewardtune.train.rl_classifier import RLSettings, Step, sampled
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, requires_grad=True)
+    rl = RLSettings(estimator="reinforce", baseline="mean", samples=4, on_reward_error="skip")
+    reward = CombinedReward({"nan": lambda p, c, label, **_: [math.nan if t == "bad" else 1.0 for t in p]},
+                            {"nan": 1.0}, on_error="skip")
+    loss, stats = sampled(Step(logits, ["ok", "bad", "ok"], ["a", "b", "a"], ["a", "b"], reward, rl, EMABaseline()))
+    loss.backward()
+    assert stats["reward_dropped"].item() == 1.0
+    assert torch.all(logits.grad[1] == 0) and logits.grad[0].abs().sum() > 0  # the dropped example gets no gradient
