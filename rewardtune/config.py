@@ -125,6 +125,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/false as False: give back the word that was meant
+            value = next((w for w in (("no", "off", "false") if not value else ("yes", "on", "true")) if w in choices), value)
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value

@@ -183,3 +183,23 @@ def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
     assert got.keys() == want.keys() and got
     for n in got:  # ratios are exp(fresh - rollout log-probs) ≈ 1, not exactly: hence the tolerance
         assert torch.allclose(got[n], want[n], atol=1e-5, rtol=1e-3), n
+
+
+@pytest.mark.parametrize("extra", [["rl.kl_mode=reward", "rl.kl_estimator=k1"], ["rl.kl_target=0.001", "rl.kl_horizon=10"]])
+def test_kl_in_reward_and_adaptive_beta(tiny_causal_lm_dir, prompts_file, tmp_path, extra):
+    out = train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "kl", "rl.kl_coef=0.5", *extra),
+                            show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "kl" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(train) == 3 and all(math.isfinite(r["loss"]) and "kl" in r for r in train)
+    betas = [r["kl_coef"] for r in train]
+    if "rl.kl_target=0.001" in extra:
+        # β_{t+1} = β_t · (1 + clip(KL_t / target − 1, ±0.2) · n / horizon), n = 6 samples, horizon 10:
+        # step 1's KL is 0 (the policy is the reference) → β × (1 − 0.2·0.6) = 0.44
+        assert betas[0] == 0.5 and betas[1] == pytest.approx(0.44)
+        for r, nxt in zip(train, betas[1:]):
+            err = min(max(r["kl"] / 0.001 - 1, -0.2), 0.2)
+            assert nxt == pytest.approx(r["kl_coef"] * (1 + err * 6 / 10))
+    else:
+        assert betas == [0.5] * 3
+    assert out["steps"] == 3

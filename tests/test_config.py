@@ -110,3 +110,10 @@ def test_partial_section_override_keeps_the_section_default(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  lora:\n    alpha: 4\n")
     assert load_config(WithSectionDefault, f).model.name == "smollm2-135m-instruct"
+
+
+def test_yaml_no_for_a_string_choice_is_the_word_no():
+    from rewardtune.train.sft import SFTConfig
+
+    # YAML 1.1 parses a bare `no` as False; mixed_precision's choices are the strings 'no' and 'bf16'
+    assert load_config(SFTConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"

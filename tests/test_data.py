@@ -7,8 +7,7 @@ import logging
 
 import pytest
 
-from rewardtune.data import (DataError, inspect_table, load_examples, normalize_label, read_table, split,
-                             to_examples)
+from rewardtune.data import (DataError, inspect_table, load_examples, normalize_label, read_table, split)
 
 from helpers import needs_shared_data
 

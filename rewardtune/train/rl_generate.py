@@ -13,13 +13,14 @@ import itertools
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from ..algorithms import EMABaseline, get_advantage_fn, kl_loss, masked_mean, pg_loss
+from ..algorithms import (EMABaseline, get_advantage_fn, get_kl_controller, get_kl_estimator, kl_loss, masked_mean,
+                          masked_sum, pg_loss)
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, load_causal_lm
@@ -47,6 +48,9 @@ class GenRLSettings:
     baseline: Literal["none", "mean", "ema"] = doc("mean", "reinforce: baseline")
     kl_coef: float = doc(0.04, "β of the KL to the reference policy (0 = no reference)")
     kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "per-token KL estimator")
+    kl_mode: Literal["loss", "reward"] = doc("loss", "KL as a loss term (GRPO) or a penalty in the reward (PPO always)")
+    kl_target: float = doc(0.0, "adaptive β (Ziegler et al. 2019): the per-token KL to hold; 0 = fixed β")
+    kl_horizon: int = doc(10000, "adaptive β: samples over which β may change by ±20%")
     rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
     reward_weights: tuple = doc((), "one weight per reward")
     reward_normalize: Literal["none", "running", "rank"] = doc("none", "per-reward normalisation before weighting")
@@ -105,6 +109,25 @@ def setup_reference(model: Any, rl: GenRLSettings) -> Callable[[], Any]:
         def __exit__(self, *exc: Any) -> None:
             return None
     return _Frozen
+
+
+def setup_kl_controller(rl: GenRLSettings) -> Any:
+    """β as a controller: fixed, or adaptive towards `kl_target` (its state is checkpointed)."""
+    if rl.kl_target > 0:
+        return get_kl_controller("adaptive", value=rl.kl_coef, target=rl.kl_target, horizon=rl.kl_horizon)
+    return get_kl_controller("fixed", value=rl.kl_coef)
+
+
+def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
+                 rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, float]:
+    """r − β·Σ_t k_t(π_old, π_ref) per completion, and the mean per-token KL.  rewards (P, K) → (P, K)."""
+    T = ro.completion_ids.shape[1]
+    with torch.no_grad(), ref() as ref_model:
+        ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
+                                     T, gen.temperature)  # (B, T)
+    k = get_kl_estimator(rl.kl_estimator)(ro.logprobs, ref_logp)  # (B, T)
+    seq_kl = masked_sum(k, ro.completion_mask, -1)  # (B,)
+    return rewards - beta * seq_kl.reshape(rewards.shape).cpu(), float(masked_mean(k, ro.completion_mask))
 
 
 def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str) -> float:
@@ -221,7 +244,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     model, optim = run.accelerator.prepare(model, optim)
     max_prompt = getattr(model.config, "max_position_embeddings", 2048) - gen.max_new_tokens
     check_prompt_lengths(tok, prompts + held_out, max_prompt)  # before any step, not at the step that meets it
-    ema = EMABaseline()
+    ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
@@ -231,6 +254,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     if saved:
         start, best, first_eval, last_eval = saved["step"], saved["best"], saved["eval_start"], saved["eval"]
         ema.load_state_dict(saved["algo"]["ema"])
+        kl_ctl.load_state_dict(saved["algo"]["kl"])
         reward.load_state_dict(saved["algo"]["reward"])
     else:
         start, first_eval = 0, evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
@@ -239,7 +263,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
 
     def snapshot() -> dict[str, Any]:
         return {"best": best, "eval_start": first_eval, "eval": last_eval,
-                "algo": {"ema": ema.state_dict(), "reward": reward.state_dict()}}
+                "algo": {"ema": ema.state_dict(), "reward": reward.state_dict(), "kl": kl_ctl.state_dict()}}
 
     with guard:
         for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
@@ -252,14 +276,22 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             rewards, dropped = drop_failed(ro, scored, rl)  # (P, K), count
             t2 = time.time()
             ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
+            beta, shaped, kl_tok = kl_ctl.value, rewards, None
             if head is not None:
-                stats = ppo_step(run, model, head, optim, params, ref, ro, scored.total, cfg, ok)
+                stats = ppo_step(run, model, head, optim, params, ref, ro, scored.total, cfg, ok, beta)
             else:
-                stats = update(run, model, optim, ref, ro, advantages(rewards, rl, ema).to(ro.logprobs.device), rl, gen, ok)
+                if rl.kl_mode == "reward" and beta:  # the penalty goes into the reward, not the loss
+                    shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
+                step_rl = replace(rl, kl_coef=0.0 if kl_tok is not None else beta)
+                stats = update(run, model, optim, ref, ro, advantages(shaped, rl, ema).to(ro.logprobs.device),
+                               step_rl, gen, ok)
+            if kl_tok is not None:
+                stats["kl"] = kl_tok
+            kl_ctl.update(stats.get("kl", 0.0), rewards.numel())
             t3 = time.time()
             if step % rl.log_every == 0:
                 n_tok = int(ro.completion_mask.sum())
-                run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(),
+                run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
                         **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
                         completion_len=ro.completion_mask.sum(-1).float().mean(),
                         equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), reward_dropped=dropped,
@@ -320,11 +352,11 @@ def save_policy(run: RunContext, model: Any, tok: Any, head: Any = None, name: s
 
 
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
-             scores: torch.Tensor, cfg: GenRLConfig, ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
+             scores: torch.Tensor, cfg: GenRLConfig, ok: Callable[[torch.Tensor, Any], bool], beta: float) -> dict[str, float]:
     """Reference log-probs for the KL-in-reward, then PPO's epochs of minibatch updates."""
     T = ro.completion_ids.shape[1]
     ref_logp = None
-    if cfg.rl.kl_coef:
+    if beta:
         with torch.no_grad(), ref() as ref_model:
             ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
                                          T, cfg.gen.temperature)
@@ -335,4 +367,4 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
             optim.step()
         optim.zero_grad(set_to_none=True)
     return ppo_update(run.accelerator.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
-                      cfg.rl.kl_coef, cfg.ppo, cfg.gen)
+                      beta, cfg.ppo, cfg.gen)
