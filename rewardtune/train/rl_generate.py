@@ -220,21 +220,40 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int) -> None:
                          f"first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
 
 
+def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
+    """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`."""
+    rl = cfg.rl
+    prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
+    check_settings(rl, len(prompts))  # before the run folder exists: nothing is lost
+    order = list(range(len(prompts)))
+    random.Random(cfg.seed).shuffle(order)
+    if cfg.data.val_path:  # a fixed held-out prompt set
+        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:rl.eval_prompts]
+        return [prompts[i] for i in order], held_out
+    held_out = [prompts[i] for i in order[:rl.eval_prompts]]
+    return [prompts[i] for i in order[rl.eval_prompts:]] or held_out, held_out
+
+
+def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
+             scores: torch.Tensor, rewards: torch.Tensor, cfg: GenRLConfig, ema: EMABaseline, beta: float,
+             ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
+    """The update of one step: PPO's epochs, or advantages → one policy-gradient step (KL in loss or reward)."""
+    rl, gen = cfg.rl, cfg.gen
+    if head is not None:
+        return ppo_step(run, model, head, optim, params, ref, ro, scores, cfg, ok, beta)
+    shaped, kl_tok = rewards, None
+    if rl.kl_mode == "reward" and beta:  # the penalty goes into the reward, not the loss
+        shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
+    step_rl = replace(rl, kl_coef=0.0 if kl_tok is not None else beta)
+    stats = update(run, model, optim, ref, ro, advantages(shaped, rl, ema).to(ro.logprobs.device), step_rl, gen, ok)
+    return stats if kl_tok is None else {**stats, "kl": kl_tok}
+
+
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run generative RL; returns the last held-out reward and the run folder."""
     rl, gen = cfg.rl, cfg.gen
-    prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
-    check_settings(rl, len(prompts))
+    train_prompts, held_out = setup_prompts(cfg)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
-    rng = random.Random(cfg.seed)
-    order = list(range(len(prompts)))
-    rng.shuffle(order)
-    if cfg.data.val_path:  # a fixed held-out prompt set
-        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:rl.eval_prompts]
-        train_prompts = [prompts[i] for i in order]
-    else:
-        held_out = [prompts[i] for i in order[:rl.eval_prompts]]
-        train_prompts = [prompts[i] for i in order[rl.eval_prompts:]] or held_out
     model, tok = load_causal_lm(cfg.model.name)
     model = apply_lora(model, cfg.model.lora)
     reward, ref = setup_reward(rl), setup_reference(model, rl)
@@ -243,7 +262,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     optim = torch.optim.AdamW(params, lr=rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
     max_prompt = getattr(model.config, "max_position_embeddings", 2048) - gen.max_new_tokens
-    check_prompt_lengths(tok, prompts + held_out, max_prompt)  # before any step, not at the step that meets it
+    check_prompt_lengths(tok, train_prompts + held_out, max_prompt)  # before any step, not at the step that meets it
     ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
@@ -276,17 +295,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             rewards, dropped = drop_failed(ro, scored, rl)  # (P, K), count
             t2 = time.time()
             ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
-            beta, shaped, kl_tok = kl_ctl.value, rewards, None
-            if head is not None:
-                stats = ppo_step(run, model, head, optim, params, ref, ro, scored.total, cfg, ok, beta)
-            else:
-                if rl.kl_mode == "reward" and beta:  # the penalty goes into the reward, not the loss
-                    shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
-                step_rl = replace(rl, kl_coef=0.0 if kl_tok is not None else beta)
-                stats = update(run, model, optim, ref, ro, advantages(shaped, rl, ema).to(ro.logprobs.device),
-                               step_rl, gen, ok)
-            if kl_tok is not None:
-                stats["kl"] = kl_tok
+            beta = kl_ctl.value
+            stats = optimise(run, model, head, optim, params, ref, ro, scored.total, rewards, cfg, ema, beta, ok)
             kl_ctl.update(stats.get("kl", 0.0), rewards.numel())
             t3 = time.time()
             if step % rl.log_every == 0:
