@@ -48,11 +48,10 @@ def run_rewardtune(method: str, args: argparse.Namespace) -> dict:
 
 def run_trainer(args: argparse.Namespace) -> dict:
     """HF Trainer + AutoModelForSequenceClassification, same model, data, batch, lr, epochs, max length."""
-    import numpy as np
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from rewardtune.data import load_examples
-    from rewardtune.eval import classification_metrics
+    from rewardtune.eval import evaluate_classifier
     from rewardtune.models import load_classifier
 
     train = load_examples(DATA / "train.tsv", "sentence")
@@ -75,8 +74,9 @@ def run_trainer(args: argparse.Namespace) -> dict:
     t = time.time()
     trainer.train()
     train_s = time.time() - t
-    logits = trainer.predict(ds(dev)).predictions
-    metrics, _, _ = classification_metrics(dev.labels, np.argmax(logits, -1).tolist(), dev.label_names)
+    # Evaluated by the same code as rewardtune's runs (Trainer.predict would reorder rows: its eval
+    # sampler also groups by length when train_sampling_strategy="group_by_length").
+    metrics = evaluate_classifier(trainer.model, tok, dev.texts, dev.labels, dev.label_names, 66).metrics
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "train_s": train_s,
             "examples_per_s": len(train) * args.epochs / train_s}
 
