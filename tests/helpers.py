@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from dataclasses import dataclass
+from typing import Literal
+
+from rewardtune.config import DataSettings, ModelSettings, doc, nested
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS = (
     "the a an this that film movie plot acting music ending story was is were good great bad awful "
@@ -39,3 +44,22 @@ def needs_package(name: str) -> None:
 
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"bundled model package {name} is not installed (bash scripts/setup.sh installs it)")
+
+
+@dataclass(frozen=True)
+class Train:
+    """A small config section for config-loader tests."""
+
+    lr: float = doc(1e-5, "learning rate")
+    epochs: int = doc(1, "passes over the data")
+    algo: Literal["reinforce", "rloo"] = doc("reinforce", "estimator")
+
+
+@dataclass(frozen=True)
+class Cfg:
+    """A small command config for config-loader tests."""
+
+    model: ModelSettings = nested(ModelSettings, "model")
+    data: DataSettings = nested(DataSettings, "data")
+    train: Train = nested(Train, "training")
+    name: str = doc("run", "run name")

@@ -2,27 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import pytest
 
-from rewardtune.config import (ConfigError, DataSettings, LoraSettings, ModelSettings, describe, doc,
-                               dump_config, load_config, nested)
+from rewardtune.config import (ConfigError, LoraSettings, ModelSettings, describe, dump_config, load_config, nested)
 
 
-@dataclass(frozen=True)
-class Train:
-    lr: float = doc(1e-5, "learning rate")
-    epochs: int = doc(1, "passes over the data")
-    algo: Literal["reinforce", "rloo"] = doc("reinforce", "estimator")
-
-
-@dataclass(frozen=True)
-class Cfg:
-    model: ModelSettings = nested(ModelSettings, "model")
-    data: DataSettings = nested(DataSettings, "data")
-    train: Train = nested(Train, "training")
-    name: str = doc("run", "run name")
+from helpers import Cfg  # the small config that test_fuzz_inputs.py loads too
 
 
 def test_defaults_without_file():

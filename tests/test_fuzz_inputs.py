@@ -13,11 +13,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import pytest
 
-from rewardtune.config import ConfigError, DataSettings, ModelSettings, doc, load_config, nested
+from helpers import Cfg, Train  # the small config that test_config.py loads too
+
+from rewardtune.config import ConfigError, load_config
 from rewardtune.data import DataError, Table, inspect_table, load_examples, read_table, split, to_examples
 
 ROWS = [{"text": f"review number {i}", "label": i % 2} for i in range(6)]
@@ -261,19 +263,6 @@ def test_split_too_small_to_split_says_so():
 
 
 # ---------------------------------------------------------------- config
-@dataclass(frozen=True)
-class Train:
-    lr: float = doc(1e-5, "learning rate")
-    epochs: int = doc(1, "passes over the data")
-    algo: Literal["reinforce", "rloo"] = doc("reinforce", "estimator")
-
-
-@dataclass(frozen=True)
-class Cfg:
-    model: ModelSettings = nested(ModelSettings, "model")
-    data: DataSettings = nested(DataSettings, "data")
-    train: Train = nested(Train, "training")
-    name: str = doc("run", "run name")
 
 
 @dataclass
