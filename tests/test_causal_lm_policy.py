@@ -203,3 +203,10 @@ def test_kl_in_reward_and_adaptive_beta(tiny_causal_lm_dir, prompts_file, tmp_pa
     else:
         assert betas == [0.5] * 3
     assert out["steps"] == 3
+
+
+def test_bf16_autocast_runs_with_finite_losses(tiny_causal_lm_dir, prompts_file, tmp_path):
+    out = train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16", "rl.mixed_precision=bf16"),
+                            show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert [math.isfinite(r["loss"]) for r in rows if r["split"] == "train"] == [True] * 3 and out["steps"] == 3

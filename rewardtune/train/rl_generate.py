@@ -62,6 +62,7 @@ class GenRLSettings:
     eval_prompts: int = doc(16, "held-out prompts evaluated (greedy)")
     sample_every: int = doc(5, "steps between samples.jsonl rows")
     log_every: int = doc(1, "steps between metrics.jsonl rows")
+    mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     """Run generative RL; returns the last held-out reward and the run folder."""
     rl, gen = cfg.rl, cfg.gen
     train_prompts, held_out = setup_prompts(cfg)
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision})
     model, tok = load_causal_lm(cfg.model.name)
     model = apply_lora(model, cfg.model.lora)
     reward, ref = setup_reward(rl), setup_reference(model, rl)
@@ -289,7 +290,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
                          disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
             batch = [next(cycle) for _ in range(rl.prompts_per_step)]
             t0 = time.time()
-            ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
+            with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
+                ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
             t1 = time.time()
             scored = reward(ro.prompts, ro.completions)
             rewards, dropped = drop_failed(ro, scored, rl)  # (P, K), count
