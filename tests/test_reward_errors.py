@@ -73,9 +73,20 @@ def test_classifier_rl_skip_masks_the_dropped_examples():
     torch.manual_seed(0)
     logits = torch.randn(3, 2, requires_grad=True)
     rl = RLSettings(estimator="reinforce", baseline="mean", samples=4, on_reward_error="skip")
-    reward = CombinedReward({"nan": lambda p, c, label, **_: [math.nan if t == "bad" else 1.0 for t in p]},
-                            {"nan": 1.0}, on_error="skip")
-    loss, stats = sampled(Step(logits, ["ok", "bad", "ok"], ["a", "b", "a"], ["a", "b"], reward, rl, EMABaseline()))
+    by_text = {"ok": 1.0, "bad": math.nan, "meh": 0.0}  # the reward depends on the text only
+    reward = CombinedReward({"r": lambda p, c, label, **_: [by_text[t] for t in p]}, {"r": 1.0}, on_error="skip")
+    torch.manual_seed(1)
+    loss, stats = sampled(Step(logits, ["ok", "bad", "meh"], ["a", "b", "a"], ["a", "b"], reward, rl, EMABaseline()))
     loss.backward()
     assert stats["reward_dropped"].item() == 1.0
-    assert torch.all(logits.grad[1] == 0) and logits.grad[0].abs().sum() > 0  # the dropped example gets no gradient
+    # The same samples by hand: the mean baseline over the kept rows is (1 + 0)/2 = 0.5, so the
+    # advantages are +0.5 (row 0) and −0.5 (row 2); the dropped row 1 is out of the loss and the mean
+    # (with its zeros in the mean the baseline would be 1/3). Loss = −Σ_kept A·log π / (2 rows · 4 samples).
+    torch.manual_seed(1)
+    ref = logits.detach().clone().requires_grad_(True)
+    logp = torch.log_softmax(ref, -1)
+    actions = torch.multinomial(logp.exp().detach(), 4, replacement=True)
+    picked = logp.gather(-1, actions)  # (3, 4)
+    (-(0.5 * picked[0].sum() - 0.5 * picked[2].sum()) / 8).backward()
+    assert torch.all(logits.grad[1] == 0) and logits.grad[0].abs().sum() > 0
+    assert torch.allclose(logits.grad, ref.grad, atol=1e-7)

@@ -44,6 +44,7 @@ def test_running_normalisation_uses_all_values_so_far():
     comb.fns["a"] = f_const([5.0, None])
     with pytest.raises(RewardError, match="example 1"):  # row 1 has no reward from anyone
         comb(["", ""], ["", ""])
+    assert comb.stats["a"].n == 2  # the refused batch left the running statistics alone
     comb = CombinedReward({"a": f_const([1.0, 3.0])}, {"a": 1.0}, normalize="running")
     comb(["", ""], ["", ""])
     comb.fns["a"] = f_const([5.0, 5.0])

@@ -150,14 +150,14 @@ class CombinedReward:
             vals, bad = self._call(name, fn, prompts, completions, columns)
             dropped |= bad
             comps[name] = torch.tensor([math.nan if v is None else v for v in vals], dtype=torch.float32)
-        normed = {n: NORMALIZERS[self.normalize](v, self.stats.setdefault(n, RunningStats())) for n, v in comps.items()}
         w = torch.tensor([self.weights[n] for n in comps])  # (F,)
-        r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
-        present = ~torch.isnan(r)
+        present = ~torch.isnan(torch.stack(list(comps.values()), dim=-1))  # (B, F); normalising keeps NaN as NaN
         w_present = (present * w.abs()).sum(-1)  # (B,)
-        if ((w_present == 0) & ~dropped).any():
+        if ((w_present == 0) & ~dropped).any():  # checked before the running statistics see this batch
             i = int(((w_present == 0) & ~dropped).nonzero()[0])
             raise RewardError(f"no reward function with a non-zero weight gave a value for {_example(prompts, completions, i)}")
+        normed = {n: NORMALIZERS[self.normalize](v, self.stats.setdefault(n, RunningStats())) for n, v in comps.items()}
+        r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
         total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present.clamp(min=1e-12))  # (B,)
         return RewardResult(total.masked_fill(dropped, 0.0), comps, dropped)
 

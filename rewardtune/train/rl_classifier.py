@@ -100,7 +100,10 @@ def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     logp_all = torch.log_softmax(s.logits.float(), dim=-1)  # (b, A)
     actions = torch.multinomial(logp_all.exp().detach(), s.rl.samples, replacement=True)  # (b, K)
     rewards, comps, keep = _score(s, actions.cpu())  # (b, K)
-    adv = rloo(rewards) if s.rl.baseline == "rloo" else reinforce(rewards, s.rl.baseline, s.ema)
+    kept = keep.bool()
+    adv = torch.zeros_like(rewards)  # (b, K); baselines come from the kept examples only
+    if kept.any():
+        adv[kept] = rloo(rewards[kept]) if s.rl.baseline == "rloo" else reinforce(rewards[kept], s.rl.baseline, s.ema)
     logp = logp_all.gather(-1, actions)  # (b, K): each sample is one "token" of weight 1
     loss, _ = pg_loss(logp, adv, keep[:, None].expand_as(logp), "token_mean")
     return loss, {"reward": rewards.mean(), **comps}
