@@ -49,7 +49,9 @@ def _resume_args(args: argparse.Namespace) -> None:
     if not (run / "config.yaml").exists():
         raise ConfigError(f"--resume {run}: no config.yaml there; is it a run folder (runs/<name>)?")
     args.config = str(run / "config.yaml")
-    args.overrides = [*args.overrides, "ckpt.resume=auto", f"runs_dir={run.parent}", f"name={run.name}"]
+    # A pause (ckpt.stop_after) is for the invocation that asked for it, not for every resumption.
+    args.overrides = ["ckpt.stop_after=0", *args.overrides, "ckpt.resume=auto", f"runs_dir={run.parent}",
+                      f"name={run.name}"]
     args.resume = None
 
 

@@ -207,3 +207,16 @@ def test_unwritable_run_folder_fails_before_training(tiny_encoder_dir, labelled,
     with pytest.raises(OSError, match="not writable.*choose another"):
         train_sft(load_config(SFTConfig, None, classifier_args(tiny_encoder_dir, labelled, blocker, "run")),
                   show_progress=False)
+
+
+def test_cli_resume_of_a_causal_lm_run_finds_its_policy_kind(tiny_causal_lm_dir, prompts, tmp_path, capsys):
+    from rewardtune.cli import main
+
+    args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",
+            "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
+            "gen.max_new_tokens=4", f"runs_dir={tmp_path}", "name=lm", "ckpt.stop_after=1"]
+    assert main(args) == 0 and '"stopped": true' in capsys.readouterr().out
+    assert main(["rl", "--resume", str(tmp_path / "lm")]) == 0  # policy=causal-lm comes from its config.yaml
+    out = capsys.readouterr().out
+    assert "resumed from" in out and '"steps": 3' in out
+    assert main(["rl", "--resume", str(tmp_path / "lm"), "--config", "x.yaml"]) == 2  # one or the other
