@@ -182,3 +182,28 @@ def test_two_processes_match_one_process_with_the_same_global_batch(command, lau
 
     for k in one:
         assert torch.allclose(one[k], two[k], rtol=0, atol=ATOL), f"{k}: max abs diff {diffs[k]:.3g} > {ATOL}"
+
+
+def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path, tiny_causal_lm_dir):
+    """`rl policy=causal-lm` under torchrun: each process samples its own whole prompt groups, the
+    logged reward covers the global batch, and the checkpoint written by the main process resumes."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the film was {w}"}) + "\n" for w in WORDS[:12]))
+    runs = tmp_path / "runs"
+    args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",
+            "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
+            "rl.lr=1e-2", "gen.max_new_tokens=4", f"runs_dir={runs}", "name=lm2", "ckpt.every=1"]
+    proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], tmp_path / "log.txt")
+    _wait(proc, tmp_path / "log.txt")
+    assert json.loads((tmp_path / "info.json").read_text())["num_processes"] == 2
+    rows = _train_rows(runs / "lm2")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in rows)
+    ckpt = runs / "lm2" / "checkpoints" / "step-00000003"
+    assert (ckpt / "rng-0.json").exists() and (ckpt / "rng-1.json").exists()  # each process's own RNG
+    assert (runs / "lm2" / "checkpoints" / "final" / "adapter_model.safetensors").exists()
+
+    bad = _launch("torchrun", 2, [str(tmp_path / "info3.json"), *args[:-2], "rl.prompts_per_step=3", "name=odd"],
+                  tmp_path / "log3.txt")
+    bad.wait(timeout=TIMEOUT_S)
+    bad.log_file.close()
+    assert bad.returncode != 0 and "multiple of the 2 processes" in (tmp_path / "log3.txt").read_text()

@@ -262,8 +262,12 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     optim = torch.optim.AdamW(params, lr=rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
-    max_prompt = getattr(model.config, "max_position_embeddings", 2048) - gen.max_new_tokens
+    max_prompt = getattr(run.accelerator.unwrap_model(model).config, "max_position_embeddings", 2048) - gen.max_new_tokens
     check_prompt_lengths(tok, train_prompts + held_out, max_prompt)  # before any step, not at the step that meets it
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    if rl.prompts_per_step % world:
+        raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be a multiple of the {world} processes: "
+                         "each process takes whole prompt groups")
     ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
@@ -279,6 +283,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     else:
         start, first_eval = 0, evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
         best, last_eval = first_eval["reward"], first_eval
+        if world > 1:  # the same seed everywhere would sample the same completions on every process
+            torch.manual_seed(cfg.seed + 1_000_003 * rank)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
 
     def snapshot() -> dict[str, Any]:
@@ -288,17 +294,23 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     with guard:
         for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
                          disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
-            batch = [next(cycle) for _ in range(rl.prompts_per_step)]
+            batch = [next(cycle) for _ in range(rl.prompts_per_step)]  # the global batch, the same on every process
+            local = rl.prompts_per_step // world
+            batch = batch[rank * local:(rank + 1) * local]  # this process's whole groups
             t0 = time.time()
             with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
                 ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
             t1 = time.time()
             scored = reward(ro.prompts, ro.completions)
-            rewards, dropped = drop_failed(ro, scored, rl)  # (P, K), count
+            rewards, dropped = drop_failed(ro, scored, replace(rl, prompts_per_step=len(batch)))  # (P/world, K), count
             t2 = time.time()
             ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
             beta = kl_ctl.value
             stats = optimise(run, model, head, optim, params, ref, ro, scored.total, rewards, cfg, ema, beta, ok)
+            if world > 1:  # log and adapt β on the global batch, so every process keeps the same β
+                rewards = run.accelerator.gather(rewards.to(run.accelerator.device)).cpu()
+                stats = {k: float(run.accelerator.reduce(torch.tensor(v, device=run.accelerator.device), "mean"))
+                         for k, v in stats.items()}
             kl_ctl.update(stats.get("kl", 0.0), rewards.numel())
             t3 = time.time()
             if step % rl.log_every == 0:
