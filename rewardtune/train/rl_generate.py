@@ -112,6 +112,14 @@ def setup_reference(model: Any, rl: GenRLSettings) -> Callable[[], Any]:
     return _Frozen
 
 
+def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperature: float) -> torch.Tensor:
+    """log π_ref of the rollout's completion tokens (no gradient).  (B, L) → (B, T)."""
+    with torch.no_grad(), ref() as ref_model:
+        logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
+                                 ro.completion_ids.shape[1], temperature)
+    return logp
+
+
 def setup_kl_controller(rl: GenRLSettings) -> Any:
     """β as a controller: fixed, or adaptive towards `kl_target` (its state is checkpointed)."""
     if rl.kl_target > 0:
@@ -122,10 +130,7 @@ def setup_kl_controller(rl: GenRLSettings) -> Any:
 def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
                  rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, float]:
     """r − β·Σ_t k_t(π_old, π_ref) per completion, and the mean per-token KL.  rewards (P, K) → (P, K)."""
-    T = ro.completion_ids.shape[1]
-    with torch.no_grad(), ref() as ref_model:
-        ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
-                                     T, gen.temperature)  # (B, T)
+    ref_logp = reference_logprobs(model, ref, ro, gen.temperature)  # (B, T)
     k = get_kl_estimator(rl.kl_estimator)(ro.logprobs, ref_logp)  # (B, T)
     seq_kl = masked_sum(k, ro.completion_mask, -1)  # (B,)
     return rewards - beta * seq_kl.reshape(rewards.shape).cpu(), float(masked_mean(k, ro.completion_mask))
@@ -147,9 +152,7 @@ def policy_loss(model: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tens
     loss, _ = pg_loss(logp, adv, mask, rl.aggregation, gen.max_new_tokens)
     stats = {"entropy": masked_mean(ent, mask)}
     if rl.kl_coef:
-        with torch.no_grad(), ref() as ref_model:
-            ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids,
-                                         ro.attention_mask, T, gen.temperature)
+        ref_logp = reference_logprobs(model, ref, ro, gen.temperature)
         kl, kst = kl_loss(logp, ref_logp, mask, rl.kl_coef, rl.kl_estimator, rl.aggregation, gen.max_new_tokens)
         loss = loss + kl
         stats["kl"] = kst.kl_mean
@@ -235,6 +238,18 @@ def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
     return [prompts[i] for i in order[rl.eval_prompts:]] or held_out, held_out
 
 
+def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list, Any, Callable[[], Any]]:
+    """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
+    model, tok = load_causal_lm(cfg.model.name)
+    model = apply_lora(model, cfg.model.lora)
+    ref = setup_reference(model, cfg.rl)
+    head = ValueHead(model.config.hidden_size) if cfg.rl.algorithm == "ppo" else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    optim = torch.optim.AdamW(params, lr=cfg.rl.lr)
+    model, optim = run.accelerator.prepare(model, optim)
+    return model, tok, head, params, optim, ref
+
+
 def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
              scores: torch.Tensor, rewards: torch.Tensor, cfg: GenRLConfig, ema: EMABaseline, beta: float,
              ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
@@ -255,13 +270,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     rl, gen = cfg.rl, cfg.gen
     train_prompts, held_out = setup_prompts(cfg)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision})
-    model, tok = load_causal_lm(cfg.model.name)
-    model = apply_lora(model, cfg.model.lora)
-    reward, ref = setup_reward(rl), setup_reference(model, rl)
-    head = ValueHead(model.config.hidden_size) if rl.algorithm == "ppo" else None
-    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    optim = torch.optim.AdamW(params, lr=rl.lr)
-    model, optim = run.accelerator.prepare(model, optim)
+    model, tok, head, params, optim, ref = setup_policy(cfg, run)
+    reward = setup_reward(rl)
     max_prompt = getattr(run.accelerator.unwrap_model(model).config, "max_position_embeddings", 2048) - gen.max_new_tokens
     check_prompt_lengths(tok, train_prompts + held_out, max_prompt)  # before any step, not at the step that meets it
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
@@ -274,12 +284,12 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
     guard = StopGuard(cfg.ckpt.stop_after)
     cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
+    algo = {"ema": ema, "kl": kl_ctl, "reward": reward}
     saved = cp.restore()
     if saved:
         start, best, first_eval, last_eval = saved["step"], saved["best"], saved["eval_start"], saved["eval"]
-        ema.load_state_dict(saved["algo"]["ema"])
-        kl_ctl.load_state_dict(saved["algo"]["kl"])
-        reward.load_state_dict(saved["algo"]["reward"])
+        for k, obj in algo.items():
+            obj.load_state_dict(saved["algo"][k])
     else:
         start, first_eval = 0, evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
         best, last_eval = first_eval["reward"], first_eval
@@ -289,7 +299,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
 
     def snapshot() -> dict[str, Any]:
         return {"best": best, "eval_start": first_eval, "eval": last_eval,
-                "algo": {"ema": ema.state_dict(), "reward": reward.state_dict(), "kl": kl_ctl.state_dict()}}
+                "algo": {k: obj.state_dict() for k, obj in algo.items()}}
 
     with guard:
         for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
@@ -308,18 +318,12 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             beta = kl_ctl.value
             stats = optimise(run, model, head, optim, params, ref, ro, scored.total, rewards, cfg, ema, beta, ok)
             if world > 1:  # log and adapt β on the global batch, so every process keeps the same β
-                rewards = run.accelerator.gather(rewards.to(run.accelerator.device)).cpu()
-                stats = {k: float(run.accelerator.reduce(torch.tensor(v, device=run.accelerator.device), "mean"))
-                         for k, v in stats.items()}
+                rewards, stats = global_batch(run, rewards, stats)
             kl_ctl.update(stats.get("kl", 0.0), rewards.numel())
             t3 = time.time()
             if step % rl.log_every == 0:
-                n_tok = int(ro.completion_mask.sum())
-                run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
-                        **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
-                        completion_len=ro.completion_mask.sum(-1).float().mean(),
-                        equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), reward_dropped=dropped,
-                        time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2, tokens_per_s=n_tok / (t1 - t0))
+                log_train_step(run, step, ro, scored, rewards, stats, beta=beta, reward_dropped=dropped,
+                               time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
             if rl.sample_every and step % rl.sample_every == 0:
                 run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
             if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
@@ -333,6 +337,23 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     save_policy(run, model, tok, head)
     return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval, "best_reward": best,
             "checkpoint_save_s": cp.save_s}
+
+
+def global_batch(run: RunContext, rewards: torch.Tensor, stats: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Every process's rewards (P, K) and the mean of each statistic over processes (one collective each)."""
+    acc = run.accelerator
+    means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), "mean").tolist()
+    return acc.gather(rewards.to(acc.device)).cpu(), dict(zip(stats, means))
+
+
+def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards: torch.Tensor, stats: dict[str, float],
+                   beta: float, **extra: Any) -> None:
+    """One metrics.jsonl row: reward (total, each component), KL, lengths, equal-reward groups, timings, tokens/s."""
+    run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
+            **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
+            completion_len=ro.completion_mask.sum(-1).float().mean(),
+            equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), **extra,
+            tokens_per_s=float(ro.completion_mask.sum()) / extra["time_generate"])
 
 
 @torch.no_grad()
@@ -378,12 +399,7 @@ def save_policy(run: RunContext, model: Any, tok: Any, head: Any = None, name: s
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
              scores: torch.Tensor, cfg: GenRLConfig, ok: Callable[[torch.Tensor, Any], bool], beta: float) -> dict[str, float]:
     """Reference log-probs for the KL-in-reward, then PPO's epochs of minibatch updates."""
-    T = ro.completion_ids.shape[1]
-    ref_logp = None
-    if beta:
-        with torch.no_grad(), ref() as ref_model:
-            ref_logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
-                                         T, cfg.gen.temperature)
+    ref_logp = reference_logprobs(model, ref, ro, cfg.gen.temperature) if beta else None
 
     def step(loss: torch.Tensor) -> None:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm or float("inf"))
