@@ -121,7 +121,8 @@ def save_checkpoint(root: Path, step: int, modules: dict[str, torch.nn.Module], 
     _fsync_write(tmp / "state.json", json.dumps({"step": step, **state}).encode())
     _fsync_write(tmp / "config.yaml", config_text.encode())
     for f in tmp.iterdir():
-        _fsync_file(f)
+        if f.suffix in (".safetensors", ".pt"):  # the JSON/YAML files were fsynced as they were written
+            _fsync_file(f)
     _fsync_write(tmp / "COMPLETE", b"")
     if final.exists():  # a rerun of the same step: replace it only now that the new one is whole
         shutil.rmtree(final)
