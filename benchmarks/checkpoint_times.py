@@ -7,13 +7,13 @@ then time `save_checkpoint` (fsynced, atomic rename) and `load_checkpoint` into 
 """
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from record import record
 
 from rewardtune.checkpoint import load_checkpoint, save_checkpoint, save_rng, tmp_folder
 from rewardtune.config import LoraSettings
@@ -37,7 +37,6 @@ def build(case: str):
 
 
 def main() -> None:
-    rows = []
     for case in ("minilm-l6 full", "smollm2-135m full", "smollm2-135m lora"):
         model, optim = build(case)
         with tempfile.TemporaryDirectory() as d:
@@ -53,12 +52,8 @@ def main() -> None:
             load_checkpoint(folder, {"model": fresh}, fresh_optim, None)
             load_s = time.perf_counter() - t
         row = {"case": case, "trainable_params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-               "checkpoint_mib": round(size, 1), "save_s": round(save_s, 3), "load_s": round(load_s, 3),
-               "command": " ".join(sys.argv)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    with open("benchmarks/results.jsonl", "a") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
+               "checkpoint_mib": round(size, 1), "save_s": round(save_s, 3), "load_s": round(load_s, 3)}
+        record(row)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
+
+from record import peak_rss_mib, record
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
@@ -98,11 +99,8 @@ def main() -> None:
     for method in args.methods.split(","):
         res = run_trainer(args) if method == "trainer" else run_rewardtune(method, args)
         res |= {"method": method, "overrides": args.set, "trainer_bf16": args.bf16, "task": "sst2", "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "max_examples": args.max_examples, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "command": " ".join(sys.argv)}
-        print(json.dumps(res), flush=True)
-        with open(args.out, "a") as fh:
-            fh.write(json.dumps(res) + "\n")
+                "max_examples": args.max_examples, "peak_rss_mib": peak_rss_mib()}
+        record(res, args.out)
 
 
 if __name__ == "__main__":

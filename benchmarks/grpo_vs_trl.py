@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from record import peak_rss_mib, record
 
 UNSUP = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "unsup.jsonl.gz"
 
@@ -37,10 +38,6 @@ def imdb_prompts(n: int, skip: int = 0) -> list[str]:
             if len(out) == n:
                 break
     return out
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def heldout_reward(model, tok, prompts: list[str], rm, max_new_tokens: int) -> float:
@@ -164,11 +161,7 @@ def main() -> None:
         if proc.returncode or not line:
             print(proc.stderr[-3000:], file=sys.stderr)
             sys.exit(f"{fw} failed")
-        res = json.loads(line[0][7:]) | {"task": "grpo-imdb-sentiment", "steps": args.steps, "lr": args.lr,
-                                         "command": " ".join(sys.argv)}
-        print(json.dumps(res), flush=True)
-        with open(args.out, "a") as fh:
-            fh.write(json.dumps(res) + "\n")
+        record(json.loads(line[0][7:]) | {"task": "grpo-imdb-sentiment", "steps": args.steps, "lr": args.lr}, args.out)
 
 
 if __name__ == "__main__":

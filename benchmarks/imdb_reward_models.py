@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import time
 from pathlib import Path
+
+from record import peak_rss_mib, record
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "train.jsonl.gz"
 
@@ -86,12 +87,10 @@ def main() -> None:
     best_val = max((r for r in rows if r.get("split") == "val"),
                    key=lambda r: r.get("auc", r.get("pairwise_accuracy", 0)))
     res = {"task": f"imdb-rm-{args.mode}", "train_size": n_train, "val_size": len(val) if args.mode == "pointwise" else args.val_pairs,
-           "wall_s": time.time() - t, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rm_dir": str(Path(out["run_dir"]) / "checkpoints" / "best"), "command": " ".join(sys.argv),
+           "wall_s": time.time() - t, "peak_rss_mib": peak_rss_mib(),
+           "rm_dir": str(Path(out["run_dir"]) / "checkpoints" / "best"),
            **{k: best_val[k] for k in ("accuracy", "auc", "macro_f1", "pairwise_accuracy", "mean_margin") if k in best_val}}
-    print(json.dumps(res), flush=True)
-    with open(args.out, "a") as fh:
-        fh.write(json.dumps(res) + "\n")
+    record(res, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grpo_vs_trl import imdb_prompts  # noqa: E402
+from record import record  # noqa: E402
 
 
 def main() -> None:
@@ -57,10 +58,8 @@ def main() -> None:
     evals = [s for s in samples if s.get("split") == "eval"]
     for s in evals[:3] + evals[-3:]:
         print(f"step {s['step']:>3}  reward {s['reward']:.3f}  {s['prompt']!r} → {s['completion']!r}")
-    res = {"task": "sentiment-curve-imdb", "steps": args.steps, "wall_s": time.time() - t, "run_dir": str(run),
-           "curve": curve, "command": " ".join(sys.argv)}
-    with open(args.out, "a") as fh:
-        fh.write(json.dumps(res) + "\n")
+    record({"task": "sentiment-curve-imdb", "steps": args.steps, "wall_s": time.time() - t, "run_dir": str(run),
+            "curve": curve}, args.out, echo=False)
 
 
 if __name__ == "__main__":
