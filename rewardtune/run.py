@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import dump_config
+from .memory import return_freed_memory
 
 
 def _jsonable(v: Any) -> Any:
@@ -82,6 +83,7 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     from accelerate.utils import set_seed
 
     set_seed(seed)
+    return_freed_memory()  # before the first large tensor: see memory.py
     # Steps are global (every process takes its share of each global batch), so the scheduler must
     # advance once per optimiser step, not num_processes times as accelerate does by default.
     kwargs = {"step_scheduler_with_optimizer": False, **(accelerator_kwargs or {})}
@@ -111,7 +113,8 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
 
 # Keys that may change between a run and its resumption: they do not change what is being trained.
 HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
-            "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts")
+            "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts",
+            "rl.micro_batch_size", "rl.gradient_checkpointing")  # memory only: the update is the same
 
 
 def _check_resume(run_dir: Path, config: Any) -> Path | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -38,6 +39,49 @@ def test_rollout_logprobs_match_a_fresh_forward_pass(policy):
     fresh, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1], 0.7)
     m = ro.completion_mask.bool()
     assert torch.allclose(fresh[m], ro.logprobs[m], atol=1e-4), (fresh[m] - ro.logprobs[m]).abs().max()
+
+
+def test_top_k_1_sampling_equals_greedy_decoding(policy):
+    model, tok = policy
+    torch.manual_seed(2)
+    greedy = sample(model, tok, PROMPTS, 1, GenSettings(max_new_tokens=5), 100, greedy=True)
+    top1 = sample(model, tok, PROMPTS, 1, GenSettings(max_new_tokens=5, temperature=1.3, top_k=1), 100)
+    assert torch.equal(greedy.completion_ids, top1.completion_ids)
+    # the recorded log-prob is under the tempered, untruncated policy, not under top-k's point mass
+    assert (top1.logprobs[top1.completion_mask.bool()] < 0).all()
+
+
+def byte_level_policy():
+    """A tiny Llama over a byte-level BPE vocabulary (HF's stop strings need real token strings)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tk.train_from_iterator(PROMPTS * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    return LlamaForCausalLM(cfg), tok
+
+
+def test_stop_strings_end_the_completion():
+    model, tok = byte_level_policy()
+    gen = GenSettings(max_new_tokens=8)
+    free = sample(model, tok, PROMPTS[:1], 1, gen, 100, greedy=True)
+    ids = free.completion_ids[0].tolist()
+    assert tok.eos_token_id not in ids[:4]
+    end = ids.index(ids[3])  # the first time the 4th token was generated
+    stop = tok.decode(ids[:end + 1])[-1]  # the last character of the text up to it
+    assert stop.strip() and stop not in tok.decode(ids[:end])  # (checks the chosen seed gives a usable case)
+    # with a second prompt that runs on, the stopped row is filled with pad (≠ EOS here) to the batch's length
+    stopped = sample(model, tok, PROMPTS[:1] + PROMPTS[3:], 1, replace(gen, stop_strings=(stop,)), 100, greedy=True)
+    assert stopped.completion_ids.shape[1] > end + 1
+    assert int(stopped.completion_mask[0].sum()) == end + 1  # up to and including the stop string
+    assert stopped.completion_ids[0, :end + 1].tolist() == ids[:end + 1]
+    assert stopped.completions[0].endswith(stop)
 
 
 def test_left_padding_uses_generation_positions(policy):
@@ -88,6 +132,25 @@ def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
 
 
+def test_gradient_checkpointing_does_not_change_the_gradient(policy):
+    model, tok = policy
+    torch.manual_seed(3)
+    gen = GenSettings(max_new_tokens=5)
+    ro = sample(model, tok, PROMPTS, 2, gen, 100)
+    adv, rl = torch.randn(8), GenRLSettings(kl_coef=0.1)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            assert model.get_base_model().is_activation_checkpointing
+        model.train().zero_grad(set_to_none=True)
+        accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv, rl, gen)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5), n
+
+
 def run_cfg(model_dir, prompts_file, tmp_path, name, *extra):
     return load_config(GenRLConfig, None, [
         f"model.name={model_dir}", "model.lora.r=4", "model.lora.alpha=16", f"data.path={prompts_file}",
@@ -118,6 +181,17 @@ def test_each_algorithm_runs_with_finite_losses_and_moves_lora(tiny_causal_lm_di
     lora_b = {k: v for k, v in load_file(str(tmp_path / algorithm / "checkpoints" / "final" / "adapter_model.safetensors")).items()
               if "lora_B" in k}
     assert any(v.abs().max() > 0 for v in lora_b.values())  # B starts at 0: any non-zero means it was trained
+
+
+def test_gradient_checkpointing_run_trains_like_a_plain_run(tiny_causal_lm_dir, prompts_file, tmp_path):
+    weights = []
+    for name, flag in (("plain", "false"), ("gc", "true")):
+        train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, name, f"rl.gradient_checkpointing={flag}"),
+                          show_progress=False)
+        weights.append(load_file(str(tmp_path / name / "checkpoints" / "final" / "adapter_model.safetensors")))
+    assert any(v.abs().max() > 0 for k, v in weights[1].items() if "lora_B" in k)
+    for k in weights[0]:
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-5), k
 
 
 def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file, tmp_path):

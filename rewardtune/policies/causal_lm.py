@@ -3,9 +3,9 @@
 Shapes: P prompts, K samples each, B = P·K rows, Tp prompt tokens (left-padded), T completion
 tokens (right-padded after EOS), V vocabulary.
 
-Log-probs of the sampled tokens come from the raw logits `generate` already computed
-(`output_logits=True`), divided by the temperature, so no extra forward pass is spent on
-π_old. They match a fresh full-sequence forward pass up to float rounding (KV-cached vs. one-shot
+Log-probs of the sampled tokens are recorded while decoding (`sampling.TokenSampler`, from the
+logits `generate` computes anyway, divided by the temperature), so no extra forward pass is spent
+on π_old. They match a fresh full-sequence forward pass up to float rounding (KV-cached vs. one-shot
 attention); `tests/test_causal_lm_policy.py` checks the tolerance. The training forward pass
 must use the same position ids as generation, which with left padding are *not* arange(T):
 `position_ids` below reproduces them from the attention mask.
@@ -17,8 +17,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..algorithms import logprobs_from_logits
+from ..algorithms import entropy_from_logits, logprobs_from_logits
 from ..config import doc
+from .sampling import TokenSampler
 
 
 @dataclass(frozen=True)
@@ -101,32 +102,39 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     mask = enc["attention_mask"].repeat_interleave(k, 0).to(device)  # (B, Tp)
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
-    out = model.generate(
-        input_ids=ids, attention_mask=mask, do_sample=not greedy, temperature=None if greedy else gen.temperature,
-        top_p=None if greedy else gen.top_p, top_k=None if greedy else (gen.top_k or None), max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
-        eos_token_id=eos_ids, return_dict_in_generate=True, output_logits=True,
-        stop_strings=list(gen.stop_strings) or None, tokenizer=tok if gen.stop_strings else None,
-    )
-    comp = out.sequences[:, ids.shape[1]:]  # (B, T)
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    sampler = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy)
+    # A fresh GenerationConfig: the model's own (repetition penalty, ...) would change the scores the
+    # sampler sees, so the recorded log-probs would no longer be the policy's softmax(logits / T).
+    config = GenerationConfig(do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
+                              eos_token_id=eos_ids, bos_token_id=model.generation_config.bos_token_id,
+                              stop_strings=list(gen.stop_strings) or None)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                         logits_processor=LogitsProcessorList([sampler]), tokenizer=tok if gen.stop_strings else None)
+    comp = out[:, ids.shape[1]:]  # (B, T)
     cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
+    if tok.pad_token_id not in eos_ids:  # a row stopped by a stop string is filled with pad, not EOS
+        cmask = cmask * ((comp == tok.pad_token_id).long().cumsum(-1) == 0).long()
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
-    logits = torch.stack(out.logits, dim=1).float() / (1.0 if greedy else gen.temperature)  # (B, T, V)
-    logp = logprobs_from_logits(logits, comp) * cmask  # (B, T)
+    logp = sampler.stacked()[:, :comp.shape[1]] * cmask  # (B, T)
     completions = tok.batch_decode(comp, skip_special_tokens=True)
     return Rollout(ids, mask, comp, cmask, logp, [p for p in prompts for _ in range(k)], completions)
 
 
 def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(token) and entropy for the last `n_completion` positions.  ids (B, L) → (B, T), (B, T)."""
+                   temperature: float = 1.0, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(token) and (if `entropy`) its entropy for the last `n_completion` positions.
+    ids (B, L) → (B, T), (B, T) or None."""
     # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
     # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                    logits_to_keep=n_completion + 1).logits  # (B, T + 1, V)
-    logits = logits[:, :-1].float() / temperature  # (B, T, V): logits that predict each token
-    targets = ids[:, -n_completion:]  # (B, T)
-    logp = logprobs_from_logits(logits, targets)
+    logits = logits[:, :-1].float()  # (B, T, V): logits that predict each token
+    if temperature != 1.0:  # each pass over (B, T, V) costs as much as a layer of the model
+        logits = logits / temperature
+    logp = logprobs_from_logits(logits, ids[:, -n_completion:])  # (B, T)
+    if not entropy:
+        return logp, None
     with torch.no_grad():
-        from ..algorithms import entropy_from_logits
-        ent = entropy_from_logits(logits)
-    return logp, ent
+        return logp, entropy_from_logits(logits)

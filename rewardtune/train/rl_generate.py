@@ -63,6 +63,8 @@ class GenRLSettings:
     sample_every: int = doc(5, "steps between samples.jsonl rows")
     log_every: int = doc(1, "steps between metrics.jsonl rows")
     mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
+    gradient_checkpointing: bool = doc(False, "keep only each layer's input for the backward pass and recompute the rest "
+                                       "(less memory, one more forward's compute)")
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperat
     """log π_ref of the rollout's completion tokens (no gradient).  (B, L) → (B, T)."""
     with torch.no_grad(), ref() as ref_model:
         logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
-                                 ro.completion_ids.shape[1], temperature)
+                                 ro.completion_ids.shape[1], temperature, entropy=False)
     return logp
 
 
@@ -241,6 +243,8 @@ def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
 def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list, Any, Callable[[], Any]]:
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
     model, tok = load_causal_lm(cfg.model.name)
+    if cfg.rl.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and no_grad sampling
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, cfg.model.lora)
     ref = setup_reference(model, cfg.rl)
     head = ValueHead(model.config.hidden_size) if cfg.rl.algorithm == "ppo" else None
@@ -370,7 +374,7 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
     if hasattr(net, "disable_adapter"):
         with net.disable_adapter():
-            ref_logp, _ = token_logprobs(net, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1])
+            ref_logp, _ = token_logprobs(net, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1], entropy=False)
         mask = ro.completion_mask
         m["kl_greedy"] = float(masked_mean(ro.logprobs - ref_logp, mask))
         m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))
