@@ -4,10 +4,12 @@ glibc's malloc serves a large allocation with mmap (returned to the OS on free) 
 above a threshold that it *raises* every time such a block is freed, up to 32 MiB. After the
 first training step, a step's activations and (B, T, V) logits come from the heap, which is
 not given back and fragments: measured on SmolLM2-135M + LoRA, a forward/backward of 16 rows
-left the process at 2.8 GB resident after the step, against 1.2 GB with a fixed threshold
+left the process at 2.7 GB resident after the step, against 1.3 GB with a fixed 1 MiB threshold
 (BENCHMARKS.md, "Where the memory goes"). Fixing the threshold turns the adjustment off.
 
-`REWARDTUNE_MMAP_THRESHOLD_MB` sets the threshold (default 4; 0 leaves malloc alone).
+It is a trade, so it is opt-in: `REWARDTUNE_MMAP_THRESHOLD_MB=1` (say) fixes the threshold; unset or 0
+leaves malloc alone. Every large tensor then costs fresh page faults: SST-2 `sft` ran at 125–142 against
+155–161 examples/s, and GRPO's peak fell from 3.2 to 2.6 GB (BENCHMARKS.md has both, with commands).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def return_freed_memory() -> int:
     global _applied
     if _applied is not None:
         return _applied
-    mb = int(os.environ.get("REWARDTUNE_MMAP_THRESHOLD_MB", "4"))
+    mb = int(os.environ.get("REWARDTUNE_MMAP_THRESHOLD_MB", "0") or 0)
     _applied = 0
     name = ctypes.util.find_library("c") if mb > 0 else None
     if mb <= 0 or not name or not sys.platform.startswith("linux"):

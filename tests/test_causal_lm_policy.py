@@ -194,6 +194,26 @@ def test_gradient_checkpointing_run_trains_like_a_plain_run(tiny_causal_lm_dir, 
         assert torch.allclose(weights[0][k], weights[1][k], atol=1e-5), k
 
 
+def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, prompts_file, tmp_path):
+    from rewardtune.run import start_run
+    from rewardtune.train.rl_generate import policy_loss, setup_policy
+
+    saved = {}
+    for flag in ("false", "true"):
+        cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"setup-{flag}", f"rl.gradient_checkpointing={flag}")
+        model, tok, _, _, _, ref = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))
+        ro = sample(model, tok, PROMPTS, 2, cfg.gen, 100)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            policy_loss(model, ref, ro, torch.ones(8), ro.completion_mask, cfg.rl, cfg.gen)
+        saved[flag] = total[0]
+    assert saved["true"] < saved["false"] / 2, saved  # only each layer's input is kept for the backward pass
+
+
 def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file, tmp_path):
     with pytest.raises(ValueError, match="samples_per_prompt must be ≥ 2"):
         train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "a", "rl.samples_per_prompt=1"))

@@ -69,6 +69,17 @@ def format_prompts(tok: Any, prompts: Sequence[str], chat_template: bool) -> lis
             for p in prompts]
 
 
+def without_dropout(model: Any) -> Any:
+    """Set every dropout probability to 0 (nn.Dropout layers, LoRA's included, and attention dropout),
+    so that training mode samples and scores exactly as evaluation mode does."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    return model
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, as `generate` does for left-padded rows.  (B, L)"""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

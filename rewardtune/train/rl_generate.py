@@ -24,7 +24,7 @@ from ..algorithms import (EMABaseline, get_advantage_fn, get_kl_controller, get_
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, load_causal_lm
-from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs
+from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs, without_dropout
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
@@ -246,6 +246,8 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     if cfg.rl.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and no_grad sampling
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, cfg.model.lora)
+    if cfg.rl.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
+        without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
     ref = setup_reference(model, cfg.rl)
     head = ValueHead(model.config.hidden_size) if cfg.rl.algorithm == "ppo" else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
