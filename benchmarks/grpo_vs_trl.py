@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import time
@@ -100,6 +101,10 @@ def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict
     from rewardtune.models import load_causal_lm
     from rewardtune.rewards import reward_model
 
+    if args.trl_free_memory:  # the allocator setting rewardtune can apply at the start of a run (memory.py)
+        from rewardtune.memory import return_freed_memory
+        os.environ.setdefault("REWARDTUNE_MMAP_THRESHOLD_MB", "16")
+        return_freed_memory()
     rm = reward_model(args.rm)
     model, tok = load_causal_lm("smollm2-135m-instruct")
 
@@ -142,6 +147,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--heldout", type=int, default=16)
     p.add_argument("--frameworks", default="rewardtune,trl")
+    p.add_argument("--trl-free-memory", action="store_true", help="TRL: fix glibc's mmap threshold as REWARDTUNE_MMAP_THRESHOLD_MB does (16 MiB unless set)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--set", nargs="*", default=[], help="extra rewardtune overrides")
     p.add_argument("--work", default="/tmp/rewardtune-bench/grpo")
@@ -161,7 +167,9 @@ def main() -> None:
         if proc.returncode or not line:
             print(proc.stderr[-3000:], file=sys.stderr)
             sys.exit(f"{fw} failed")
-        record(json.loads(line[0][7:]) | {"task": "grpo-imdb-sentiment", "steps": args.steps, "lr": args.lr}, args.out)
+        record(json.loads(line[0][7:]) | {"task": "grpo-imdb-sentiment", "steps": args.steps, "lr": args.lr,
+                                          "trl_free_memory": args.trl_free_memory,
+                                          "env_mmap_threshold_mb": os.environ.get("REWARDTUNE_MMAP_THRESHOLD_MB", "")}, args.out)
 
 
 if __name__ == "__main__":

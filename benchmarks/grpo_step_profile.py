@@ -1,0 +1,133 @@
+"""Where one GRPO step on SmolLM2-135M + LoRA goes: seconds and resident memory per phase.
+
+The phases of `train_rl_generate`'s step, called directly on the benchmark's shapes (4 prompts ×
+4 samples, 32 new tokens, LoRA r=16 on all linear layers, fp32): sampling, reward-model scoring,
+the reference forward (adapter disabled), and the policy forward + backward in micro-batches. Each
+configuration runs in its own process so that its peak RSS is its own; the update is run `--repeat`
+times and the fastest is reported (the machine's noise is ±10–20%).
+
+    .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR
+    .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --configs "16,0,0 4,1,16"   # mb,checkpointing,mmap MiB
+    .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --samplers --repeat 4   # sampling alone, A/B
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from record import peak_rss_mib, record
+
+PROMPTS = ["I rented I AM CURIOUS-YELLOW from my video", "This movie was a total waste of time and",
+           "An absolutely wonderful film that I will never", "The plot of this film is thin but the"]
+
+
+def rss() -> tuple[float, float]:
+    """(current, peak) resident set in MiB."""
+    cur = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return round(cur), round(peak_rss_mib())
+
+
+def child(args: argparse.Namespace, mb: int, gc: bool) -> dict:
+    import torch
+
+    from rewardtune.config import LoraSettings
+    from rewardtune.memory import return_freed_memory
+    from rewardtune.models import apply_lora, load_causal_lm
+    from rewardtune.policies.causal_lm import GenSettings, sample
+    from rewardtune.rewards import reward_model
+    from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, reference_logprobs, setup_reference
+
+    return_freed_memory()  # reads REWARDTUNE_MMAP_THRESHOLD_MB, as start_run does
+    torch.manual_seed(0)
+    out: dict = {"rss_start": rss()}
+    model, tok = load_causal_lm("smollm2-135m-instruct")
+    if gc:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, LoraSettings(r=16, alpha=32)).train()
+    rm = reward_model(args.rm)
+    out["rss_loaded"] = rss()
+    rl, gen = GenRLSettings(micro_batch_size=mb, kl_coef=0.04), GenSettings(max_new_tokens=32)
+    ref = setup_reference(model, rl)
+    t = time.time()
+    ro = sample(model, tok, PROMPTS, 4, gen, 2000)
+    out |= {"s_sample": time.time() - t, "rss_sampled": rss(), "tokens": int(ro.completion_mask.sum())}
+    t = time.time()
+    rm(ro.prompts, ro.completions)
+    out |= {"s_score": time.time() - t}
+    t = time.time()
+    reference_logprobs(model, ref, ro, 1.0)
+    out |= {"s_reference": time.time() - t}
+    adv, times = torch.randn(16), []
+    for _ in range(args.repeat):  # the update includes its own reference passes (KL loss term)
+        t = time.time()
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, rl, gen)
+        times.append(time.time() - t)
+        model.zero_grad(set_to_none=True)
+    out |= {"s_update_min": min(times), "s_update_all": times, "rss_end": rss()}
+    return out
+
+
+def compare_samplers(repeat: int) -> dict:
+    """Seconds to sample 16 × 32 tokens: `generate(do_sample=True, output_logits=True)` (multinomial, logits kept
+    for the log-probs, as rewardtune did before) vs rewardtune's `sample` (TokenSampler), interleaved."""
+    import torch
+
+    from rewardtune.config import LoraSettings
+    from rewardtune.models import apply_lora, load_causal_lm
+    from rewardtune.policies.causal_lm import GenSettings, sample
+
+    model, tok = load_causal_lm("smollm2-135m-instruct")
+    model = apply_lora(model, LoraSettings(r=16, alpha=32))
+    model.generation_config.eos_token_id = None  # always 32 tokens, so both do the same work
+    enc = tok(PROMPTS, padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"].repeat_interleave(4, 0), enc["attention_mask"].repeat_interleave(4, 0)
+    times: dict[str, list[float]] = {"generate_multinomial": [], "token_sampler": []}
+    steps: list[int] = []
+    with torch.no_grad():
+        for _ in range(repeat + 1):  # the first round warms up and is dropped
+            t = time.time()
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=32, min_new_tokens=32,
+                                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_logits=True)
+            torch.stack(out.logits, 1).log_softmax(-1)
+            times["generate_multinomial"].append(time.time() - t)
+            t = time.time()
+            ro = sample(model, tok, PROMPTS, 4, GenSettings(max_new_tokens=32), 2000)
+            times["token_sampler"].append(time.time() - t)
+            steps.append(ro.completion_ids.shape[1])  # decoding steps: 32 unless every row ended early
+    return {k: v[1:] for k, v in times.items()} | {"token_sampler_steps": steps[1:]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rm", required=True, help="reward model folder")
+    p.add_argument("--configs", default="16,0,0 16,0,16 4,0,16 4,1,16", help="micro_batch,checkpointing,mmap_MiB ...")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--samplers", action="store_true", help="only compare generate's sampling with rewardtune's")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="benchmarks/results.jsonl")
+    args = p.parse_args()
+    if args.samplers:
+        record(compare_samplers(args.repeat) | {"task": "grpo-sampler-compare"}, args.out)
+        return
+    if args.child:
+        mb, gc, _ = (int(x) for x in args.child.split(","))
+        print("RESULT " + json.dumps(child(args, mb, bool(gc))), flush=True)
+        return
+    for cfg in args.configs.split():
+        mb, gc, mmap = cfg.split(",")
+        env = {**os.environ, "REWARDTUNE_MMAP_THRESHOLD_MB": mmap}
+        proc = subprocess.run([sys.executable, __file__, "--rm", args.rm, "--repeat", str(args.repeat), "--child", cfg],
+                              env=env, capture_output=True, text=True)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(proc.stderr[-3000:])
+        res = json.loads(line[0][7:]) | {"micro_batch": int(mb), "checkpointing": bool(int(gc)), "mmap_threshold_mib": int(mmap)}
+        record(res | {"task": "grpo-step-profile"}, args.out)
+
+
+if __name__ == "__main__":
+    main()
