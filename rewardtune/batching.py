@@ -38,6 +38,9 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, how: Truncatio
     budget = max_length - len(prefix) - len(suffix)
     if budget <= 0:
         raise ValueError(f"max_length={max_length} leaves no room after {len(prefix) + len(suffix)} special tokens")
+    # Whole texts first, cut below: transformers warns once that a text exceeds the model's length,
+    # which is expected here, so the warning is marked as already given.
+    getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
     raw = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
     return [prefix + truncate(ids, budget, how) + suffix for ids in raw]
 

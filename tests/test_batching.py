@@ -359,3 +359,14 @@ def test_batch_order_batches_are_shuffled_when_grouping():
     assert maxima != sorted(maxima, reverse=True)
     # but rows within each batch are neighbours in length: 4 consecutive lengths → max - min = 3
     assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) == 3 for b in batches)
+
+
+def test_long_texts_are_cut_without_transformers_length_warning(capsys, caplog):
+    tok = make_tokenizer()
+    tok.model_max_length = 8
+    text = " ".join(["good"] * 40)
+    ids = encode(tok, [text], max_length=6, how="head+tail")
+    assert len(ids[0]) == 6
+    tok(text)  # the same tokenizer used directly afterwards stays quiet too (the warning is per tokenizer)
+    out = capsys.readouterr()
+    assert "longer than the specified maximum" not in out.out + out.err + caplog.text
