@@ -70,6 +70,8 @@ class DataSettings:
     seed: int = doc(0, "seed of the train/validation split")
     stratify: bool = doc(True, "keep label proportions in the split")
     max_examples: int = doc(0, "use at most this many training examples (0 = all)")
+    subset: Literal["random", "first"] = doc(
+        "random", "which max_examples: a seeded random sample (stratified like the split), or the file's first rows")
 
 
 # ---------------------------------------------------------------- loading

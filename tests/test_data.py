@@ -186,3 +186,18 @@ def test_real_sst2_dev_and_imdb_train():
     assert len(imdb) == 25000 and imdb.labels.count(1) == 12500
     train, val = split(imdb, 0.1, seed=0)
     assert len(val) == 2500 and val.labels.count(1) == 1250
+
+
+def test_max_examples_samples_both_classes_of_a_label_sorted_file(tmp_path):
+    from rewardtune.config import DataSettings
+    from rewardtune.train.common import setup_data
+
+    path = tmp_path / "sorted.jsonl"  # 50 negatives, then 50 positives (as IMDb's files are)
+    path.write_text("".join(json.dumps({"text": f"review {i}", "label": int(i >= 50)}) + "\n" for i in range(100)))
+    data = setup_data(DataSettings(path=str(path), val_fraction=0.2, max_examples=20))
+    # 80 training rows (40 per class) → 20/80 = 0.25 of each class: 10 + 10
+    assert len(data.train) == 20 and sorted(data.train.labels).count(0) == 10
+    again = setup_data(DataSettings(path=str(path), val_fraction=0.2, max_examples=20))
+    assert again.train.texts == data.train.texts  # seeded by data.seed
+    first = setup_data(DataSettings(path=str(path), val_fraction=0.2, max_examples=20, subset="first"))
+    assert set(first.train.labels) == {0}  # the file's first rows: one class

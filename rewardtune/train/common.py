@@ -62,8 +62,9 @@ def setup_data(data: DataSettings) -> ClassifierData:
         train, val = full, load(data.val_path, labels)
     else:
         train, val = split(full, data.val_fraction, data.seed, data.stratify)
-    if data.max_examples:
-        train = train.subset(range(min(data.max_examples, len(train))))
+    if 0 < data.max_examples < len(train):  # the first rows of a file sorted by label would be one class
+        train = (train.subset(range(data.max_examples)) if data.subset == "first" else
+                 split(train, data.max_examples / len(train), data.seed, data.stratify)[1])
     test = load(data.test_path, labels) if data.test_path else None
     return ClassifierData(train, val, test, list(full.label_names))
 
