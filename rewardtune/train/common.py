@@ -5,12 +5,14 @@ without copying the training loop.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -189,3 +191,22 @@ def final_test(run: RunContext, data: ClassifierData, opt: OptimSettings, step: 
     run.log(step, split="test", **rep.metrics)
     run.print(f"\ntest ({len(data.test)} examples), best checkpoint\n{rep.text}\n{format_confusion(rep.confusion, data.label_names)}")
     return rep
+
+
+def setup_reference(model: Any, rl: Any) -> Callable[[], Any]:
+    """A context factory yielding the reference (initial) policy for the KL term: nothing when
+    `rl.kl_coef` is 0; with LoRA the same model with its adapter disabled (no second copy in memory);
+    with full fine-tuning a frozen copy. Shared by the classifier and the causal-LM loops."""
+    if rl.kl_coef == 0:
+        return nullcontext
+    if hasattr(model, "disable_adapter"):
+        return model.disable_adapter
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    class _Frozen:
+        def __enter__(self) -> Any:
+            return frozen
+
+        def __exit__(self, *exc: Any) -> None:
+            return None
+    return _Frozen

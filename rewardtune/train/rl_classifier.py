@@ -5,8 +5,6 @@ initial policy and entropy bonus → update. Each estimator is a short function 
 """
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -16,7 +14,7 @@ from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..run import start_run
-from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+from .common import (OptimSettings, setup_reference, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
 from .loop import train_epochs
 
@@ -144,25 +142,6 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 def setup_reward(rl: RLSettings) -> CombinedReward:
     registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
     return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error)
-
-
-def setup_reference(model: Any, rl: RLSettings) -> Callable[[], Any]:
-    """A context factory under which `model` computes the initial policy's logits.
-
-    With LoRA: the adapter disabled (no second copy). Full fine-tuning: a frozen copy.
-    """
-    if rl.kl_coef == 0:
-        return nullcontext
-    if hasattr(model, "disable_adapter"):
-        return model.disable_adapter
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-
-    class _Swap:
-        def __enter__(self) -> Any:
-            return frozen
-        def __exit__(self, *exc: Any) -> None:
-            return None
-    return _Swap
 
 
 def penalties(logits: torch.Tensor, ref_logits: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -8,11 +8,9 @@ summed gradient equals the full-batch gradient.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
@@ -29,6 +27,7 @@ from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
 from ..run import RunContext, start_run
+from .common import setup_reference
 from .ppo import PPOSettings, ValueHead, ppo_update
 
 
@@ -95,23 +94,6 @@ def setup_reward(rl: GenRLSettings) -> CombinedReward:
         "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
     }
     return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error)
-
-
-def setup_reference(model: Any, rl: GenRLSettings) -> Callable[[], Any]:
-    """Context factory yielding the reference model: the adapter disabled (LoRA), else a frozen copy."""
-    if rl.kl_coef == 0:
-        return nullcontext
-    if hasattr(model, "disable_adapter"):
-        return model.disable_adapter
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-
-    class _Frozen:
-        def __enter__(self) -> Any:
-            return frozen
-
-        def __exit__(self, *exc: Any) -> None:
-            return None
-    return _Frozen
 
 
 def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperature: float) -> torch.Tensor:
