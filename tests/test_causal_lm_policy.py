@@ -132,6 +132,31 @@ def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
 
 
+def test_token_mean_over_processes_is_one_global_token_mean(policy):
+    """Two processes, each with half the groups, simulated: DDP averages their gradients. With `tokens` =
+    global tokens / 2 the average equals one process's full-batch token mean; with each process's own
+    token count (the old behaviour) it is a mean of per-process means, which differs when counts differ."""
+    model, tok = policy
+    torch.manual_seed(4)
+    gen, rl = GenSettings(max_new_tokens=6), GenRLSettings(aggregation="token_mean", kl_coef=0.1)
+    ro = sample(model, tok, PROMPTS, 2, gen, 100)
+    ro.completion_mask[:4, 3:] = 0  # the first "process" gets fewer tokens than the second
+    adv, ref = torch.randn(8), setup_reference(model, rl)
+
+    def grads(rows: slice, tokens: float | None) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro.rows(rows), adv[rows], rl, gen, tokens)
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full = grads(slice(0, 8), None)
+    half = float(ro.completion_mask.sum()) / 2
+    a, b = grads(slice(0, 4), half), grads(slice(4, 8), half)
+    own_a, own_b = grads(slice(0, 4), None), grads(slice(4, 8), None)
+    for n in full:
+        assert torch.allclose((a[n] + b[n]) / 2, full[n], atol=1e-6, rtol=1e-4), n
+    assert any(not torch.allclose((own_a[n] + own_b[n]) / 2, full[n], atol=1e-6, rtol=1e-4) for n in full)
+
+
 def test_gradient_checkpointing_does_not_change_the_gradient(policy):
     model, tok = policy
     torch.manual_seed(3)

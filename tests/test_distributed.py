@@ -192,7 +192,8 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
     runs = tmp_path / "runs"
     args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",
             "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
-            "rl.lr=1e-2", "gen.max_new_tokens=4", f"runs_dir={runs}", "name=lm2", "ckpt.every=1"]
+            "rl.lr=1e-2", "gen.max_new_tokens=4", f"runs_dir={runs}", "name=lm2", "ckpt.every=1",
+            "rl.aggregation=token_mean"]  # token_mean: its denominator is the global token count
     proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], tmp_path / "log.txt")
     _wait(proc, tmp_path / "log.txt")
     assert json.loads((tmp_path / "info.json").read_text())["num_processes"] == 2

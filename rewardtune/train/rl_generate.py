@@ -120,15 +120,17 @@ def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch
     return rewards - beta * seq_kl.reshape(rewards.shape).cpu(), float(masked_mean(k, ro.completion_mask))
 
 
-def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str) -> float:
-    """This micro-batch's share of the full batch's aggregation denominator."""
+def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str, tokens: float | None = None) -> float:
+    """This micro-batch's share of the full batch's aggregation denominator. `tokens` (token_mean under
+    several processes) is the global batch's token count divided by the process count: DDP averages the
+    processes' gradients, so each must divide by that, not by its own count, for one global token mean."""
     if aggregation == "token_mean":
-        return float(mask.sum() / full_mask.sum().clamp(min=1))
-    return mask.shape[0] / full_mask.shape[0]
+        return float(mask.sum()) / max(tokens if tokens is not None else float(full_mask.sum()), 1.0)
+    return mask.shape[0] / full_mask.shape[0]  # every process holds the same number of whole groups
 
 
 def policy_loss(model: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor, full_mask: torch.Tensor,
-                rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one micro-batch, already weighted; stats are micro-batch means."""
     T = ro.completion_ids.shape[1]
     logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature)  # (b, T)
@@ -140,7 +142,7 @@ def policy_loss(model: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tens
         kl, kst = kl_loss(logp, ref_logp, mask, rl.kl_coef, rl.kl_estimator, rl.aggregation, gen.max_new_tokens)
         loss = loss + kl
         stats["kl"] = kst.kl_mean
-    return loss * micro_weight(mask, full_mask, rl.aggregation), stats
+    return loss * micro_weight(mask, full_mask, rl.aggregation, tokens), stats
 
 
 def advantages(rewards: torch.Tensor, rl: GenRLSettings, ema: EMABaseline) -> torch.Tensor:
@@ -151,13 +153,14 @@ def advantages(rewards: torch.Tensor, rl: GenRLSettings, ema: EMABaseline) -> to
 
 
 def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, ref: Callable[[], Any], ro: Rollout,
-                         adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings) -> dict[str, float]:
-    """Backward over the rollout in micro-batches; the summed gradient is the full batch's."""
+                         adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> dict[str, float]:
+    """Backward over the rollout in micro-batches; the summed gradient is the full batch's (`tokens`: see
+    micro_weight)."""
     B = ro.completion_ids.shape[0]
     mb = rl.micro_batch_size or B
     sums: dict[str, float] = {}
     for s in range(0, B, mb):
-        loss, stats = policy_loss(model, ref, ro.rows(slice(s, s + mb)), adv[s:s + mb], ro.completion_mask, rl, gen)
+        loss, stats = policy_loss(model, ref, ro.rows(slice(s, s + mb)), adv[s:s + mb], ro.completion_mask, rl, gen, tokens)
         backward(loss)
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
         for k, v in stats.items():
@@ -168,7 +171,10 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
 def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor,
            rl: GenRLSettings, gen: GenSettings, ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
     """One optimiser step over the rollout (skipped when `ok` finds the loss or gradient non-finite)."""
-    stats = accumulate_gradients(run.accelerator.backward, model, ref, ro, adv, rl, gen)
+    acc, tokens = run.accelerator, None
+    if acc.num_processes > 1 and rl.aggregation == "token_mean":  # global tokens / processes, the same everywhere
+        tokens = float(acc.reduce(ro.completion_mask.sum().float().to(acc.device), "mean"))
+    stats = accumulate_gradients(acc.backward, model, ref, ro, adv, rl, gen, tokens)
     norm = run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm or float("inf"))
     stats["grad_norm"] = float(norm)
     if ok(torch.tensor(stats["loss"]), norm):
