@@ -29,8 +29,7 @@ def return_freed_memory() -> int:
         return _applied
     mb = int(os.environ.get("REWARDTUNE_MMAP_THRESHOLD_MB", "0") or 0)
     _applied = 0
-    name = ctypes.util.find_library("c") if mb > 0 else None
-    if mb <= 0 or not name or not sys.platform.startswith("linux"):
+    if mb <= 0 or not sys.platform.startswith("linux") or not (name := ctypes.util.find_library("c")):
         return 0
     try:
         libc = ctypes.CDLL(name)

@@ -86,12 +86,15 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
-    """1 for tokens up to and including the first EOS, 0 after.  ids (B, T) → (B, T)."""
+    """1 for tokens up to and including the first EOS, 0 after; when pad is not an EOS, also 0 from the
+    first pad on (`generate` fills a row that a stop string ended with pad).  ids (B, T) → (B, T)."""
     is_eos = torch.zeros_like(ids, dtype=torch.bool)
     for e in eos_ids:
         is_eos |= ids == e
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
-    return (~after_eos).long()
+    ended = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    if pad_id not in eos_ids:
+        ended |= (ids == pad_id).long().cumsum(-1) > 0
+    return (~ended).long()
 
 
 @torch.no_grad()
@@ -125,8 +128,6 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
                          logits_processor=LogitsProcessorList([sampler]), tokenizer=tok if gen.stop_strings else None)
     comp = out[:, ids.shape[1]:]  # (B, T)
     cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
-    if tok.pad_token_id not in eos_ids:  # a row stopped by a stop string is filled with pad, not EOS
-        cmask = cmask * ((comp == tok.pad_token_id).long().cumsum(-1) == 0).long()
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
     logp = sampler.stacked()[:, :comp.shape[1]] * cmask  # (B, T)
     completions = tok.batch_decode(comp, skip_special_tokens=True)

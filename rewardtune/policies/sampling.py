@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..algorithms import logprobs_from_logits
+
 
 def truncate(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """logits with everything outside the top-k and the top-p nucleus set to −inf.  (B, V) → (B, V)"""
@@ -57,8 +59,7 @@ class TokenSampler:
             token = z.argmax(-1)  # (B,)
         else:
             token = inverse_cdf_sample(truncate(z, self.top_k, self.top_p))
-        picked = z.gather(-1, token[:, None]).squeeze(-1)  # (B,)
-        self.logprobs.append(picked - torch.logsumexp(z, -1))
+        self.logprobs.append(logprobs_from_logits(z, token))  # (B,)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, token[:, None], 0.0)  # greedy decoding now picks `token`
 

@@ -14,8 +14,8 @@ from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..run import start_run
-from .common import (OptimSettings, setup_reference, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
-                     setup_model, setup_optimizer, steps_per_epoch)
+from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+                     setup_model, setup_optimizer, setup_reference, steps_per_epoch)
 from .loop import train_epochs
 
 

@@ -214,6 +214,19 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int) -> None:
                          f"first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
 
 
+def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
+    """The longest prompt the context allows (checked for every prompt before any step, not at the step
+    that meets it); and P must split into whole prompt groups per process."""
+    config = run.accelerator.unwrap_model(model).config
+    max_prompt = getattr(config, "max_position_embeddings", 2048) - cfg.gen.max_new_tokens
+    check_prompt_lengths(tok, prompts, max_prompt)
+    world = run.accelerator.num_processes
+    if cfg.rl.prompts_per_step % world:
+        raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
+                         "each process takes whole prompt groups")
+    return max_prompt
+
+
 def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
     """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`."""
     rl = cfg.rl
@@ -266,12 +279,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision})
     model, tok, head, params, optim, ref = setup_policy(cfg, run)
     reward = setup_reward(rl)
-    max_prompt = getattr(run.accelerator.unwrap_model(model).config, "max_position_embeddings", 2048) - gen.max_new_tokens
-    check_prompt_lengths(tok, train_prompts + held_out, max_prompt)  # before any step, not at the step that meets it
+    max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
-    if rl.prompts_per_step % world:
-        raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be a multiple of the {world} processes: "
-                         "each process takes whole prompt groups")
     ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
@@ -279,16 +288,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     guard = StopGuard(cfg.ckpt.stop_after)
     cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
     algo = {"ema": ema, "kl": kl_ctl, "reward": reward}
-    saved = cp.restore()
-    if saved:
-        start, best, first_eval, last_eval = saved["step"], saved["best"], saved["eval_start"], saved["eval"]
-        for k, obj in algo.items():
-            obj.load_state_dict(saved["algo"][k])
-    else:
-        start, first_eval = 0, evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt)  # the starting point
-        best, last_eval = first_eval["reward"], first_eval
-        if world > 1:  # the same seed everywhere would sample the same completions on every process
-            torch.manual_seed(cfg.seed + 1_000_003 * rank)
+    start, best, first_eval, last_eval = restore_or_start(
+        cp, algo, lambda: evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt), cfg.seed, rank, world)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
 
     def snapshot() -> dict[str, Any]:
@@ -300,13 +301,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
                          disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
             batch = [next(cycle) for _ in range(rl.prompts_per_step)]  # the global batch, the same on every process
             local = rl.prompts_per_step // world
-            batch = batch[rank * local:(rank + 1) * local]  # this process's whole groups
-            t0 = time.time()
-            with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
-                ro = sample(run.accelerator.unwrap_model(model), tok, batch, rl.samples_per_prompt, gen, max_prompt)
-            t1 = time.time()
-            scored = reward(ro.prompts, ro.completions)
-            rewards, dropped = drop_failed(ro, scored, replace(rl, prompts_per_step=len(batch)))  # (P/world, K), count
+            ro, scored, rewards, dropped, times = rollout(run, model, tok, reward, batch[rank * local:(rank + 1) * local],
+                                                          cfg, max_prompt)  # this process's whole groups
             t2 = time.time()
             ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
             beta = kl_ctl.value
@@ -316,8 +312,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             kl_ctl.update(stats.get("kl", 0.0), rewards.numel())
             t3 = time.time()
             if step % rl.log_every == 0:
-                log_train_step(run, step, ro, scored, rewards, stats, beta=beta, reward_dropped=dropped,
-                               time_generate=t1 - t0, time_score=t2 - t1, time_update=t3 - t2)
+                log_train_step(run, step, ro, scored, rewards, stats, beta=beta, reward_dropped=dropped, **times,
+                               time_update=t3 - t2)
             if rl.sample_every and step % rl.sample_every == 0:
                 run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
             if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
@@ -331,6 +327,33 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     save_policy(run, model, tok, head)
     return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval, "best_reward": best,
             "checkpoint_save_s": cp.save_s}
+
+
+def restore_or_start(cp: Checkpointer, algo: dict[str, Any], evaluate_start: Callable[[], dict[str, float]], seed: int,
+                     rank: int, world: int) -> tuple[int, float, dict[str, float], dict[str, float]]:
+    """(first step done, best held-out reward, first and last evaluation): from the newest checkpoint (with
+    the algorithm state), or from step 0 after evaluating the starting policy."""
+    saved = cp.restore()
+    if saved:
+        for k, obj in algo.items():
+            obj.load_state_dict(saved["algo"][k])
+        return saved["step"], saved["best"], saved["eval_start"], saved["eval"]
+    first_eval = evaluate_start()
+    if world > 1:  # the same seed everywhere would sample the same completions on every process
+        torch.manual_seed(seed + 1_000_003 * rank)
+    return 0, first_eval["reward"], first_eval, first_eval
+
+
+def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], cfg: GenRLConfig,
+            max_prompt: int) -> tuple[Rollout, Any, torch.Tensor, int, dict[str, float]]:
+    """Sample K completions per prompt and score them: (rollout, scores, (P, K) rewards, dropped, timings)."""
+    t0 = time.time()
+    with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
+        ro = sample(run.accelerator.unwrap_model(model), tok, prompts, cfg.rl.samples_per_prompt, cfg.gen, max_prompt)
+    t1 = time.time()
+    scored = reward(ro.prompts, ro.completions)
+    rewards, dropped = drop_failed(ro, scored, replace(cfg.rl, prompts_per_step=len(prompts)))  # (P/world, K), count
+    return ro, scored, rewards, dropped, {"time_generate": t1 - t0, "time_score": time.time() - t1}
 
 
 def global_batch(run: RunContext, rewards: torch.Tensor, stats: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
