@@ -115,6 +115,8 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
 HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
             "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts",
             "rl.micro_batch_size", "rl.gradient_checkpointing")  # memory only: the update is the same
+# Keys added after runs existed, with the value that reproduces what those runs did without them.
+ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32"}
 
 
 def _check_resume(run_dir: Path, config: Any) -> Path | None:
@@ -131,7 +133,8 @@ def _check_resume(run_dir: Path, config: Any) -> Path | None:
         return out
     old = flat(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
     new = flat(to_dict(config))
-    changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+               and not (k not in old and k in ADDED and new[k] == ADDED[k])}
     harmful = {k: v for k, v in changed.items() if not k.startswith(HARMLESS)}
     if harmful:
         diff = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in harmful.items())

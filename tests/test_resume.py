@@ -121,6 +121,23 @@ def test_resume_refuses_a_changed_meaning_and_records_harmless_changes(tiny_enco
     assert change["changed"]["train.log_every"] == [1, 2]
 
 
+def test_resume_of_a_run_from_before_a_key_existed(tiny_encoder_dir, labelled, tmp_path):
+    import yaml
+
+    args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run")
+    train_sft(load_config(SFTConfig, None, args + ["ckpt.stop_after=2"]), show_progress=False)
+    saved = tmp_path / "run" / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    del cfg["data"]["subset"], cfg["model"]["lora"]["base_dtype"]  # as an older rewardtune wrote it
+    saved.write_text(yaml.safe_dump(cfg))
+    # Those runs took the first rows: the new default (a random sample) would change them ...
+    with pytest.raises(ConfigError, match=r"data.subset: None -> 'random'"):
+        train_sft(load_config(SFTConfig, None, args + ["ckpt.resume=auto"]), show_progress=False)
+    # ... the value that reproduces them resumes (float32 base weights are what they had)
+    out = train_sft(load_config(SFTConfig, None, args + ["ckpt.resume=auto", "data.subset=first"]), show_progress=False)
+    assert out["steps"] == 12
+
+
 def test_new_run_in_a_used_folder_is_refused(tiny_encoder_dir, labelled, tmp_path):
     args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["train.epochs=1"]
     train_sft(load_config(SFTConfig, None, args), show_progress=False)
