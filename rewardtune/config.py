@@ -43,6 +43,8 @@ class LoraSettings:
     alpha: float = doc(16.0, "LoRA scaling numerator (scale = alpha / r)")
     dropout: float = doc(0.0, "dropout on the adapter input")
     target_modules: str = doc("all-linear", "'all-linear' or comma-separated module names")
+    base_dtype: Literal["float32", "bfloat16"] = doc(
+        "float32", "dtype of the frozen base weights (causal LMs; the adapter stays float32)")
 
 
 @dataclass(frozen=True)

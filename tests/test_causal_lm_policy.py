@@ -114,6 +114,55 @@ def test_adapter_disabled_reference_equals_base_model(tiny_causal_lm_dir, policy
     assert not torch.allclose(with_adapter, expected, atol=1e-3)  # the adapter does change the policy
 
 
+def test_shared_prompt_pass_equals_one_pass_per_row_in_value_and_gradient(policy):
+    model, tok = policy
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # make the adapter matter, so the prompt's keys/values carry a gradient
+    torch.manual_seed(3)
+    ro = sample(model, tok, PROMPTS, 3, GenSettings(max_new_tokens=5), 100)  # 4 groups of 3 rows
+    T, m = ro.completion_ids.shape[1], ro.completion_mask.float()
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda mod, a, out: seen.append(a[0].numel()))
+    shared, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T)
+    hook.remove()
+    Tp = ro.prompt_ids.shape[1]
+    assert sum(seen) == 4 * Tp + 12 * (T - 1)  # each prompt once, then every row's completion
+    (shared * m).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    rows = [token_logprobs(model, ro.input_ids[i:i + 1], ro.attention_mask[i:i + 1], T) for i in range(12)]
+    alone = torch.cat([r[0] for r in rows])  # one row at a time: nothing to share, the one-pass path
+    (alone * m).sum().backward()
+    assert torch.allclose(shared * m, alone * m, atol=1e-5), (shared * m - alone * m).abs().max()
+    assert torch.allclose(ent * m, torch.cat([r[1] for r in rows]) * m, atol=1e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(grads[n], p.grad, atol=1e-5), n
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_A" in n)
+
+
+def lm_head_bmm_calls(model, ids, mask) -> int:
+    """How many batched matmuls the LM head's logits took in one `token_logprobs` call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        token_logprobs(model, ids, mask, 2)
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::bmm")
+
+
+def test_lm_head_gets_a_contiguous_input_so_no_weight_is_broadcast(policy):
+    model, tok = policy  # LoRA: the head's weight is frozen, the case in which matmul stops folding
+    ids = tok(PROMPTS, padding=True, return_tensors="pt")
+    with_hook = token_logprobs(model, ids["input_ids"], ids["attention_mask"], 2)[0]
+    assert lm_head_bmm_calls(model, ids["input_ids"], ids["attention_mask"]) == 0
+    model.get_output_embeddings()._forward_pre_hooks.clear()  # as transformers leaves it
+    assert lm_head_bmm_calls(model, ids["input_ids"], ids["attention_mask"]) == 1  # the fallback the hook avoids
+    without = token_logprobs(model, ids["input_ids"], ids["attention_mask"], 2)[0]
+    assert torch.allclose(with_hook, without, atol=1e-6)
+
+
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
 def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
     model, tok = policy
@@ -329,3 +378,36 @@ def test_bf16_autocast_runs_with_finite_losses(tiny_causal_lm_dir, prompts_file,
                             show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert [math.isfinite(r["loss"]) for r in rows if r["split"] == "train"] == [True] * 3 and out["steps"] == 3
+
+
+def test_bf16_base_weights_with_a_float32_adapter(tiny_causal_lm_dir, prompts_file, tmp_path):
+    from rewardtune.run import start_run
+    from rewardtune.train.rl_generate import setup_policy
+
+    cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16-base", "model.lora.base_dtype=bfloat16")
+    model, tok, _, params, _, _ = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16} and {p.dtype for p in params} == {torch.float32}
+    torch.manual_seed(1)
+    ro = sample(model, tok, PROMPTS, 2, GenSettings(max_new_tokens=6), 100)
+    fresh, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1])
+    m = ro.completion_mask.bool()
+    # bf16 rounding differs between the cached decode and the one-shot pass: looser than fp32's 1e-4
+    assert torch.allclose(fresh[m], ro.logprobs[m], atol=2e-2), (fresh[m] - ro.logprobs[m]).abs().max()
+    out = train_rl_generate(replace(cfg, name="bf16-run"), show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "bf16-run" / "metrics.jsonl").read_text().splitlines()]
+    assert [math.isfinite(r["loss"]) for r in rows if r["split"] == "train"] == [True] * 3 and out["steps"] == 3
+    saved = load_file(str(tmp_path / "bf16-run" / "checkpoints" / "final" / "adapter_model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float32}
+    assert any(v.abs().max() > 0 for k, v in saved.items() if "lora_B" in k)
+
+
+def test_bf16_base_weights_need_lora_on_a_causal_lm(tiny_causal_lm_dir, tiny_encoder_dir):
+    from rewardtune.models import ModelError, load_classifier
+
+    model, _ = load_causal_lm(str(tiny_causal_lm_dir))
+    with pytest.raises(ModelError, match="needs a LoRA adapter.*model.lora.base_dtype=float32"):
+        apply_lora(model, LoraSettings(r=0, base_dtype="bfloat16"))
+    clf, _ = load_classifier(str(tiny_encoder_dir), 2)
+    with pytest.raises(ModelError, match="on a causal LM"):
+        apply_lora(clf, LoraSettings(r=4, base_dtype="bfloat16"))

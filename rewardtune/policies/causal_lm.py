@@ -12,6 +12,7 @@ must use the same position ids as generation, which with left padding are *not* 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -134,15 +135,61 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     return Rollout(ids, mask, comp, cmask, logp, [p for p in prompts for _ in range(k)], completions)
 
 
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs of consecutive rows with the same prompt (rows are prompt-major): the first row of each run
+    and, for every row, its run's number.  (B, Tp) → (G,), (B,)."""
+    same = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)  # (B-1,)
+    starts = torch.cat([same.new_ones(1), ~same])  # (B,)
+    return starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1
+
+
+def checkpointing(model: Any) -> bool:
+    """Whether activation checkpointing is on (through DDP's and peft's wrappers)."""
+    inner = getattr(model, "module", model)
+    return bool(getattr(inner, "is_activation_checkpointing", False))
+
+
+def cache_keyword(model: Any) -> str:
+    """The KV cache's name in the model's forward and output: `cache` in recent transformers 5,
+    `past_key_values` before (still accepted for a while, with a deprecation warning)."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
+
+
+def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int) -> torch.Tensor:
+    """The logits that predict each of the last `n_completion` tokens.  ids (B, L) → (B, T, V).
+
+    When several rows share a prompt (K samples of it), the prompt goes through the model once per group
+    and its keys/values are indexed out to the group's rows, as during sampling: a group of K rows costs
+    Tp + K·T token positions instead of K·(Tp + T). Gradients flow through the shared keys/values, so the
+    result, values and gradient, is the one-pass result up to float rounding (tested). Gradient
+    checkpointing recomputes layers and cannot keep a cache, so it takes the one-pass path.
+    """
+    Tp = ids.shape[1] - n_completion
+    first, group = prompt_groups(ids[:, :Tp], mask[:, :Tp])
+    if len(first) == len(group) or checkpointing(model):
+        # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
+        # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
+        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                     logits_to_keep=n_completion + 1).logits[:, :-1]  # (B, T, V)
+    pm, key = mask[first, :Tp], cache_keyword(model)  # (G, Tp)
+    head = model(input_ids=ids[first, :Tp], attention_mask=pm, position_ids=position_ids(pm), use_cache=True,
+                 logits_to_keep=1)  # the last prompt position predicts the first completion token
+    if n_completion == 1:
+        return head.logits[group]  # (B, 1, V)
+    cache = getattr(head, key)
+    cache.batch_select_indices(group)  # (G, ...) → (B, ...), differentiable indexing
+    rest = model(input_ids=ids[:, Tp:-1], attention_mask=mask[:, :-1], position_ids=position_ids(mask)[:, Tp:-1],
+                 use_cache=True, **{key: cache}).logits  # (B, T - 1, V)
+    return torch.cat([head.logits[group], rest], dim=1)  # (B, T, V)
+
+
 def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
                    temperature: float = 1.0, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) and (if `entropy`) its entropy for the last `n_completion` positions.
     ids (B, L) → (B, T), (B, T) or None."""
-    # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
-    # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                   logits_to_keep=n_completion + 1).logits  # (B, T + 1, V)
-    logits = logits[:, :-1].float()  # (B, T, V): logits that predict each token
+    logits = completion_logits(model, ids, mask, n_completion).float()  # (B, T, V)
     if temperature != 1.0:  # each pass over (B, T, V) costs as much as a layer of the model
         logits = logits / temperature
     logp = logprobs_from_logits(logits, ids[:, -n_completion:])  # (B, T)

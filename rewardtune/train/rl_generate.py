@@ -28,6 +28,7 @@ from ..rewards import text as text_rewards
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
 from ..run import RunContext, start_run
 from .common import setup_reference
+from .lm_report import evaluate, log_train_step, save_policy
 from .ppo import PPOSettings, ValueHead, ppo_update
 
 
@@ -243,7 +244,8 @@ def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
 
 def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list, Any, Callable[[], Any]]:
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
-    model, tok = load_causal_lm(cfg.model.name)
+    lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
+    model, tok = load_causal_lm(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
     if cfg.rl.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and no_grad sampling
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, cfg.model.lora)
@@ -361,56 +363,6 @@ def global_batch(run: RunContext, rewards: torch.Tensor, stats: dict[str, float]
     acc = run.accelerator
     means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), "mean").tolist()
     return acc.gather(rewards.to(acc.device)).cpu(), dict(zip(stats, means))
-
-
-def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards: torch.Tensor, stats: dict[str, float],
-                   beta: float, **extra: Any) -> None:
-    """One metrics.jsonl row: reward (total, each component), KL, lengths, equal-reward groups, timings, tokens/s."""
-    run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
-            **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
-            completion_len=ro.completion_mask.sum(-1).float().mean(),
-            equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), **extra,
-            tokens_per_s=float(ro.completion_mask.sum()) / extra["time_generate"])
-
-
-@torch.no_grad()
-def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
-             step: int, max_prompt: int = 10**9) -> dict[str, float]:
-    """Greedy completions of held-out prompts: reward, length, distinct-1/2, and against the reference
-    model (the adapter disabled; LoRA only): KL on the greedy tokens Σ(log π − log π_ref)/n and the
-    completions' perplexity under the reference, exp(−mean log π_ref)."""
-    net = run.accelerator.unwrap_model(model)
-    ro = sample(net, tok, prompts, 1, gen, max_prompt, greedy=True)
-    r = reward(prompts, ro.completions).total
-    words = [c.split() for c in ro.completions]
-    m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
-         "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
-    if hasattr(net, "disable_adapter"):
-        with net.disable_adapter():
-            ref_logp, _ = token_logprobs(net, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1], entropy=False)
-        mask = ro.completion_mask
-        m["kl_greedy"] = float(masked_mean(ro.logprobs - ref_logp, mask))
-        m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))
-    run.log(step, split="eval", decoding="greedy", **m)
-    for i in range(min(3, len(prompts))):
-        run.log_sample(step, split="eval", prompt=prompts[i], completion=ro.completions[i], reward=float(r[i]))
-    return m
-
-
-def _distinct(words: list[list[str]], n: int) -> float:
-    grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
-def save_policy(run: RunContext, model: Any, tok: Any, head: Any = None, name: str = "final") -> None:
-    """Weights (adapter only with LoRA) as safetensors, with the tokenizer (and PPO's value head)."""
-    if run.is_main:
-        out = run.checkpoints / name
-        run.accelerator.unwrap_model(model).save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-        if head is not None:
-            from safetensors.torch import save_file
-            save_file(head.state_dict(), str(out / "value_head.safetensors"))
 
 
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
