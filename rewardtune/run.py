@@ -116,7 +116,7 @@ HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "tr
             "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts",
             "rl.micro_batch_size", "rl.gradient_checkpointing")  # memory only: the update is the same
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
-ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32"}
+ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False}
 
 
 def _check_resume(run_dir: Path, config: Any) -> Path | None:

@@ -20,6 +20,7 @@ from ..batching import batch_order, encode, iterate
 from ..config import DataSettings, ModelSettings, doc
 from ..data import Examples, load_examples, split
 from ..eval import Report, evaluate_classifier, format_confusion
+from ..dropout import use_fast_dropout
 from ..models import apply_lora, load_classifier
 from ..run import RunContext
 
@@ -43,6 +44,8 @@ class OptimSettings:
     max_steps: int = doc(0, "stop after this many optimiser steps (0 = run all epochs)")
     mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast (CPUs with AVX512-BF16/AMX, GPUs)")
     freeze_embeddings: bool = doc(False, "keep the word-embedding matrix fixed (faster steps)")
+    fast_dropout: bool = doc(True, "on CPU, dropout masks from 16 random bits per element (same distribution, "
+                                   "p rounded to 1/65536; rewardtune/dropout.py)")
 
 
 @dataclass
@@ -78,6 +81,8 @@ def setup_model(model: ModelSettings, label_names: list[str], opt: OptimSettings
         # The word embeddings are half of MiniLM's weights: a dense gradient and an AdamW update
         # for 30k rows of which a batch touches a few hundred. Position/type embeddings stay trainable.
         net.get_input_embeddings().weight.requires_grad_(False)
+    if opt is not None and opt.fast_dropout:
+        use_fast_dropout(net)
     return apply_lora(net, model.lora), tok
 
 

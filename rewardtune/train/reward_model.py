@@ -19,9 +19,8 @@ from ..batching import batch_order
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
-from ..models import apply_lora, load_classifier
 from ..run import RunContext, start_run
-from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_optimizer
+from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer
 from .loop import train_epochs
 
 
@@ -210,9 +209,8 @@ def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
         train, val = items, task.load(read_table(cfg.data.val_path, cfg.data.split), cfg.data, cfg.rm)
     else:
         train, val = _split_rows(items, cfg.data)
-    model, tok = load_classifier(cfg.model.name, 1, {0: "reward"})
+    model, tok = setup_model(cfg.model, ["reward"], opt)  # LoRA, frozen embeddings, fast dropout as asked
     tok.truncation_side = cfg.rm.truncation_side
-    model = apply_lora(model, cfg.model.lora)
     total = -(-len(train) // opt.batch_size) * opt.epochs
     total = min(total, opt.max_steps) if opt.max_steps else total
     optim, sched = setup_optimizer(model, opt, total)
