@@ -31,7 +31,7 @@ def rss() -> tuple[float, float]:
     return round(cur), round(peak_rss_mib())
 
 
-def child(args: argparse.Namespace, mb: int, gc: bool) -> dict:
+def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share: bool = True) -> dict:
     import torch
 
     from rewardtune.config import LoraSettings
@@ -42,12 +42,16 @@ def child(args: argparse.Namespace, mb: int, gc: bool) -> dict:
     from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, reference_logprobs, setup_reference
 
     return_freed_memory()  # reads REWARDTUNE_MMAP_THRESHOLD_MB, as start_run does
+    if not share:  # every row its own group: the one-pass forward (what rewardtune did before sharing prompts)
+        import rewardtune.policies.causal_lm as policy
+        policy.prompt_groups = lambda ids, mask: (torch.arange(len(ids)), torch.arange(len(ids)))
     torch.manual_seed(0)
     out: dict = {"rss_start": rss()}
-    model, tok = load_causal_lm("smollm2-135m-instruct")
+    base = {"f32": "float32", "bf16": "bfloat16"}[dtype]
+    model, tok = load_causal_lm("smollm2-135m-instruct", getattr(torch, base))
     if gc:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_lora(model, LoraSettings(r=16, alpha=32)).train()
+    model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype=base)).train()
     rm = reward_model(args.rm)
     out["rss_loaded"] = rss()
     rl, gen = GenRLSettings(micro_batch_size=mb, kl_coef=0.04), GenSettings(max_new_tokens=32)
@@ -104,7 +108,8 @@ def compare_samplers(repeat: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rm", required=True, help="reward model folder")
-    p.add_argument("--configs", default="16,0,0 16,0,16 4,0,16 4,1,16", help="micro_batch,checkpointing,mmap_MiB ...")
+    p.add_argument("--configs", default="16,0,0 16,0,16 4,0,16 4,1,16",
+                   help="micro_batch,checkpointing,mmap_MiB[,f32|bf16 base weights[,share prompts 1|0]] ...")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--samplers", action="store_true", help="only compare generate's sampling with rewardtune's")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -114,18 +119,19 @@ def main() -> None:
         record(compare_samplers(args.repeat) | {"task": "grpo-sampler-compare"}, args.out)
         return
     if args.child:
-        mb, gc, _ = (int(x) for x in args.child.split(","))
-        print("RESULT " + json.dumps(child(args, mb, bool(gc))), flush=True)
+        mb, gc, _, dtype, share = (args.child.split(",") + ["f32", "1"])[:5]
+        print("RESULT " + json.dumps(child(args, int(mb), bool(int(gc)), dtype, bool(int(share)))), flush=True)
         return
     for cfg in args.configs.split():
-        mb, gc, mmap = cfg.split(",")
+        mb, gc, mmap, dtype, share = (cfg.split(",") + ["f32", "1"])[:5]
         env = {**os.environ, "REWARDTUNE_MMAP_THRESHOLD_MB": mmap}
         proc = subprocess.run([sys.executable, __file__, "--rm", args.rm, "--repeat", str(args.repeat), "--child", cfg],
                               env=env, capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(proc.stderr[-3000:])
-        res = json.loads(line[0][7:]) | {"micro_batch": int(mb), "checkpointing": bool(int(gc)), "mmap_threshold_mib": int(mmap)}
+        res = json.loads(line[0][7:]) | {"micro_batch": int(mb), "checkpointing": bool(int(gc)), "mmap_threshold_mib": int(mmap),
+                                         "base_weights": dtype, "shared_prompts": bool(int(share))}
         record(res | {"task": "grpo-step-profile"}, args.out)
 
 

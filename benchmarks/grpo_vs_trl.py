@@ -7,6 +7,10 @@ for both (greedy completions of held-out prompts, scored by the same reward mode
 
     .venv/bin/pip install --no-deps trl==1.16.0      # benchmark-only dependency
     .venv/bin/python benchmarks/grpo_vs_trl.py --rm RM_DIR --steps 10
+    .venv/bin/python benchmarks/grpo_vs_trl.py --rm RM_DIR --steps 10 --bf16-base   # frozen weights in bf16, both
+
+TRL gets the model as `from_pretrained` gives it; `--trl-contiguous-head` adds rewardtune's LM-head
+hook (`models.contiguous_head_input`) to TRL's model, to show what that fix alone is worth there.
 
 Prompts: the first 8 words of IMDb unlabeled reviews (../shared/data/imdb/unsup.jsonl.gz).
 """
@@ -64,7 +68,8 @@ def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) 
         f"data.val_path={held_path}", f"rl.rewards=[rm:{args.rm}]", f"rl.steps={args.steps}", "rl.eval_every=0", f"rl.eval_prompts={len(held)}",
         "rl.prompts_per_step=4", "rl.samples_per_prompt=4", f"rl.lr={args.lr}", "rl.kl_coef=0.04",
         "rl.kl_estimator=k3", "rl.aggregation=seq_mean_token_mean", "rl.algorithm=grpo", "rl.max_grad_norm=1.0",
-        "gen.max_new_tokens=32", f"runs_dir={args.work}", f"name=rewardtune-{int(time.time())}", *args.set])
+        "gen.max_new_tokens=32", f"runs_dir={args.work}", f"name=rewardtune-{int(time.time())}",
+        f"model.lora.base_dtype={'bfloat16' if args.bf16_base else 'float32'}", *args.set])
     t = time.time()
     out = train_rl_generate(cfg, show_progress=False)
     wall = time.time() - t
@@ -75,7 +80,7 @@ def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) 
     from rewardtune.models import load_causal_lm
     from rewardtune.rewards import reward_model
 
-    base, tok = load_causal_lm("smollm2-135m-instruct")
+    base, tok = load_causal_lm("smollm2-135m-instruct", base_dtype(args))
     rm = reward_model(args.rm)
     start = heldout_reward(base, tok, held, rm, 32)
     tuned = PeftModel.from_pretrained(base, Path(out["run_dir"]) / "checkpoints" / "final")
@@ -92,13 +97,21 @@ def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) 
                             for k in ("time_generate", "time_score", "time_update")}}
 
 
+def base_dtype(args: argparse.Namespace):
+    import torch
+
+    return torch.bfloat16 if args.bf16_base else torch.float32
+
+
 def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict:
     import datasets
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rewardtune.models import load_causal_lm
+    from transformers import AutoModelForCausalLM
+
+    from rewardtune.models import contiguous_head_input, load_tokenizer, resolve
     from rewardtune.rewards import reward_model
 
     if args.trl_free_memory:  # the allocator setting rewardtune can apply at the start of a run (memory.py)
@@ -106,7 +119,12 @@ def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict
         os.environ.setdefault("REWARDTUNE_MMAP_THRESHOLD_MB", "16")
         return_freed_memory()
     rm = reward_model(args.rm)
-    model, tok = load_causal_lm("smollm2-135m-instruct")
+    path = resolve("smollm2-135m-instruct")  # the model as a TRL user loads it
+    model, tok = AutoModelForCausalLM.from_pretrained(path, dtype=base_dtype(args)), load_tokenizer(path)
+    tok.padding_side = "left"
+    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else tok.pad_token_id
+    if args.trl_contiguous_head:
+        contiguous_head_input(model)
 
     def reward(prompts, completions, **_):  # the same contract as rewardtune's
         return rm(prompts, completions)
@@ -130,6 +148,7 @@ def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict
                           peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
                           callbacks=[Clock()])
     start = heldout_reward(trainer.model, tok, held, rm, 32)
+    dtypes = sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad})
     t = time.time()
     trainer.train()
     wall = time.time() - t
@@ -137,7 +156,8 @@ def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict
     logs = [h for h in trainer.state.log_history if "reward" in h]
     return {"s_per_step": sum(times) / len(times), "wall_s": wall, "peak_rss_mib": rss,
             "tokens_per_s": None, "train_reward_first": logs[0]["reward"], "train_reward_last": logs[-1]["reward"],
-            "heldout_reward_start": start, "heldout_reward": heldout_reward(trainer.model, tok, held, rm, 32)}
+            "heldout_reward_start": start, "heldout_reward": heldout_reward(trainer.model, tok, held, rm, 32),
+            "adapter_dtypes": dtypes}
 
 
 def main() -> None:
@@ -148,6 +168,8 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=16)
     p.add_argument("--frameworks", default="rewardtune,trl")
     p.add_argument("--trl-free-memory", action="store_true", help="TRL: fix glibc's mmap threshold as REWARDTUNE_MMAP_THRESHOLD_MB does (16 MiB unless set)")
+    p.add_argument("--bf16-base", action="store_true", help="both: frozen base weights in bf16 (LoRA adapters as each framework keeps them)")
+    p.add_argument("--trl-contiguous-head", action="store_true", help="TRL: add rewardtune's contiguous LM-head input hook")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--set", nargs="*", default=[], help="extra rewardtune overrides")
     p.add_argument("--work", default="/tmp/rewardtune-bench/grpo")
@@ -168,7 +190,8 @@ def main() -> None:
             print(proc.stderr[-3000:], file=sys.stderr)
             sys.exit(f"{fw} failed")
         record(json.loads(line[0][7:]) | {"task": "grpo-imdb-sentiment", "steps": args.steps, "lr": args.lr,
-                                          "trl_free_memory": args.trl_free_memory,
+                                          "trl_free_memory": args.trl_free_memory, "bf16_base": args.bf16_base,
+                                          "trl_contiguous_head": args.trl_contiguous_head,
                                           "env_mmap_threshold_mb": os.environ.get("REWARDTUNE_MMAP_THRESHOLD_MB", "")}, args.out)
 
 
