@@ -146,7 +146,8 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
 def checkpointing(model: Any) -> bool:
     """Whether activation checkpointing is on (through DDP's and peft's wrappers)."""
     inner = getattr(model, "module", model)
-    return bool(getattr(inner, "is_activation_checkpointing", False))
+    on = getattr(inner, "is_activation_checkpointing", None)  # transformers ≥ 5.x; the old name before
+    return bool(on if on is not None else getattr(inner, "is_gradient_checkpointing", False))
 
 
 def cache_keyword(model: Any) -> str:
