@@ -41,6 +41,28 @@ def test_rollout_logprobs_match_a_fresh_forward_pass(policy):
     assert torch.allclose(fresh[m], ro.logprobs[m], atol=1e-4), (fresh[m] - ro.logprobs[m]).abs().max()
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_shared_prompt_prefill_samples_what_one_prefill_per_row_samples(policy, checkpointing):
+    model, tok = policy
+    if checkpointing:  # training mode with checkpointing, as the run sets it up
+        model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    gen, out = GenSettings(max_new_tokens=6, temperature=1.5), []
+    for share in (True, False):
+        torch.manual_seed(4)
+        out.append(sample(model, tok, PROMPTS, 3, gen, 100, share_prompt=share))
+    shared, plain = out
+    assert torch.equal(shared.completion_ids, plain.completion_ids) and shared.completions == plain.completions
+    assert torch.equal(shared.prompt_ids, plain.prompt_ids) and torch.equal(shared.prompt_mask, plain.prompt_mask)
+    assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5)
+    calls = []  # the prompt's positions go through the model once per prompt, not once per sample
+    hook = model.get_base_model().model.embed_tokens.register_forward_hook(lambda m, i, o: calls.append(i[0].numel()))
+    sample(model, tok, PROMPTS, 3, gen, 100)
+    hook.remove()
+    tp = shared.prompt_ids.shape[1]
+    assert calls[:2] == [4 * (tp - 1), 12] and all(c == 12 for c in calls[2:]), calls
+
+
 def test_top_k_1_sampling_equals_greedy_decoding(policy):
     model, tok = policy
     torch.manual_seed(2)

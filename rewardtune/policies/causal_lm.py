@@ -100,10 +100,12 @@ def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> t
 
 @torch.no_grad()
 def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSettings, max_prompt_tokens: int,
-           greedy: bool = False) -> Rollout:
+           greedy: bool = False, share_prompt: bool = True) -> Rollout:
     """K completions for each of P prompts (rows ordered prompt-major: p0k0, p0k1, ..., p1k0, ...).
 
     `greedy=True` decodes greedily (evaluation); log-probs are then under the untempered policy.
+    `share_prompt`: prefill each prompt once and repeat its keys/values to its K rows (`prompt_cache`)
+    instead of running it K times; the same tokens up to float rounding (tested).
     """
     texts = format_prompts(tok, prompts, gen.chat_template)
     enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=not gen.chat_template)
@@ -119,6 +121,10 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
     from transformers import GenerationConfig, LogitsProcessorList
 
+    cache = {}
+    if share_prompt and k > 1 and ids.shape[1] > 1:
+        cache = {cache_keyword(model): prompt_cache(model, enc["input_ids"].to(device),
+                                                    enc["attention_mask"].to(device), k)}
     sampler = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy)
     # A fresh GenerationConfig: the model's own (repetition penalty, ...) would change the scores the
     # sampler sees, so the recorded log-probs would no longer be the policy's softmax(logits / T).
@@ -126,13 +132,29 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
                               eos_token_id=eos_ids, bos_token_id=model.generation_config.bos_token_id,
                               stop_strings=list(gen.stop_strings) or None)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                         logits_processor=LogitsProcessorList([sampler]), tokenizer=tok if gen.stop_strings else None)
+                         logits_processor=LogitsProcessorList([sampler]), tokenizer=tok if gen.stop_strings else None,
+                         **cache)
     comp = out[:, ids.shape[1]:]  # (B, T)
     cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
     logp = sampler.stacked()[:, :comp.shape[1]] * cmask  # (B, T)
     completions = tok.batch_decode(comp, skip_special_tokens=True)
     return Rollout(ids, mask, comp, cmask, logp, [p for p in prompts for _ in range(k)], completions)
+
+
+def prompt_cache(model: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
+    """The KV cache of every prompt position but the last, computed once per prompt and repeated to its K
+    rows.  ids, mask (P, Tp) → a cache of P·K rows and Tp − 1 positions.
+
+    `generate` given this cache and the full (P·K, Tp) prompt runs only the last prompt position (whose
+    logits give the first token) and then decodes, so a prompt costs Tp − 1 + K positions, not K·Tp.
+    """
+    m = mask[:, :-1]  # (P, Tp - 1) left padding: the last position is a real token in every row
+    out = model(input_ids=ids[:, :-1], attention_mask=m, position_ids=position_ids(m), use_cache=True,
+                logits_to_keep=1)
+    cache = getattr(out, cache_keyword(model))
+    cache.batch_repeat_interleave(k)  # (P, ...) → (P·K, ...), prompt-major like the rows
+    return cache
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
