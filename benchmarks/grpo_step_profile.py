@@ -9,6 +9,7 @@ times and the fastest is reported (the machine's noise is ±10–20%).
     .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR
     .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --configs "16,0,0 4,1,16"   # mb,checkpointing,mmap MiB
     .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --samplers --repeat 4   # sampling alone, A/B
+    .venv/bin/python benchmarks/grpo_step_profile.py --decode f32,bf16   # prefill sharing, adapter cost
 """
 from __future__ import annotations
 
@@ -105,19 +106,68 @@ def compare_samplers(repeat: int) -> dict:
     return {k: v[1:] for k, v in times.items()} | {"token_sampler_steps": steps[1:]}
 
 
+def decode_costs(repeat: int, dtype: str) -> dict:
+    """Sampling alone (16 × 32 tokens, LoRA r=16 with a non-zero adapter): each prompt prefilled once
+    (rewardtune's default) vs once per row, and with the adapter disabled (what a free adapter would give),
+    interleaved; then one profiled sampling call: the share of `aten::mm` and the bytes of weights it reads."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from rewardtune.config import LoraSettings
+    from rewardtune.models import apply_lora, load_causal_lm
+    from rewardtune.policies.causal_lm import GenSettings, sample
+
+    base = {"f32": "float32", "bf16": "bfloat16"}[dtype]
+    model, tok = load_causal_lm("smollm2-135m-instruct", getattr(torch, base))
+    model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype=base)).eval()
+    for name, p in model.named_parameters():  # a trained-looking adapter, so its matmuls are not skipped
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.01)
+    gen = GenSettings(max_new_tokens=32)
+
+    def once(share: bool = True) -> float:
+        torch.manual_seed(0)
+        t = time.time()
+        sample(model, tok, PROMPTS, 4, gen, 2000, share_prompt=share)
+        return time.time() - t
+    once()
+    times: dict[str, list[float]] = {"shared_prefill": [], "prefill_per_row": [], "adapter_disabled": []}
+    for _ in range(repeat):
+        times["shared_prefill"].append(once(True))
+        times["prefill_per_row"].append(once(False))
+        with model.disable_adapter():
+            times["adapter_disabled"].append(once(True))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        once()
+    ops = {e.key: e for e in prof.key_averages()}
+    total = sum(e.self_cpu_time_total for e in ops.values())
+    mm = ops["aten::mm"].self_cpu_time_total if "aten::mm" in ops else 0.0
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"base_weights": dtype, **times, "mm_share": mm / total, "mm_s": mm / 1e6,
+            "weights_read_gb_per_s": 33 * weight_bytes / (mm / 1e6) / 1e9}  # 33 forwards read every weight once
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rm", required=True, help="reward model folder")
+    p.add_argument("--rm", help="reward model folder (not needed by --samplers and --decode)")
     p.add_argument("--configs", default="16,0,0 16,0,16 4,0,16 4,1,16",
                    help="micro_batch,checkpointing,mmap_MiB[,f32|bf16 base weights[,share prompts 1|0]] ...")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--samplers", action="store_true", help="only compare generate's sampling with rewardtune's")
+    p.add_argument("--decode", default="", help="only time sampling (f32, bf16 or f32,bf16): prefill sharing, "
+                   "adapter cost, share of matmuls")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", default="benchmarks/results.jsonl")
     args = p.parse_args()
     if args.samplers:
         record(compare_samplers(args.repeat) | {"task": "grpo-sampler-compare"}, args.out)
         return
+    for dtype in filter(None, args.decode.split(",")):
+        record(decode_costs(args.repeat, dtype) | {"task": "grpo-decode-costs"}, args.out)
+    if args.decode:
+        return
+    if not args.rm:
+        p.error("--rm RM_DIR is needed to profile a step")
     if args.child:
         mb, gc, _, dtype, share = (args.child.split(",") + ["f32", "1"])[:5]
         print("RESULT " + json.dumps(child(args, int(mb), bool(int(gc)), dtype, bool(int(share)))), flush=True)

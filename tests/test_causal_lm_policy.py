@@ -203,6 +203,25 @@ def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
 
 
+@pytest.mark.parametrize("baseline", ["mean", "ema"])
+def test_reinforce_baselines_over_processes_are_the_global_batch_s(baseline):
+    from rewardtune.algorithms import EMABaseline
+    from rewardtune.train.rl_generate import advantages
+
+    rl = GenRLSettings(algorithm="reinforce", baseline=baseline)
+    steps = [torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]),  # (P=4, K=2): global batch means
+             torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]])]  # 0.5 then 0.625
+    one, two = EMABaseline(), [EMABaseline(), EMABaseline()]
+    for full in steps:
+        whole = advantages(full, rl, one)  # one process, the global batch: (8,)
+        shards = [advantages(full[2 * r:2 * r + 2], rl, two[r], gather=lambda _: full, rank=r) for r in (0, 1)]
+        assert torch.equal(torch.cat(shards), whole)
+        alone = advantages(full[2:], rl, EMABaseline())  # without the gather: rank 1's own mean, 0.75 ≠ 0.5
+        assert baseline == "ema" or not torch.equal(alone, whole[4:])
+    if baseline == "ema":
+        assert one.value == two[0].value == two[1].value == pytest.approx(0.9 * 0.5 + 0.1 * 0.625)  # EMA after both
+
+
 def test_token_mean_over_processes_is_one_global_token_mean(policy):
     """Two processes, each with half the groups, simulated: DDP averages their gradients. With `tokens` =
     global tokens / 2 the average equals one process's full-batch token mean; with each process's own

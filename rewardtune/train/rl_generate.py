@@ -146,11 +146,20 @@ def policy_loss(model: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tens
     return loss * micro_weight(mask, full_mask, rl.aggregation, tokens), stats
 
 
-def advantages(rewards: torch.Tensor, rl: GenRLSettings, ema: EMABaseline) -> torch.Tensor:
-    """(P, K) rewards → (B,) advantages with the configured estimator."""
+def advantages(rewards: torch.Tensor, rl: GenRLSettings, ema: EMABaseline,
+               gather: Callable[[torch.Tensor], torch.Tensor] | None = None, rank: int = 0) -> torch.Tensor:
+    """(P, K) rewards of this process → (P·K,) advantages with the configured estimator.
+
+    With several processes, `gather` returns every process's rewards (P·world, K) in rank order: the
+    estimator then sees the global batch, as one process would, so REINFORCE's batch-mean and EMA
+    baselines are the global batch's (and the EMA's state is the same on every process); this
+    process keeps its own rows. Group estimators (GRPO, RLOO) give the same either way.
+    """
+    full = gather(rewards) if gather is not None else rewards  # (P·world, K)
     fn = get_advantage_fn(rl.algorithm)
-    adv = fn(rewards, baseline=rl.baseline, ema=ema) if rl.algorithm == "reinforce" else fn(rewards)
-    return adv.reshape(-1)
+    adv = fn(full, baseline=rl.baseline, ema=ema) if rl.algorithm == "reinforce" else fn(full)
+    P = rewards.shape[0]
+    return adv.reshape(full.shape)[rank * P:(rank + 1) * P].reshape(-1)  # (P·K,)
 
 
 def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, ref: Callable[[], Any], ro: Rollout,
@@ -270,7 +279,10 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
     if rl.kl_mode == "reward" and beta:  # the penalty goes into the reward, not the loss
         shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
     step_rl = replace(rl, kl_coef=0.0 if kl_tok is not None else beta)
-    stats = update(run, model, optim, ref, ro, advantages(shaped, rl, ema).to(ro.logprobs.device), step_rl, gen, ok)
+    acc = run.accelerator
+    gather = (lambda r: acc.gather(r.to(acc.device)).cpu()) if acc.num_processes > 1 else None
+    adv = advantages(shaped, rl, ema, gather, acc.process_index)
+    stats = update(run, model, optim, ref, ro, adv.to(ro.logprobs.device), step_rl, gen, ok)
     return stats if kl_tok is None else {**stats, "kl": kl_tok}
 
 
