@@ -112,9 +112,21 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
+@dataclass(frozen=True)
+class _Typed:
+    """A command-line value: what YAML made of it, and the text as typed (`name=no` names a run "no")."""
+
+    value: Any
+    text: str
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Check `value` against annotation `tp`, converting the few safe cases (int→float, list→tuple)."""
     origin = typing.get_origin(tp)
+    if isinstance(value, _Typed):  # YAML turned the typed word into a bool/number/None a str field cannot mean
+        choices = typing.get_args(tp) if origin is Literal else ()
+        meant_text = not isinstance(value.value, str) and (tp is str or value.text in choices)
+        value = value.text if meant_text else value.value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, where)
     if origin in (typing.Union, types.UnionType):
@@ -129,7 +141,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
-        if isinstance(value, bool):  # YAML 1.1 reads no/off/false as False: give back the word that was meant
+        if isinstance(value, bool):  # in a file, YAML 1.1 reads no/off/false as False: give back the word meant
             value = next((w for w in (("no", "off", "false") if not value else ("yes", "on", "true")) if w in choices), value)
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
@@ -146,7 +158,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return float(value)  # YAML 1.1 reads `lr: 3e-5` in a file as a string
     if tp in (int, float, str, bool):
         if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # `name=123` on the command line is still a name
+            return str(value)  # `name: 123` in a file is still a name
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
         return value
@@ -154,7 +166,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` → (['a', 'b'], value); the value is parsed as YAML (so 3 → int, true → bool)."""
+    """`a.b=value` → (['a', 'b'], value); the value is parsed as YAML (so 3 → int, true → bool), and a
+    str field takes the text as typed instead (`name=no` is the name "no", `name=007` is "007")."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=3e-5")
     key, raw = text.split("=", 1)
@@ -166,7 +179,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)  # YAML 1.1 reads '3e-5' as a string
-    return key.strip().split("."), value
+    scalar = value is None or isinstance(value, (bool, int, float))
+    return key.strip().split("."), _Typed(value, raw.strip()) if scalar else value
 
 
 def _looks_like_float(s: str) -> bool:

@@ -188,3 +188,31 @@ def test_bf16_autocast_and_frozen_embeddings(tiny_encoder_dir, toy_data, tmp_pat
     assert torch.equal(start[emb], trained[f"bert.{emb}"])  # frozen
     assert not torch.equal(start["embeddings.position_embeddings.weight"],
                            trained["bert.embeddings.position_embeddings.weight"])  # the rest trains
+
+
+@pytest.mark.parametrize("baseline", ["mean", "ema", "rloo"])
+def test_reinforce_label_baselines_over_processes_are_the_global_batch_s(baseline):
+    """Two processes simulated, holding 3 and 2 rows of a 5-row batch (a last batch that splits unevenly),
+    rank 0's second row dropped by a failed reward: each process's advantages are its rows of the one-process
+    advantages, and both keep one process's EMA."""
+    from rewardtune.algorithms import EMABaseline
+    from rewardtune.train.rl_classifier import RLSettings, label_advantages
+
+    rl = RLSettings(estimator="reinforce", baseline=baseline, samples=2)
+    steps = [torch.tensor([[1.0, 0.0], [5.0, 5.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]),  # kept mean 0.625
+             torch.tensor([[0.0, 1.0], [5.0, 5.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])]  # kept mean 0.375
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    one, two = EMABaseline(), [EMABaseline(), EMABaseline()]
+    for full in steps:
+        whole = label_advantages(full, keep, rl, one)  # (5, 2)
+        parts = [(full[:3], keep[:3]), (full[3:], keep[3:])]
+        gather = lambda t: [p[0] if t.dim() == 2 else p[1] for p in parts]  # noqa: E731  (rewards or keep)
+        shards = [label_advantages(*parts[r], rl, two[r], gather=gather, rank=r) for r in (0, 1)]
+        assert torch.equal(torch.cat(shards), whole)
+        assert torch.equal(whole[1], torch.zeros(2))  # the dropped row has no advantage
+        alone = label_advantages(*parts[1], rl, EMABaseline())  # without the gather: rank 1's own mean (1, then 0)
+        assert baseline != "mean" or not torch.equal(alone, whole[3:])
+    if baseline == "mean":
+        assert whole[0].tolist() == [0.0 - 0.375, 1.0 - 0.375]  # second step: kept mean (1 + 2 + 0 + 0) / 8
+    if baseline == "ema":
+        assert one.value == two[0].value == two[1].value == pytest.approx(0.9 * 0.625 + 0.1 * 0.375)

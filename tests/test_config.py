@@ -103,3 +103,17 @@ def test_yaml_no_for_a_string_choice_is_the_word_no():
 
     # YAML 1.1 parses a bare `no` as False; mixed_precision's choices are the strings 'no' and 'bf16'
     assert load_config(SFTConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("typed,name", [("no", "no"), ("off", "off"), ("007", "007"), ("1e3", "1e3"), ("null", "null"),
+                                        ("'no'", "no"), ("true", "true")])
+def test_a_string_field_on_the_command_line_takes_the_text_as_typed(typed, name):
+    # YAML would make these False, 7, 1000.0, None and True; a run name means the text
+    assert load_config(Cfg, None, [f"name={typed}"]).name == name
+
+
+def test_command_line_values_of_other_types_still_parse_as_yaml():
+    cfg = load_config(Cfg, None, ["train.lr=3e-5", "model.lora={alpha: 4}", "model.lora.r=8"])
+    assert cfg.train.lr == 3e-5 and cfg.model.lora.r == 8 and cfg.model.lora.alpha == 4.0
+    with pytest.raises(ConfigError, match="train.lr: expected float"):
+        load_config(Cfg, None, ["train.lr=no"])

@@ -14,6 +14,7 @@ off to isolate the check (clipping the global norm is equivalent under DDP too).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import socket
@@ -203,8 +204,35 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
     assert (ckpt / "rng-0.json").exists() and (ckpt / "rng-1.json").exists()  # each process's own RNG
     assert (runs / "lm2" / "checkpoints" / "final" / "adapter_model.safetensors").exists()
 
+    # PPO: the advantage whitening sums its statistics over both processes (an all-reduce per rollout)
+    ppo = _launch("torchrun", 2, [str(tmp_path / "info2.json"), *args[:-2], "rl.algorithm=ppo", "rl.steps=2",
+                                  "name=ppo2"], tmp_path / "log2.txt")
+    _wait(ppo, tmp_path / "log2.txt")
+    rows = _train_rows(runs / "ppo2")
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+
     bad = _launch("torchrun", 2, [str(tmp_path / "info3.json"), *args[:-2], "rl.prompts_per_step=3", "name=odd"],
                   tmp_path / "log3.txt")
     bad.wait(timeout=TIMEOUT_S)
     bad.log_file.close()
     assert bad.returncode != 0 and "multiple of the 2 processes" in (tmp_path / "log3.txt").read_text()
+
+
+@pytest.mark.parametrize("baseline", ["mean", "ema"])
+def test_classifier_reinforce_baseline_is_global_over_two_real_processes(baseline, tmp_path):
+    """gather_rows over gloo with 3 and 2 rows: the two processes' advantages are one process's advantages
+    of the whole batch, and their EMAs agree with it (tests/gather_worker.py)."""
+    out, log = tmp_path / "out.json", tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "gather_worker.py"), str(out), baseline]
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log_file = fh  # type: ignore[attr-defined]
+        _wait(proc, log)
+    res = json.loads(out.read_text())
+    assert res["world"] == 2
+    assert res["shards"] == res["whole"]
+    assert res["whole"][0][1] == [0.0, 0.0]  # the dropped row
+    assert res["ema"] == pytest.approx([res["ema"][2]] * 3)
+    if baseline == "mean":
+        assert res["whole"][1][0] == [-0.375, 0.625]  # kept mean of step 2: (1 + 2 + 0 + 0) / 8

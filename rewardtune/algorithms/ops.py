@@ -76,20 +76,33 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
 
 
 def masked_whiten(
-    x: Tensor, mask: Tensor, shift_mean: bool = True, unbiased: bool = False, eps: float = 1e-8
+    x: Tensor, mask: Tensor, shift_mean: bool = True, unbiased: bool = False, eps: float = 1e-8,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """(x - x̄) / sqrt(var + eps) over unmasked elements; masked positions become 0.
 
     With ``shift_mean=False`` the mean is added back, so only the scale changes
-    (useful for rewards, whose sign carries meaning).
+    (useful for rewards, whose sign carries meaning). With ``all_sum`` (a sum over processes, e.g.
+    an all-reduce) x̄ and var are those of every process's elements together.
     Shapes: x (B, T), mask (B, T) -> (B, T).
     Reference: Huang et al. 2024, arXiv:2403.17031 (advantage/reward whitening in PPO).
     """
-    mean = masked_mean(x, mask)
-    white = (x - mean) * torch.rsqrt(masked_var(x, mask, unbiased) + eps)
+    if all_sum is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask, unbiased)
+    else:
+        mean, var = _global_mean_var(x, mask, unbiased, all_sum)
+    white = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         white = white + mean
     return torch.where(mask.bool(), white, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _global_mean_var(x: Tensor, mask: Tensor, unbiased: bool, all_sum: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """masked_mean and masked_var over all processes in two passes: (Σ x·m, Σ m) → x̄, then Σ m (x - x̄)²."""
+    sums = all_sum(torch.stack([masked_sum(x, mask), mask.bool().expand_as(x).sum().to(x.dtype)]))  # (2,)
+    mean = sums[0] / sums[1].clamp_min(1.0)
+    dof = (sums[1] - 1.0 if unbiased else sums[1]).clamp_min(1.0)
+    return mean, all_sum(masked_sum((x - mean) ** 2, mask)) / dof
 
 
 def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:

@@ -56,8 +56,11 @@ def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: to
 
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any, head: ValueHead,
                ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
-               ppo: PPOSettings, gen: GenSettings) -> dict[str, float]:
-    """Advantages once per rollout, then `epochs` × `minibatches` clipped updates.  scores (B,)."""
+               ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> dict[str, float]:
+    """Advantages once per rollout, then `epochs` × `minibatches` clipped updates.  scores (B,).
+
+    `all_sum` (a sum over processes) makes the advantage whitening the global batch's."""
     T, mask = ro.completion_ids.shape[1], ro.completion_mask
     with torch.no_grad():
         _, old_values = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, gen.temperature)
@@ -65,7 +68,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta, "k1")  # (B, T)
     adv, returns = gae(token_rewards, old_values, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)
     if ppo.whiten_advantages:
-        adv = masked_whiten(adv, mask)
+        adv = masked_whiten(adv, mask, all_sum=all_sum)
     B = mask.shape[0]
     size = -(-B // ppo.minibatches)
     stats: dict[str, float] = {}

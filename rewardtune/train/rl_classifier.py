@@ -65,6 +65,9 @@ class Step:
     reward: CombinedReward
     rl: RLSettings
     ema: EMABaseline
+    filler: bool = False  # a weight-0 row standing in for an empty share of the batch (see epoch_batches)
+    gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None  # every process's rows, in rank order
+    rank: int = 0
 
 
 def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -78,6 +81,7 @@ def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torc
     res = s.reward([t for t in s.texts for _ in range(k)], completions, label=[g for g in s.gold for _ in range(k)])
     comps = {f"reward/{n}": torch.nanmean(v) for n, v in res.components.items()}
     keep = torch.ones(b, dtype=torch.bool) if res.dropped is None else ~res.dropped.reshape(b, k).any(-1)
+    keep &= not s.filler
     rewards = res.total.reshape(b, k) * keep[:, None]
     if not keep.all():
         comps["reward_dropped"] = torch.tensor(float((~keep).sum()))
@@ -98,13 +102,28 @@ def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     logp_all = torch.log_softmax(s.logits.float(), dim=-1)  # (b, A)
     actions = torch.multinomial(logp_all.exp().detach(), s.rl.samples, replacement=True)  # (b, K)
     rewards, comps, keep = _score(s, actions.cpu())  # (b, K)
-    kept = keep.bool()
-    adv = torch.zeros_like(rewards)  # (b, K); baselines come from the kept examples only
-    if kept.any():
-        adv[kept] = rloo(rewards[kept]) if s.rl.baseline == "rloo" else reinforce(rewards[kept], s.rl.baseline, s.ema)
+    global_baseline = s.gather is not None and s.rl.baseline in ("mean", "ema")
+    adv = label_advantages(rewards, keep, s.rl, s.ema, s.gather if global_baseline else None, s.rank)  # (b, K)
     logp = logp_all.gather(-1, actions)  # (b, K): each sample is one "token" of weight 1
     loss, _ = pg_loss(logp, adv, keep[:, None].expand_as(logp), "token_mean")
     return loss, {"reward": rewards.mean(), **comps}
+
+
+def label_advantages(rewards: torch.Tensor, keep: torch.Tensor, rl: RLSettings, ema: EMABaseline,
+                     gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None, rank: int = 0) -> torch.Tensor:
+    """(b, K) rewards and (b,) kept rows → (b, K) advantages; the baseline comes from the kept rows only.
+
+    With `gather` (every process's tensor, in rank order) a batch-mean or EMA baseline is the global
+    batch's, as one process would compute it, and every process keeps the same EMA.
+    """
+    parts = gather(rewards) if gather is not None else [rewards]
+    kept = torch.cat(gather(keep) if gather is not None else [keep]).bool()  # (b·world,)
+    full = torch.cat(parts)  # (b·world, K)
+    adv = torch.zeros_like(full)
+    if kept.any():
+        adv[kept] = rloo(full[kept]) if rl.baseline == "rloo" else reinforce(full[kept], rl.baseline, ema)
+    start = sum(p.shape[0] for p in parts[:rank])
+    return adv[start:start + rewards.shape[0]].to(rewards.device)
 
 
 def epsilon_greedy(q: torch.Tensor, rl: RLSettings) -> torch.Tensor:
@@ -139,6 +158,16 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 }
 
 
+def gather_rows(acc: Any) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """A gather of each process's (b_i, ...) rows, b_i may differ (a last batch that splits unevenly)."""
+    def gather(t: torch.Tensor) -> list[torch.Tensor]:
+        sizes = acc.gather(torch.tensor([t.shape[0]], device=acc.device)).tolist()
+        padded = acc.gather(acc.pad_across_processes(t.to(acc.device), dim=0)).cpu()  # (world·max b, ...)
+        m = max(sizes)
+        return [padded[i * m:i * m + n] for i, n in enumerate(sizes)]
+    return gather
+
+
 def setup_reward(rl: RLSettings) -> CombinedReward:
     registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
     return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error)
@@ -171,6 +200,7 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     optim, sched = setup_optimizer(model, opt, total)
     model, optim, sched = run.accelerator.prepare(model, optim, sched)
     encoded = encode_examples(tok, data.train, opt)
+    gather = gather_rows(run.accelerator) if run.accelerator.num_processes > 1 else None
     meta = {"label_names": data.label_names, "max_length": opt.max_length, "truncation": opt.truncation,
             "trainer": f"rl-{cfg.rl.estimator}"}
     run.print(f"rl ({cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val, rewards {list(reward.fns)}, "
@@ -181,7 +211,7 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
         logits = model(**batch.model_inputs()).logits  # (b, A)
         idx = batch.index.tolist()
         s = Step(logits, [data.train.texts[i] for i in idx], [data.label_names[data.train.labels[i]] for i in idx],
-                 data.label_names, reward, cfg.rl, ema)
+                 data.label_names, reward, cfg.rl, ema, batch.weight == 0, gather, run.accelerator.process_index)
         loss, stats = estimator(s)
         ref_logits = None
         if cfg.rl.kl_coef:

@@ -387,5 +387,7 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
         if ok(loss, norm):
             optim.step()
         optim.zero_grad(set_to_none=True)
-    return ppo_update(run.accelerator.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
-                      beta, cfg.ppo, cfg.gen)
+    acc = run.accelerator
+    all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
+    return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
+                      beta, cfg.ppo, cfg.gen, all_sum)

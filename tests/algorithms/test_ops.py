@@ -27,6 +27,46 @@ def test_masked_sum_by_hand():
     close(ops.masked_sum(X, MASK, dim=-1), [3.0, 11.0])  # [1 + 2, 5 + 6]
 
 
+
+def two_process_all_sum():
+    """An all-reduce (sum) between two threads, each standing for one process."""
+    import threading
+
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def for_rank(rank):
+        def all_sum(x):
+            slots[rank] = x
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read before either writes again
+            return total
+        return all_sum
+    return for_rank
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_masked_whiten_over_processes_is_the_whole_batch_s(unbiased):
+    import threading
+
+    # rank 0 holds row 0 (kept 1, 2), rank 1 row 1 (kept 5, 6): each alone would whiten to ±1,
+    # together they share the mean 3.5 and variance 17/4 (17/3 unbiased), as test_masked_whiten_by_hand
+    whole = ops.masked_whiten(X, MASK, unbiased=unbiased, eps=0.0)
+    for_rank, out = two_process_all_sum(), [None, None]
+
+    def run(rank):
+        out[rank] = ops.masked_whiten(X[rank:rank + 1], MASK[rank:rank + 1], unbiased=unbiased, eps=0.0,
+                                      all_sum=for_rank(rank))
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    close(torch.cat(out), whole.tolist())
+    alone = ops.masked_whiten(X[:1], MASK[:1], unbiased=unbiased, eps=0.0)
+    assert not torch.allclose(alone, whole[:1])
+
+
 def test_masked_sum_never_reads_masked_inf_or_nan():
     x = X.clone()
     x[0, 2], x[1, 0] = math.inf, math.nan  # both under mask 0
