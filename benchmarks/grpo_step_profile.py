@@ -37,7 +37,7 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
 
     from rewardtune.config import LoraSettings
     from rewardtune.memory import return_freed_memory
-    from rewardtune.models import apply_lora, load_causal_lm
+    from rewardtune.models import apply_lora, enable_checkpointing, load_causal_lm
     from rewardtune.policies.causal_lm import GenSettings, sample
     from rewardtune.rewards import reward_model
     from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, reference_logprobs, setup_reference
@@ -51,7 +51,7 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     base = {"f32": "float32", "bf16": "bfloat16"}[dtype]
     model, tok = load_causal_lm("smollm2-135m-instruct", getattr(torch, base))
     if gc:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype=base)).train()
     rm = reward_model(args.rm)
     out["rss_loaded"] = rss()

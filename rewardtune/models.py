@@ -231,6 +231,19 @@ def load_causal_lm(name: str, dtype: Any = None) -> tuple[Any, Any]:
     return contiguous_head_input(model), tok
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing: works with frozen inputs (LoRA) and with no_grad sampling.
+
+    transformers 5.23 renamed `gradient_checkpointing_enable` (deprecated, removed in v6) to
+    `activation_checkpointing_enable`; either is used, whichever this transformers has.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def contiguous_head_input(model: Any) -> Any:
     """Give the LM head a contiguous input.
 

@@ -114,6 +114,16 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
         i = too_long[0]
         raise ValueError(f"{len(too_long)} prompt(s) longer than {max_prompt_tokens} tokens "
                          f"(context minus max_new_tokens), first: {prompts[i][:120]!r}")
+    was_training = model.training
+    model.eval()  # transformers < 5.23 turns the KV cache off in training mode with checkpointing on
+    try:
+        return _sample(model, tok, prompts, enc, k, gen, greedy, share_prompt)
+    finally:
+        model.train(was_training)
+
+
+def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen: GenSettings, greedy: bool,
+            share_prompt: bool) -> Rollout:
     device = next(model.parameters()).device
     ids = enc["input_ids"].repeat_interleave(k, 0).to(device)  # (B, Tp)
     mask = enc["attention_mask"].repeat_interleave(k, 0).to(device)  # (B, Tp)

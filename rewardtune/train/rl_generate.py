@@ -21,7 +21,7 @@ from ..algorithms import (EMABaseline, get_advantage_fn, get_kl_controller, get_
                           masked_sum, pg_loss)
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
-from ..models import apply_lora, load_causal_lm
+from ..models import apply_lora, enable_checkpointing, load_causal_lm
 from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs, without_dropout
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
@@ -255,8 +255,8 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
     lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
     model, tok = load_causal_lm(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
-    if cfg.rl.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and no_grad sampling
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.rl.gradient_checkpointing:
+        enable_checkpointing(model)
     model = apply_lora(model, cfg.model.lora)
     if cfg.rl.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
         without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
