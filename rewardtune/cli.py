@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .memory import cap_onednn_cache
+
+    cap_onednn_cache()  # before any model runs (eval, quickstart): see memory.py
     args = build_parser().parse_args(argv)
     from .data import DataError
     from .models import ModelError

@@ -10,6 +10,13 @@ left the process at 2.7 GB resident after the step, against 1.3 GB with a fixed 
 It is a trade, so it is opt-in: `REWARDTUNE_MMAP_THRESHOLD_MB=1` (say) fixes the threshold; unset or 0
 leaves malloc alone. Every large tensor then costs fresh page faults: SST-2 `sft` ran at 125–142 against
 155–161 examples/s, and GRPO's peak fell from 3.2 to 2.6 GB (BENCHMARKS.md has both, with commands).
+
+The second setting here is not opt-in: oneDNN (torch's CPU kernels for bf16 matmuls, among others)
+keeps every primitive it compiles, up to 1,024 of them, one per input shape. Dynamic padding gives
+a new shape for nearly every batch length, and each kept primitive holds its JIT code and buffers:
+on full IMDb (256 tokens, bf16) `sft`'s peak resident memory reached 7.5 GB in 150 steps and still grew
+(11.8 GB over the whole 704-step run); with a 16-primitive cache it was 5.6 GB, flat from step 60 on, at the
+same speed or better (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -38,3 +45,16 @@ def return_freed_memory() -> int:
     except (OSError, AttributeError):
         pass
     return _applied
+
+
+ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_DEFAULT = 16
+
+
+def cap_onednn_cache() -> int:
+    """Keep at most 16 compiled oneDNN primitives unless the user chose a capacity; returns the capacity.
+
+    oneDNN reads the variable when it creates its first primitive, so this must run before the first
+    bf16 matmul of the process (start_run and the command line call it first thing).
+    """
+    return int(os.environ.setdefault(ONEDNN_CACHE, str(ONEDNN_CACHE_DEFAULT)))

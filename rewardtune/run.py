@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import dump_config
-from .memory import return_freed_memory
+from .memory import cap_onednn_cache, return_freed_memory
 
 
 def _jsonable(v: Any) -> Any:
@@ -84,6 +84,7 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
 
     set_seed(seed)
     return_freed_memory()  # before the first large tensor: see memory.py
+    cap_onednn_cache()  # before the first bf16 matmul: see memory.py
     # Steps are global (every process takes its share of each global batch), so the scheduler must
     # advance once per optimiser step, not num_processes times as accelerate does by default.
     kwargs = {"step_scheduler_with_optimizer": False, **(accelerator_kwargs or {})}
