@@ -333,12 +333,26 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError, NonFiniteError
     from .rewards import RewardError
 
+    had_group = _process_group_up()
     try:
         args.func(args)
     except (ConfigError, DataError, ModelError, FileExistsError, RewardError, NonFiniteError, CheckpointError) as e:
         print(f"rewardtune: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if not had_group and _process_group_up():  # the group this command formed (torchrun, accelerate launch)
+            # Left to interpreter shutdown, gloo's threads can abort a finished run ("terminate called
+            # without an active exception", exit code -6) after it succeeded.
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
+
+
+def _process_group_up() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 if __name__ == "__main__":

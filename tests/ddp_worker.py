@@ -36,12 +36,11 @@ def main(argv: list[str]) -> int:
         print(f"ddp_worker: the launcher started {launched} processes but accelerate sees {state.num_processes} "
               f"(distributed_type={state.distributed_type}): each process trained alone", file=sys.stderr)
         return 3
-    if state.is_main_process:
+    if state.is_main_process:  # (the command has already closed the process group: no barrier here)
         info = {"num_processes": state.num_processes, "distributed_type": state.distributed_type.value,
                 "backend": state.backend}
         with open(info_path, "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=2)
-    state.wait_for_everyone()
     return 0
 
 

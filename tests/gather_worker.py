@@ -38,6 +38,7 @@ def main(out: str, baseline: str) -> None:
         with open(out, "w", encoding="utf-8") as fh:
             json.dump(result, fh)
     acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # left to interpreter shutdown, gloo can abort the process
 
 
 if __name__ == "__main__":
