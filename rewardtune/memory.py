@@ -14,9 +14,9 @@ leaves malloc alone. Every large tensor then costs fresh page faults: SST-2 `sft
 The second setting here is not opt-in: oneDNN (torch's CPU kernels for bf16 matmuls, among others)
 keeps every primitive it compiles, up to 1,024 of them, one per input shape. Dynamic padding gives
 a new shape for nearly every batch length, and each kept primitive holds its JIT code and buffers:
-on full IMDb (256 tokens, bf16) `sft`'s peak resident memory reached 7.5 GB in 150 steps and still grew
-(11.8 GB over the whole 704-step run); with a 16-primitive cache it was 5.6 GB, flat from step 60 on, at the
-same speed or better (BENCHMARKS.md).
+on full IMDb (256 tokens, bf16) `sft`'s peak resident memory reached 7.3 GB in 150 steps and still grew
+(11.8 GB over the whole 704-step run); with a 16-primitive cache it was 5.4 GB, +90 MiB from step 60 to 150
+(uncapped: +680 MiB), at the same speed or better (BENCHMARKS.md).
 """
 from __future__ import annotations
 
