@@ -206,7 +206,8 @@ def test_reinforce_label_baselines_over_processes_are_the_global_batch_s(baselin
     for full in steps:
         whole = label_advantages(full, keep, rl, one)  # (5, 2)
         parts = [(full[:3], keep[:3]), (full[3:], keep[3:])]
-        gather = lambda t: [p[0] if t.dim() == 2 else p[1] for p in parts]  # noqa: E731  (rewards or keep)
+        mine = [torch.cat([r, k[:, None]], -1) for r, k in parts]  # what each process hands the gather
+        gather = lambda t: mine  # noqa: E731
         shards = [label_advantages(*parts[r], rl, two[r], gather=gather, rank=r) for r in (0, 1)]
         assert torch.equal(torch.cat(shards), whole)
         assert torch.equal(whole[1], torch.zeros(2))  # the dropped row has no advantage

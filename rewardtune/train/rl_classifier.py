@@ -116,9 +116,10 @@ def label_advantages(rewards: torch.Tensor, keep: torch.Tensor, rl: RLSettings, 
     With `gather` (every process's tensor, in rank order) a batch-mean or EMA baseline is the global
     batch's, as one process would compute it, and every process keeps the same EMA.
     """
-    parts = gather(rewards) if gather is not None else [rewards]
-    kept = torch.cat(gather(keep) if gather is not None else [keep]).bool()  # (b·world,)
-    full = torch.cat(parts)  # (b·world, K)
+    mine = torch.cat([rewards, keep[:, None].to(rewards.dtype)], -1)  # (b, K + 1): one gather for both
+    parts = gather(mine) if gather is not None else [mine]
+    both = torch.cat(parts)  # (b·world, K + 1)
+    full, kept = both[:, :-1], both[:, -1].bool()  # (b·world, K), (b·world,)
     adv = torch.zeros_like(full)
     if kept.any():
         adv[kept] = rloo(full[kept]) if rl.baseline == "rloo" else reinforce(full[kept], rl.baseline, ema)
