@@ -32,13 +32,15 @@ def rss() -> tuple[float, float]:
     return round(cur), round(peak_rss_mib())
 
 
-def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share: bool = True) -> dict:
+def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share: bool = True,
+          pack: bool = True) -> dict:
     import torch
 
     from rewardtune.config import LoraSettings
     from rewardtune.memory import return_freed_memory
     from rewardtune.models import apply_lora, enable_checkpointing, load_causal_lm
     from rewardtune.policies.causal_lm import GenSettings, sample
+    from rewardtune.prepack import prepack_frozen_linears
     from rewardtune.rewards import reward_model
     from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, reference_logprobs, setup_reference
 
@@ -53,6 +55,8 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     if gc:
         enable_checkpointing(model)
     model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype=base)).train()
+    if pack:  # as the run's setup does (model.lora.prepack, on by default; fp32 weights only)
+        prepack_frozen_linears(model)
     rm = reward_model(args.rm)
     out["rss_loaded"] = rss()
     rl, gen = GenRLSettings(micro_batch_size=mb, kl_coef=0.04), GenSettings(max_new_tokens=32)
@@ -151,7 +155,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rm", help="reward model folder (not needed by --samplers and --decode)")
     p.add_argument("--configs", default="16,0,0 16,0,16 4,0,16 4,1,16",
-                   help="micro_batch,checkpointing,mmap_MiB[,f32|bf16 base weights[,share prompts 1|0]] ...")
+                   help="micro_batch,checkpointing,mmap_MiB[,f32|bf16 base weights[,share prompts 1|0[,prepack 1|0]]] ...")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--samplers", action="store_true", help="only compare generate's sampling with rewardtune's")
     p.add_argument("--decode", default="", help="only time sampling (f32, bf16 or f32,bf16): prefill sharing, "
@@ -169,11 +173,12 @@ def main() -> None:
     if not args.rm:
         p.error("--rm RM_DIR is needed to profile a step")
     if args.child:
-        mb, gc, _, dtype, share = (args.child.split(",") + ["f32", "1"])[:5]
-        print("RESULT " + json.dumps(child(args, int(mb), bool(int(gc)), dtype, bool(int(share)))), flush=True)
+        mb, gc, _, dtype, share, pack = (args.child.split(",") + ["f32", "1", "1"][len(args.child.split(",")) - 3:])[:6]
+        print("RESULT " + json.dumps(child(args, int(mb), bool(int(gc)), dtype, bool(int(share)), bool(int(pack)))),
+              flush=True)
         return
     for cfg in args.configs.split():
-        mb, gc, mmap, dtype, share = (cfg.split(",") + ["f32", "1"])[:5]
+        mb, gc, mmap, dtype, share, pack = (cfg.split(",") + ["f32", "1", "1"][len(cfg.split(",")) - 3:])[:6]
         env = {**os.environ, "REWARDTUNE_MMAP_THRESHOLD_MB": mmap}
         proc = subprocess.run([sys.executable, __file__, "--rm", args.rm, "--repeat", str(args.repeat), "--child", cfg],
                               env=env, capture_output=True, text=True)
@@ -181,7 +186,8 @@ def main() -> None:
         if proc.returncode or not line:
             sys.exit(proc.stderr[-3000:])
         res = json.loads(line[0][7:]) | {"micro_batch": int(mb), "checkpointing": bool(int(gc)), "mmap_threshold_mib": int(mmap),
-                                         "base_weights": dtype, "shared_prompts": bool(int(share))}
+                                         "base_weights": dtype, "shared_prompts": bool(int(share)),
+                                         "prepacked": bool(int(pack)) and dtype == "f32"}
         record(res | {"task": "grpo-step-profile"}, args.out)
 
 

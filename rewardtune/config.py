@@ -45,6 +45,8 @@ class LoraSettings:
     target_modules: str = doc("all-linear", "'all-linear' or comma-separated module names")
     base_dtype: Literal["float32", "bfloat16"] = doc(
         "float32", "dtype of the frozen base weights (causal LMs; the adapter stays float32)")
+    prepack: bool = doc(True, "generative RL on CPU: pack each frozen float32 weight once for oneDNN (faster "
+                              "matmuls, a second copy of those weights in memory); see rewardtune/prepack.py")
 
 
 @dataclass(frozen=True)

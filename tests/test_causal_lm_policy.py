@@ -333,6 +333,21 @@ def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, p
     assert saved["true"] < saved["false"] / 2, saved  # only each layer's input is kept for the backward pass
 
 
+def test_run_setup_prepacks_the_frozen_base_layers_unless_switched_off(tiny_causal_lm_dir, prompts_file, tmp_path):
+    from rewardtune import prepack
+    from rewardtune.run import start_run
+    from rewardtune.train.rl_generate import setup_policy
+
+    if not prepack.available():
+        pytest.skip("this torch build has no oneDNN prepacked linear")
+    routed = {}
+    for flag in ("true", "false"):
+        cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"pack-{flag}", f"model.lora.prepack={flag}")
+        model = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))[0]
+        routed[flag] = sum("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
+    assert routed == {"true": 2 * 7 + 1, "false": 0}  # 2 layers × q, k, v, o, gate, up, down, and the LM head
+
+
 def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file, tmp_path):
     with pytest.raises(ValueError, match="samples_per_prompt must be ≥ 2"):
         train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "a", "rl.samples_per_prompt=1"))

@@ -22,6 +22,7 @@ from ..algorithms import (EMABaseline, get_advantage_fn, get_kl_controller, get_
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
+from ..prepack import prepack_frozen_linears
 from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs, without_dropout
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
@@ -265,6 +266,8 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     optim = torch.optim.AdamW(params, lr=cfg.rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
+    if lora.r > 0 and lora.prepack:  # after prepare: only weights that stay on the CPU are packed
+        prepack_frozen_linears(run.accelerator.unwrap_model(model))
     return model, tok, head, params, optim, ref
 
 

@@ -1,0 +1,91 @@
+"""Frozen float32 linear weights, prepacked once for oneDNN: faster CPU matmuls for LoRA policies.
+
+Why: a LoRA policy's base weights never change, yet `F.linear` hands each one to the BLAS in its
+plain (out, in) layout on every call, and the kernel re-packs it into its blocked layout each time.
+With few rows, as in decoding (16 rows per step), that packing is most of the call: on the 2-core
+CPU of BENCHMARKS.md a decoding step of SmolLM2-135M's matmuls reads its weights at ≈8 GB/s while
+the machine streams memory at ≈34 GB/s (`benchmarks/bf16_probe.py --decode-floor`). Packing once,
+as torch.compile's CPU backend does, made the 49k-wide LM head 3× faster on 16 rows and a 576→1536
+layer 1.4× faster on 572 rows (measured in BENCHMARKS.md).
+
+The price is a second copy of every packed weight (the plain one stays: the backward pass, saving,
+merging and non-CPU devices use it). Only float32 weights are packed: for bf16 the gain measured small
+and the packed copies large. Results equal `F.linear` up to float rounding (a different summation
+order; tested), and the rollout and the update both go through the packed path.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def available() -> bool:
+    """Whether this torch build has the oneDNN prepacked linear (CPU builds since torch 2.1 do)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight
+        torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+class _PackedLinear(torch.autograd.Function):
+    """y = x Wᵀ with W prepacked; the backward gives x its gradient from the plain W (W is frozen)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # (N, out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None, None  # (N, out) @ (out, in) → (N, in)
+
+
+def _usable(layer: torch.nn.Linear, x: torch.Tensor) -> bool:
+    w = layer.weight
+    return (not w.requires_grad and w.dtype == torch.float32 and x.dtype == torch.float32
+            and w.device.type == "cpu" and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
+
+
+def packed_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` through the packed weight, repacked if the weight was changed in place (e.g. a LoRA
+    merge); plain `F.linear` whenever packing does not apply (a trainable weight, autocast, another
+    device or dtype).  x (..., in) → (..., out)."""
+    if not _usable(layer, x):
+        return F.linear(x, layer.weight, layer.bias)
+    w = layer.weight
+    if layer._rt_packed_version != w._version:
+        layer._rt_packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 16)
+        layer._rt_packed_version = w._version
+    y = _PackedLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), layer._rt_packed, w)  # (N, out)
+    y = y.reshape(*x.shape[:-1], y.shape[-1])
+    return y if layer.bias is None else y + layer.bias
+
+
+def prepack_frozen_linears(model: torch.nn.Module) -> int:
+    """Route every frozen float32 `nn.Linear` on the CPU (a LoRA model's base layers and LM head) through
+    `packed_forward`; returns how many. Packing happens on the first call, so nothing is spent on layers
+    never run. Does nothing (returns 0) where oneDNN's prepacked linear is missing."""
+    if not available():
+        return 0
+    n = 0
+    for layer in model.modules():
+        if type(layer) is torch.nn.Linear and not layer.weight.requires_grad and layer.weight.dtype == torch.float32 \
+                and layer.weight.device.type == "cpu":
+            layer._rt_packed, layer._rt_packed_version = None, -1
+            layer.forward = packed_forward.__get__(layer)  # an instance attribute: state_dict and class untouched
+            n += 1
+    return n
+
+
+def unpack(model: torch.nn.Module) -> None:
+    """Undo `prepack_frozen_linears`: the layers use `nn.Linear.forward` again and the copies are freed."""
+    for layer in model.modules():
+        if "forward" in vars(layer) and getattr(layer, "_rt_packed_version", None) is not None:
+            del layer.forward, layer._rt_packed, layer._rt_packed_version
