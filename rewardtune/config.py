@@ -46,7 +46,7 @@ class LoraSettings:
     base_dtype: Literal["float32", "bfloat16"] = doc(
         "float32", "dtype of the frozen base weights (causal LMs; the adapter stays float32)")
     prepack: bool = doc(True, "generative RL on CPU: pack each frozen float32 weight once for oneDNN (faster "
-                              "matmuls, a second copy of those weights in memory); see rewardtune/prepack.py")
+                              "matmuls, a second copy of those weights; skipped if over 1/4 of free memory)")
 
 
 @dataclass(frozen=True)

@@ -68,20 +68,35 @@ def packed_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return y if layer.bias is None else y + layer.bias
 
 
-def prepack_frozen_linears(model: torch.nn.Module) -> int:
+def _packable(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad
+            and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
+
+
+def packed_bytes(model: torch.nn.Module) -> int:
+    """The memory the packed copies of `model`'s frozen float32 linear weights will take (≈ their size)."""
+    return sum(m.weight.numel() * 4 for m in _packable(model))
+
+
+def available_memory() -> int:
+    """Bytes of memory the OS can still hand out (psutil comes with accelerate)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def prepack_frozen_linears(model: torch.nn.Module, max_share: float = 1.0) -> int:
     """Route every frozen float32 `nn.Linear` on the CPU (a LoRA model's base layers and LM head) through
     `packed_forward`; returns how many. Packing happens on the first call, so nothing is spent on layers
-    never run. Does nothing (returns 0) where oneDNN's prepacked linear is missing."""
-    if not available():
+    never run. Does nothing (returns 0) where oneDNN's prepacked linear is missing, or when the copies
+    would take more than `max_share` of the memory available now (speed must not cost a run that fits)."""
+    layers = _packable(model)
+    if not available() or not layers or packed_bytes(model) > max_share * available_memory():
         return 0
-    n = 0
-    for layer in model.modules():
-        if type(layer) is torch.nn.Linear and not layer.weight.requires_grad and layer.weight.dtype == torch.float32 \
-                and layer.weight.device.type == "cpu":
-            layer._rt_packed, layer._rt_packed_version = None, -1
-            layer.forward = packed_forward.__get__(layer)  # an instance attribute: state_dict and class untouched
-            n += 1
-    return n
+    for layer in layers:
+        layer._rt_packed, layer._rt_packed_version = None, -1
+        layer.forward = packed_forward.__get__(layer)  # an instance attribute: state_dict and class untouched
+    return len(layers)
 
 
 def unpack(model: torch.nn.Module) -> None:

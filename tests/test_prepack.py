@@ -94,3 +94,12 @@ def test_lora_policy_logits_and_adapter_gradients_do_not_change(tiny_causal_lm_d
     prepack.unpack(model)
     assert not any("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
     assert torch.equal(model(input_ids=ids).logits, plain_logits)  # back to F.linear, bit for bit
+
+
+def test_no_packing_when_the_copies_would_take_too_much_of_the_free_memory(monkeypatch):
+    layer = frozen_linear(24, 8)
+    assert prepack.packed_bytes(layer) == 24 * 8 * 4
+    monkeypatch.setattr(prepack, "available_memory", lambda: 4 * 24 * 8 * 4 - 1)  # a quarter is 1 byte short
+    assert prepack.prepack_frozen_linears(layer, max_share=0.25) == 0 and "forward" not in vars(layer)
+    monkeypatch.setattr(prepack, "available_memory", lambda: 4 * 24 * 8 * 4)
+    assert prepack.prepack_frozen_linears(layer, max_share=0.25) == 1

@@ -22,7 +22,7 @@ from ..algorithms import (EMABaseline, get_advantage_fn, get_kl_controller, get_
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
-from ..prepack import prepack_frozen_linears
+from ..prepack import packed_bytes, prepack_frozen_linears
 from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs, without_dropout
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
@@ -267,7 +267,13 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     optim = torch.optim.AdamW(params, lr=cfg.rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
     if lora.r > 0 and lora.prepack:  # after prepare: only weights that stay on the CPU are packed
-        prepack_frozen_linears(run.accelerator.unwrap_model(model))
+        net = run.accelerator.unwrap_model(model)
+        size = packed_bytes(net) / 2**20
+        if prepack_frozen_linears(net, max_share=0.25):
+            run.print(f"model.lora.prepack: frozen float32 weights packed for oneDNN (+{size:.0f} MiB)")
+        elif size:
+            run.print(f"model.lora.prepack: not packed ({size:.0f} MiB of copies would take over a quarter of the "
+                      "memory available, or this torch has no oneDNN); plain matmuls")
     return model, tok, head, params, optim, ref
 
 
