@@ -39,7 +39,9 @@ N_ROWS, BATCH, VAL_FRACTION = 64, 8, 0.25
 STEPS = (N_ROWS - 2 * round(N_ROWS / 2 * VAL_FRACTION)) // BATCH
 COMMON = [f"train.batch_size={BATCH}", "train.epochs=1", "train.lr=1e-3", "train.max_grad_norm=0",
           "train.max_length=24", "train.log_every=1", f"data.val_fraction={VAL_FRACTION}", "seed=0"]
-EXTRA = {"sft": [], "rl": ["rl.estimator=expected", "rl.kl_coef=0.1", "rl.entropy_coef=0.01"]}
+EXTRA = {"sft": [], "rl": ["rl.estimator=expected", "rl.kl_coef=0.1", "rl.entropy_coef=0.01"],
+         "rm": ["rm.mode=pairwise", "rm.center_coef=0.5"]}  # the centring term's mean is the global batch's
+CLI = {"sft": ["sft"], "rl": ["rl"], "rm": ["rm", "train"]}
 
 # Only the float32 summation order differs with 2 processes (half batches, padding to the longer
 # half, gloo's all-reduce); observed: ≤ 2.2e-7 after 6 AdamW steps at lr 1e-3. The weights move by
@@ -76,6 +78,23 @@ def reviews_file(tmp_path_factory) -> Path:
         words.insert(rng.randrange(len(words) + 1), rng.choice(pos if label == "pos" else neg))
         rows.append({"text": " ".join(words), "label": label})
     path = tmp_path_factory.mktemp("data") / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    """64 prompt/chosen/rejected rows of 4–15 words: the chosen text holds a positive word, the rejected a negative one."""
+    rng = random.Random(1)
+    rows = []
+    for _ in range(N_ROWS):
+        texts = []
+        for good in (True, False):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 14))]
+            words.insert(rng.randrange(len(words) + 1), rng.choice(["good", "great", "fun"] if good else ["bad", "dull"]))
+            texts.append(" ".join(words))
+        rows.append({"prompt": rng.choice(WORDS), "chosen": texts[0], "rejected": texts[1]})
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -137,14 +156,16 @@ def _train_rows(run_dir: Path) -> list[dict]:
     return [r for r in rows if r.get("split") == "train"]
 
 
-@pytest.mark.parametrize("command,launcher", [("sft", "torchrun"), ("rl", "torchrun"), ("rl", "accelerate")])
+@pytest.mark.parametrize("command,launcher", [("sft", "torchrun"), ("rl", "torchrun"), ("rl", "accelerate"),
+                                              ("rm", "torchrun")])
 def test_two_processes_match_one_process_with_the_same_global_batch(command, launcher, tmp_path,
-                                                                   deterministic_encoder_dir, reviews_file):
+                                                                   deterministic_encoder_dir, reviews_file, pairs_file):
     t0 = time.time()
     runs = tmp_path / "runs"
-    base = COMMON + EXTRA[command] + [f"model.name={deterministic_encoder_dir}", f"data.path={reviews_file}",
+    data = pairs_file if command == "rm" else reviews_file
+    base = COMMON + EXTRA[command] + [f"model.name={deterministic_encoder_dir}", f"data.path={data}",
                                       f"runs_dir={runs}"]
-    procs = {n: _launch(launcher, n, [str(tmp_path / f"info{n}.json"), command, *base, f"name=np{n}"],
+    procs = {n: _launch(launcher, n, [str(tmp_path / f"info{n}.json"), *CLI[command], *base, f"name=np{n}"],
                         tmp_path / f"log{n}.txt")
              for n in (1, 2)}  # both at once: the tiny model leaves cores to spare
     for n, p in procs.items():

@@ -186,3 +186,14 @@ def test_pairwise_rm_on_a_causal_lm_backbone(tiny_causal_lm_dir, pair_file, tmp_
     rm = reward_model(best)
     texts = ["the film was great", "the film was awful"]
     assert rm(["", ""], texts) == reward_model(best)(["", ""], texts)  # reload → identical scores
+
+
+def test_each_process_takes_its_share_of_every_global_batch():
+    from rewardtune.train.common import shares
+
+    order = [[0, 1, 2, 3, 4], [5]]
+    # rank 0 of 2: rows 0, 2, 4 of the first batch, weight 2 · 3 / 5 = 1.2; all of the second, weight 2 · 1 / 1
+    assert list(shares(order, 0, 2)) == [([0, 1, 2, 3, 4], [0, 2, 4], 1.2), ([5], [5], 2.0)]
+    # rank 1: rows 1, 3 (weight 2 · 2 / 5 = 0.8); nothing of the one-row batch: its row with weight 0
+    assert list(shares(order, 1, 2)) == [([0, 1, 2, 3, 4], [1, 3], 0.8), ([5], [5], 0.0)]
+    assert list(shares(order, 0, 1)) == [(b, b, 1.0) for b in order]

@@ -177,6 +177,21 @@ def bradley_terry_loss(
     return loss, stats
 
 
+def centring_penalty(rewards: Tensor, batch_mean: Tensor) -> Tensor:
+    """(E_batch r)²: keeps a pairwise reward model's scores centred at 0 (Eisenstein et al. 2023,
+    arXiv:2312.09244), for one process's share `rewards` (n,) of a batch whose mean over every process is
+    `batch_mean` (no gradient flows through it).
+
+    Value m²; gradient 2m · ∇mean(rewards). A process whose loss is weighted by its share of the batch
+    (world · n / N, as the trainers do) then contributes its share of 2m · ∇m, so DDP's average over
+    processes is the whole batch's gradient. With one process, batch_mean = rewards.mean() and this is
+    mean(rewards)² in value and gradient.  Shapes: rewards (n,), batch_mean () -> scalar.
+    """
+    m = batch_mean.detach()
+    surrogate = 2 * m * rewards.mean()  # its gradient is the one wanted; its value is not
+    return surrogate - surrogate.detach() + m**2
+
+
 class ExpectedRewardStats(NamedTuple):
     """Detached statistics of ``expected_reward_loss``."""
 

@@ -12,7 +12,7 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
@@ -126,14 +126,19 @@ def epoch_batches(encoded: list[list[int]], labels: list[int], opt: OptimSetting
     0, so that every process runs the same number of steps (DDP's collectives must pair up, or the
     process group hangs). `start` skips the batches trained on before a resumption.
     """
-    rank = run.accelerator.process_index
-    world = run.accelerator.num_processes
     order = batch_order([len(e) for e in encoded], opt.batch_size, seed, epoch, True, opt.group_by_length)
-    for b in order[start:]:
-        shard = b[rank::world]
-        batch = next(iterate(encoded, labels, [shard or b[:1]], pad_id))
-        batch.weight = world * len(shard) / len(b)
+    for _, shard, weight in shares(order[start:], run.accelerator.process_index, run.accelerator.num_processes):
+        batch = next(iterate(encoded, labels, [shard], pad_id))
+        batch.weight = weight
         yield batch
+
+
+def shares(order: list[list[int]], rank: int, world: int) -> Iterator[tuple[list[int], list[int], float]]:
+    """For each global batch: (its rows, this process's rows rank::world of them, the weight world·local/global).
+    A process whose share is empty gets the batch's first row with weight 0 (see `epoch_batches`)."""
+    for b in order:
+        shard = b[rank::world]
+        yield b, shard or b[:1], world * len(shard) / len(b)
 
 
 def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int]]:

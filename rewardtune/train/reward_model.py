@@ -14,13 +14,13 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from ..algorithms import bradley_terry_loss
+from ..algorithms import bradley_terry_loss, centring_penalty
 from ..batching import batch_order
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
 from ..run import RunContext, start_run
-from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer
+from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer, shares
 from .loop import train_epochs
 
 
@@ -219,15 +219,20 @@ def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
             "max_length": opt.max_length, "use_prompt": any(p for p in train.prompts), "trainer": f"rm-{cfg.rm.mode}"}
     run.print(f"rm {cfg.rm.mode}: {len(train)} train / {len(val)} val rows, {total} steps")
 
+    acc = run.accelerator
+
     def batch_loss(b: Any) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
-        idx, items = b
-        loss, stats = task.loss(model, tok, items, cfg, run.accelerator.device)
-        run.accelerator.backward(loss)
+        idx, shard, weight = b
+        mean_of = (lambda r: _batch_mean(acc, r, weight > 0)) if acc.num_processes > 1 else None
+        loss, stats = task.loss(model, tok, train.subset(shard), cfg, acc.device, mean_of)
+        acc.backward(loss * weight)
         return loss, len(idx), stats, idx
 
     def batches(epoch: int, start: int) -> Any:
+        """Each process takes rows rank::world of every global batch, weighted by its share (as in
+        `common.epoch_batches`): DDP's average is then the global batch's gradient."""
         order = batch_order(train.lengths(), opt.batch_size, cfg.seed, epoch, True, opt.group_by_length)
-        return ((idx, train.subset(idx)) for idx in order[start:])
+        return shares(order[start:], acc.process_index, acc.num_processes)
 
     res = train_epochs(
         run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
@@ -238,15 +243,28 @@ def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     return {"best": res.best, "run_dir": str(run.dir), "steps": res.step, "stopped": res.stopped, "signal": res.signal}
 
 
-def _pairwise_loss(model: Any, tok: Any, b: Pairs, cfg: RMConfig, dev: Any) -> tuple[torch.Tensor, dict]:
+def _batch_mean(acc: Any, r: torch.Tensor, counts: bool) -> torch.Tensor:
+    """The mean of r over every process's rows (a weight-0 filler share does not count).  (n,) → ()"""
+    part = torch.stack([r.detach().sum(), torch.tensor(float(r.numel()), device=r.device)]) * float(counts)
+    total = acc.reduce(part, "sum")
+    return total[0] / total[1]
+
+
+def _pairwise_loss(model: Any, tok: Any, b: Pairs, cfg: RMConfig, dev: Any,
+                   mean_of: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+    """Bradley–Terry loss of this process's pairs, plus the centring term over the global batch
+    (`mean_of`: the mean over every process's rewards; None with one process)."""
     r_c = _scores(model, tok, b.prompts, b.chosen, cfg.train.max_length, dev)  # (b,)
     r_r = _scores(model, tok, b.prompts, b.rejected, cfg.train.max_length, dev)  # (b,)
     loss, st = bradley_terry_loss(r_c, r_r, cfg.rm.margin or None)
-    centre = torch.cat([r_c, r_r]).mean() ** 2  # Eisenstein et al. 2023: keep E[r] ≈ 0
-    return loss + cfg.rm.center_coef * centre, {"accuracy": st.accuracy, "margin": st.margin}
+    if cfg.rm.center_coef:
+        r = torch.cat([r_c, r_r])  # (2b,)
+        loss = loss + cfg.rm.center_coef * centring_penalty(r, mean_of(r) if mean_of else r.mean())
+    return loss, {"accuracy": st.accuracy, "margin": st.margin}
 
 
-def _regression_loss(model: Any, tok: Any, b: "Scored", cfg: RMConfig, dev: Any) -> tuple[torch.Tensor, dict]:
+def _regression_loss(model: Any, tok: Any, b: "Scored", cfg: RMConfig, dev: Any,
+                     mean_of: Any = None) -> tuple[torch.Tensor, dict]:
     pred = _scores(model, tok, b.prompts, b.texts, cfg.train.max_length, dev)  # (b,)
     return torch.nn.functional.mse_loss(pred, torch.tensor(b.scores, device=dev)), {}
 

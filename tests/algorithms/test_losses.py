@@ -175,6 +175,29 @@ def test_bradley_terry_margin_by_hand():
     close(stats.margin, 1.0)  # the reported margin is r_chosen - r_rejected, not shifted
 
 
+# ---------------------------------------------------------------- centring_penalty
+
+
+def test_centring_penalty_by_hand_on_one_process():
+    r = leaf([1.0, 2.0, 6.0])
+    pen = losses.centring_penalty(r, r.mean())
+    close(pen, 9.0)  # mean 3, squared
+    pen.backward()
+    close(r.grad, [2.0, 2.0, 2.0])  # d(mean²)/dr_i = 2 · 3 / 3
+
+
+def test_centring_penalty_over_two_weighted_shares_is_the_whole_batch_gradient():
+    # What DDP computes: each process's penalty × its weight world·n_p/N, gradients averaged over processes.
+    r = leaf([1.0, 2.0, 6.0, -1.0, 4.0])
+    whole = torch.autograd.grad(r.mean() ** 2, r)[0]  # 2 · 2.4 / 5 = 0.96 each
+    close(whole, [0.96] * 5)
+    m = r.detach().mean()  # what the all-reduce of (sum, count) gives every process
+    shards, world = (r[:3], r[3:]), 2
+    total = sum(losses.centring_penalty(s, m) * world * len(s) / 5 for s in shards) / world
+    close(total, 2.4 ** 2)
+    close(torch.autograd.grad(total, r)[0], whole)
+
+
 # ---------------------------------------------------------------- expected_reward_loss
 
 
