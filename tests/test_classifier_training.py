@@ -217,3 +217,26 @@ def test_reinforce_label_baselines_over_processes_are_the_global_batch_s(baselin
         assert whole[0].tolist() == [0.0 - 0.375, 1.0 - 0.375]  # second step: kept mean (1 + 2 + 0 + 0) / 8
     if baseline == "ema":
         assert one.value == two[0].value == two[1].value == pytest.approx(0.9 * 0.625 + 0.1 * 0.375)
+
+
+def test_reinforce_logs_the_advantage_size_and_how_often_samples_agree():
+    """Its loss is ≈0 by construction, so the log must show what moves: all K samples of a near-certain
+    policy agree (RLOO then gives them zero advantage); a uniform policy's samples disagree."""
+    from rewardtune.algorithms import EMABaseline
+    from rewardtune.rewards.base import CombinedReward
+    from rewardtune.rewards.rules import indicator
+    from rewardtune.train.rl_classifier import RLSettings, Step, sampled
+
+    rl = RLSettings(estimator="reinforce", baseline="rloo", samples=8)
+    reward = CombinedReward({"indicator": indicator}, {"indicator": 1.0})
+    torch.manual_seed(0)
+    for logits, agree in ((torch.tensor([[30.0, 0.0], [0.0, 30.0]]), 1.0), (torch.zeros(2, 2), 0.0)):
+        step = Step(logits.requires_grad_(), ["a", "b"], ["pos", "pos"], ["pos", "neg"], reward, rl, EMABaseline())
+        loss, stats = sampled(step)
+        assert float(stats["samples_agree"]) == agree  # 8 draws at p = 1/2 all alike: 2 · 2⁻⁷, not with seed 0
+        if agree:
+            assert float(stats["adv_abs"]) == 0.0 and float(loss) == 0.0  # row 1 always right, row 2 always wrong
+        else:
+            # RLOO over 8 samples of which k are right: |adv| is 1 − (k−1)/7 for those, k/7 for the others, so the
+            # row's mean |adv| is 2k(8−k)/56 ≥ 14/56 = 0.25 whenever 0 < k < 8
+            assert float(stats["adv_abs"]) >= 0.25

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
-from ..algorithms import EMABaseline, entropy_from_logits, expected_reward_loss, pg_loss, reinforce, rloo, value_loss
+from ..algorithms import (EMABaseline, entropy_from_logits, expected_reward_loss, masked_mean, pg_loss, reinforce, rloo,
+                          value_loss)
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
@@ -105,8 +106,13 @@ def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     global_baseline = s.gather is not None and s.rl.baseline in ("mean", "ema")
     adv = label_advantages(rewards, keep, s.rl, s.ema, s.gather if global_baseline else None, s.rank)  # (b, K)
     logp = logp_all.gather(-1, actions)  # (b, K): each sample is one "token" of weight 1
-    loss, _ = pg_loss(logp, adv, keep[:, None].expand_as(logp), "token_mean")
-    return loss, {"reward": rewards.mean(), **comps}
+    mask = keep[:, None].expand_as(logp)  # (b, K)
+    loss, _ = pg_loss(logp, adv, mask, "token_mean")
+    # The loss's value is −mean(advantage), ≈0 by construction; what shows learning (or its stall) is the
+    # advantages' size and how often an example's K samples all agree (then RLOO gives them zero advantage).
+    agree = (actions == actions[:, :1]).all(-1).float().to(keep.device)  # (b,)
+    return loss, {"reward": rewards.mean(), "adv_abs": masked_mean(adv.abs(), mask),
+                  "samples_agree": masked_mean(agree, keep), **comps}
 
 
 def label_advantages(rewards: torch.Tensor, keep: torch.Tensor, rl: RLSettings, ema: EMABaseline,
