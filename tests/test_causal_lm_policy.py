@@ -341,11 +341,13 @@ def test_run_setup_prepacks_the_frozen_base_layers_unless_switched_off(tiny_caus
     if not prepack.available():
         pytest.skip("this torch build has no oneDNN prepacked linear")
     routed = {}
-    for flag in ("true", "false"):
-        cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"pack-{flag}", f"model.lora.prepack={flag}")
+    for flag, autocast in (("true", "no"), ("false", "no"), ("true", "bf16")):
+        cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"pack-{flag}-{autocast}", f"model.lora.prepack={flag}",
+                      f"rl.mixed_precision={autocast}")
         model = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))[0]
-        routed[flag] = sum("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
-    assert routed == {"true": 2 * 7 + 1, "false": 0}  # 2 layers × q, k, v, o, gate, up, down, and the LM head
+        routed[flag, autocast] = sum("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
+    # 2 layers × q, k, v, o, gate, up, down, and the LM head; none under bf16 autocast, whose matmuls would not use them
+    assert routed == {("true", "no"): 2 * 7 + 1, ("false", "no"): 0, ("true", "bf16"): 0}
 
 
 def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file, tmp_path):

@@ -266,7 +266,9 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     optim = torch.optim.AdamW(params, lr=cfg.rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
-    if lora.r > 0 and lora.prepack:  # after prepare: only weights that stay on the CPU are packed
+    # After prepare: only weights that stay on the CPU are packed. Not under bf16 autocast, whose matmuls do not
+    # use them (held-out evaluation, run without autocast, would then pack copies only for itself).
+    if lora.r > 0 and lora.prepack and cfg.rl.mixed_precision == "no":
         net = run.accelerator.unwrap_model(model)
         size = packed_bytes(net) / 2**20
         if prepack_frozen_linears(net, max_share=0.25):
