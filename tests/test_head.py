@@ -1,0 +1,70 @@
+"""Chunked LM-head log-probs (rewardtune/policies/head.py) equal the whole-logits computation in value,
+entropy and gradient (hidden states and a trainable head), across chunk boundaries; and the policy's
+`token_logprobs`, which uses them, equals log-softmax over the model's own logits."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewardtune.algorithms import entropy_from_logits, logprobs_from_logits
+from rewardtune.config import LoraSettings
+from rewardtune.models import apply_lora, load_causal_lm
+from rewardtune.policies import head as head_mod
+from rewardtune.policies.causal_lm import completion_logits, token_logprobs
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunks_equal_the_whole_logits_in_value_entropy_and_gradient(monkeypatch, temperature):
+    monkeypatch.setattr(head_mod, "CHUNK_BYTES", 3 * 4 * 50)  # 3 rows of a 50-word vocabulary per chunk: 4 chunks
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 5))
+    logp, ent = head_mod.chunked_token_logprobs(hidden, lin, labels, temperature)
+    g = torch.randn(2, 5)
+    grads = torch.autograd.grad((logp * g).sum(), [hidden, lin.weight])
+
+    z = lin(hidden) / temperature  # (2, 5, 50) the unchunked reference
+    ref = logprobs_from_logits(z, labels)
+    ref_grads = torch.autograd.grad((ref * g).sum(), [hidden, lin.weight])
+    assert torch.allclose(logp, ref, atol=1e-6)
+    assert torch.allclose(ent, entropy_from_logits(z), atol=1e-6) and not ent.requires_grad
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert head_mod.chunked_token_logprobs(hidden, lin, labels, temperature, entropy=False)[1] is None
+
+
+def test_a_head_with_a_bias_is_refused():
+    with pytest.raises(ValueError, match="bias-free"):
+        head_mod.chunked_token_logprobs(torch.randn(2, 4), torch.nn.Linear(4, 6), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("lora", [True, False])
+def test_policy_token_logprobs_equal_log_softmax_of_the_model_logits(tiny_causal_lm_dir, lora, shared):
+    """LoRA (frozen head) and full fine-tuning (the head tied to the embeddings, trained), with rows that share
+    their prompt (one prompt pass per group) or not: the final hidden states fed to the chunked head are the
+    ones the model's own head sees, and the gradients agree."""
+    torch.manual_seed(0)
+    model, _ = load_causal_lm(str(tiny_causal_lm_dir))
+    if lora:
+        model = apply_lora(model, LoraSettings(r=4, alpha=8))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    ids = torch.randint(3, 60, (4, 9))  # 5 prompt tokens, 4 completion tokens
+    mask = torch.ones_like(ids)
+    mask[2:, 0] = 0  # rows 2-3 left-padded
+    if shared:  # two groups of two rows: each prompt goes through the model once
+        ids[1, :5], ids[3, :5] = ids[0, :5], ids[2, :5]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads_of(logp: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad(logp.sum(), params, allow_unused=True)
+
+    logp, ent = token_logprobs(model, ids, mask, 4, temperature=0.9)
+    logits = completion_logits(model, ids, mask, 4).float() / 0.9  # (4, 4, V) through the model's own head
+    ref = logprobs_from_logits(logits, ids[:, -4:])
+    assert torch.allclose(logp, ref, atol=1e-5) and torch.allclose(ent, entropy_from_logits(logits), atol=1e-5)
+    for a, b in zip(grads_of(logp), grads_of(ref)):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
