@@ -10,6 +10,7 @@ times and the fastest is reported (the machine's noise is ±10–20%).
     .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --configs "16,0,0 4,1,16"   # mb,checkpointing,mmap MiB
     .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --samplers --repeat 4   # sampling alone, A/B
     .venv/bin/python benchmarks/grpo_step_profile.py --decode f32,bf16   # prefill sharing, adapter cost
+    .venv/bin/python benchmarks/grpo_step_profile.py --ref-ab --repeat 4   # one reference pass vs one per micro-batch
 """
 from __future__ import annotations
 
@@ -151,6 +152,46 @@ def decode_costs(repeat: int, dtype: str) -> dict:
             "weights_read_gb_per_s": 33 * weight_bytes / (mm / 1e6) / 1e9}  # 33 forwards read every weight once
 
 
+def reference_once_ab(repeat: int) -> dict:
+    """bf16 base weights, micro-batches of 4, KL loss term: the update as `accumulate_gradients` runs it (one
+    reference pass over the rollout first) against one reference pass per micro-batch (before the sixth
+    session), interleaved in one process."""
+    import torch
+
+    from rewardtune.config import LoraSettings
+    from rewardtune.memory import cap_onednn_cache
+    from rewardtune.models import apply_lora, load_causal_lm
+    from rewardtune.policies.causal_lm import GenSettings, sample
+    from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, policy_loss, setup_reference
+
+    cap_onednn_cache()
+    model, tok = load_causal_lm("smollm2-135m-instruct", torch.bfloat16)
+    model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype="bfloat16")).train()
+    rl, gen = GenRLSettings(micro_batch_size=4, kl_coef=0.04), GenSettings(max_new_tokens=32)
+    ref = setup_reference(model, rl)
+    torch.manual_seed(0)
+    ro, adv = sample(model, tok, PROMPTS, 4, gen, 2000), torch.randn(16)
+
+    def once_first() -> float:
+        t = time.time()
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, rl, gen)
+        model.zero_grad(set_to_none=True)
+        return time.time() - t
+
+    def per_micro_batch() -> float:
+        t = time.time()
+        for s in range(0, 16, 4):
+            policy_loss(model, ref, ro.rows(slice(s, s + 4)), adv[s:s + 4], ro.completion_mask, rl, gen)[0].backward()
+        model.zero_grad(set_to_none=True)
+        return time.time() - t
+    once_first(), per_micro_batch()
+    times: dict[str, list[float]] = {"per_micro_batch": [], "once_first": []}
+    for _ in range(repeat):
+        times["per_micro_batch"].append(per_micro_batch())
+        times["once_first"].append(once_first())
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rm", help="reward model folder (not needed by --samplers and --decode)")
@@ -160,9 +201,13 @@ def main() -> None:
     p.add_argument("--samplers", action="store_true", help="only compare generate's sampling with rewardtune's")
     p.add_argument("--decode", default="", help="only time sampling (f32, bf16 or f32,bf16): prefill sharing, "
                    "adapter cost, share of matmuls")
+    p.add_argument("--ref-ab", action="store_true", help="only the reference pass once vs per micro-batch (bf16, mb 4)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", default="benchmarks/results.jsonl")
     args = p.parse_args()
+    if args.ref_ab:
+        record(reference_once_ab(args.repeat) | {"task": "grpo-reference-once-ab"}, args.out)
+        return
     if args.samplers:
         record(compare_samplers(args.repeat) | {"task": "grpo-sampler-compare"}, args.out)
         return

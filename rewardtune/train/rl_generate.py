@@ -132,15 +132,18 @@ def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str, 
 
 
 def policy_loss(model: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor, full_mask: torch.Tensor,
-                rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one micro-batch, already weighted; stats are micro-batch means."""
+                rl: GenRLSettings, gen: GenSettings, tokens: float | None = None,
+                ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one micro-batch, already weighted; stats are micro-batch means. `ref_logp` (b, T): the
+    reference's log-probs if already computed (else a reference pass runs here)."""
     T = ro.completion_ids.shape[1]
     logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature)  # (b, T)
     mask = ro.completion_mask
     loss, _ = pg_loss(logp, adv, mask, rl.aggregation, gen.max_new_tokens)
     stats = {"entropy": masked_mean(ent, mask)}
     if rl.kl_coef:
-        ref_logp = reference_logprobs(model, ref, ro, gen.temperature)
+        if ref_logp is None:
+            ref_logp = reference_logprobs(model, ref, ro, gen.temperature)
         kl, kst = kl_loss(logp, ref_logp, mask, rl.kl_coef, rl.kl_estimator, rl.aggregation, gen.max_new_tokens)
         loss = loss + kl
         stats["kl"] = kst.kl_mean
@@ -170,8 +173,13 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
     B = ro.completion_ids.shape[0]
     mb = rl.micro_batch_size or B
     sums: dict[str, float] = {}
+    # The reference pass (no gradient) runs once over the whole rollout, before any policy graph exists: one
+    # pass on B rows is faster than B/mb small ones, and its transient memory does not sit on top of the graph.
+    ref_logp = reference_logprobs(model, ref, ro, gen.temperature) if rl.kl_coef else None  # (B, T)
     for s in range(0, B, mb):
-        loss, stats = policy_loss(model, ref, ro.rows(slice(s, s + mb)), adv[s:s + mb], ro.completion_mask, rl, gen, tokens)
+        rows = slice(s, s + mb)
+        loss, stats = policy_loss(model, ref, ro.rows(rows), adv[rows], ro.completion_mask, rl, gen, tokens,
+                                  None if ref_logp is None else ref_logp[rows])
         backward(loss)
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
         for k, v in stats.items():
