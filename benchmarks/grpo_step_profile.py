@@ -111,16 +111,18 @@ def compare_samplers(repeat: int) -> dict:
     return {k: v[1:] for k, v in times.items()} | {"token_sampler_steps": steps[1:]}
 
 
-def decode_costs(repeat: int, dtype: str) -> dict:
+def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
     """Sampling alone (16 × 32 tokens, LoRA r=16 with a non-zero adapter): each prompt prefilled once
     (rewardtune's default) vs once per row, and with the adapter disabled (what a free adapter would give),
-    interleaved; then one profiled sampling call: the share of `aten::mm` and the bytes of weights it reads."""
+    interleaved; then one profiled sampling call: the share of the matmuls (`aten::mm`, and oneDNN's packed
+    linear when fp32 weights are prepacked, as the run does) and the bytes of weights they read."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from rewardtune.config import LoraSettings
     from rewardtune.models import apply_lora, load_causal_lm
     from rewardtune.policies.causal_lm import GenSettings, sample
+    from rewardtune.prepack import prepack_frozen_linears
 
     base = {"f32": "float32", "bf16": "bfloat16"}[dtype]
     model, tok = load_causal_lm("smollm2-135m-instruct", getattr(torch, base))
@@ -128,6 +130,7 @@ def decode_costs(repeat: int, dtype: str) -> dict:
     for name, p in model.named_parameters():  # a trained-looking adapter, so its matmuls are not skipped
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.01)
+    packed = prepack_frozen_linears(model) if pack else 0  # as the run does (fp32 weights only)
     gen = GenSettings(max_new_tokens=32)
 
     def once(share: bool = True) -> float:
@@ -146,9 +149,9 @@ def decode_costs(repeat: int, dtype: str) -> dict:
         once()
     ops = {e.key: e for e in prof.key_averages()}
     total = sum(e.self_cpu_time_total for e in ops.values())
-    mm = ops["aten::mm"].self_cpu_time_total if "aten::mm" in ops else 0.0
+    mm = sum(ops[k].self_cpu_time_total for k in ("aten::mm", "mkldnn::_linear_pointwise") if k in ops)  # plain, packed
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"base_weights": dtype, **times, "mm_share": mm / total, "mm_s": mm / 1e6,
+    return {"base_weights": dtype, "prepacked_layers": packed, **times, "mm_share": mm / total, "mm_s": mm / 1e6,
             "weights_read_gb_per_s": 33 * weight_bytes / (mm / 1e6) / 1e9}  # 33 forwards read every weight once
 
 

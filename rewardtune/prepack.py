@@ -5,7 +5,7 @@ plain (out, in) layout on every call, and the kernel re-packs it into its blocke
 With few rows, as in decoding (16 rows per step), that packing is most of the call: on the 2-core
 CPU of BENCHMARKS.md a decoding step of SmolLM2-135M's matmuls reads its weights at ≈8 GB/s while
 the machine streams memory at ≈34 GB/s (`benchmarks/bf16_probe.py --decode-floor`). Packing once,
-as torch.compile's CPU backend does, made the 49k-wide LM head 3× faster on 16 rows and a 576→1536
+as torch.compile's CPU backend does, made the 49k-wide LM head 2.5× faster on 16 rows and a 576→1536
 layer 1.4× faster on 572 rows (measured in BENCHMARKS.md).
 
 The price is a second copy of every packed weight (the plain one stays: the backward pass, saving,
@@ -15,10 +15,15 @@ order; tested), and the rollout and the update both go through the packed path.
 """
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+
+# layer → ((weight's data pointer, version), packed copy). Kept off the layer, so that copying or saving a
+# model never meets the opaque oneDNN tensors; an entry goes when its layer does.
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, int], torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def available() -> bool:
@@ -47,23 +52,33 @@ class _PackedLinear(torch.autograd.Function):
         return grad @ weight, None, None  # (N, out) @ (out, in) → (N, in)
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def _usable(layer: torch.nn.Linear, x: torch.Tensor) -> bool:
     w = layer.weight
     return (not w.requires_grad and w.dtype == torch.float32 and x.dtype == torch.float32
-            and w.device.type == "cpu" and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
+            and w.device.type == "cpu" and x.device.type == "cpu" and not _cpu_autocast())
 
 
 def packed_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` through the packed weight, repacked if the weight was changed in place (e.g. a LoRA
-    merge); plain `F.linear` whenever packing does not apply (a trainable weight, autocast, another
-    device or dtype).  x (..., in) → (..., out)."""
+    """`layer(x)` through the packed weight; plain `F.linear` whenever packing does not apply (a trainable
+    weight, autocast, another device or dtype).  x (..., in) → (..., out).
+
+    The copy is repacked when the weight is replaced or changed by a tracked in-place op (its data pointer or
+    version counter moved). A write through `.data`, as peft's `merge_adapter` does, moves neither: call
+    `unpack` before merging an adapter into packed base weights."""
     if not _usable(layer, x):
         return F.linear(x, layer.weight, layer.bias)
     w = layer.weight
-    if layer._rt_packed_version != w._version:
-        layer._rt_packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 16)
-        layer._rt_packed_version = w._version
-    y = _PackedLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), layer._rt_packed, w)  # (N, out)
+    key, entry = (w.data_ptr(), w._version), _PACKED.get(layer)
+    if entry is None or entry[0] != key:
+        entry = _PACKED[layer] = key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 16)
+    y = _PackedLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), entry[1], w)  # (N, out)
     y = y.reshape(*x.shape[:-1], y.shape[-1])
     return y if layer.bias is None else y + layer.bias
 
@@ -94,13 +109,31 @@ def prepack_frozen_linears(model: torch.nn.Module, max_share: float = 1.0) -> in
     if not available() or not layers or packed_bytes(model) > max_share * available_memory():
         return 0
     for layer in layers:
-        layer._rt_packed, layer._rt_packed_version = None, -1
         layer.forward = packed_forward.__get__(layer)  # an instance attribute: state_dict and class untouched
     return len(layers)
+
+
+def is_packed(layer: torch.nn.Module) -> bool:
+    """Whether `layer` goes through `packed_forward` (and so will hold a packed copy once called)."""
+    return getattr(vars(layer).get("forward"), "__func__", None) is packed_forward
 
 
 def unpack(model: torch.nn.Module) -> None:
     """Undo `prepack_frozen_linears`: the layers use `nn.Linear.forward` again and the copies are freed."""
     for layer in model.modules():
-        if "forward" in vars(layer) and getattr(layer, "_rt_packed_version", None) is not None:
-            del layer.forward, layer._rt_packed, layer._rt_packed_version
+        if is_packed(layer):
+            del layer.forward
+            _PACKED.pop(layer, None)
+
+
+def prepack_policy(model: torch.nn.Module, say: Callable[[str], None]) -> int:
+    """The run's set-up step: pack a LoRA policy's frozen float32 weights unless the copies would take over a
+    quarter of the free memory; says which it did."""
+    size = packed_bytes(model) / 2**20
+    n = prepack_frozen_linears(model, max_share=0.25)
+    if n:
+        say(f"model.lora.prepack: frozen float32 weights packed for oneDNN (+{size:.0f} MiB)")
+    elif size:
+        say(f"model.lora.prepack: not packed ({size:.0f} MiB of copies would take over a quarter of the memory "
+            "available, or this torch has no oneDNN); plain matmuls")
+    return n

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from rewardtune.config import LoraSettings, load_config
 from rewardtune.models import apply_lora, enable_checkpointing, load_causal_lm
-from rewardtune.policies.causal_lm import GenSettings, completion_mask, sample, token_logprobs
+from rewardtune.policies.causal_lm import GenSettings, completion_logits, completion_mask, sample, token_logprobs
+from rewardtune.policies.head import logits_are_head_outputs
 from rewardtune.policies.causal_lm import checkpointing as checkpointing_on
 from rewardtune.rewards import RewardError
 from rewardtune.train.rl_generate import (GenRLConfig, GenRLSettings, accumulate_gradients, setup_reference,
@@ -146,6 +147,7 @@ def test_shared_prompt_pass_equals_one_pass_per_row_in_value_and_gradient(policy
     torch.manual_seed(3)
     ro = sample(model, tok, PROMPTS, 3, GenSettings(max_new_tokens=5), 100)  # 4 groups of 3 rows
     T, m = ro.completion_ids.shape[1], ro.completion_mask.float()
+    assert logits_are_head_outputs(model)  # the one-off 3-token check, done before positions are counted
     seen = []
     hook = model.get_input_embeddings().register_forward_hook(lambda mod, a, out: seen.append(a[0].numel()))
     shared, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T)
@@ -167,12 +169,13 @@ def test_shared_prompt_pass_equals_one_pass_per_row_in_value_and_gradient(policy
 
 
 def lm_head_bmm_calls(model, ids, mask) -> int:
-    """How many batched matmuls the LM head's logits took in one `token_logprobs` call."""
+    """How many batched matmuls the LM head's logits took in one whole-logits `completion_logits` call (the
+    path of sampling's prefill, PPO and models whose head is not chunked)."""
     from torch.profiler import ProfilerActivity, profile
 
     vocab = model.get_output_embeddings().weight.shape[0]
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        token_logprobs(model, ids, mask, 2)
+        completion_logits(model, ids, mask, 2)
     # only the head's: a bmm with the vocabulary in an operand (older transformers' rotary embedding has one too)
     return sum(e.count for e in prof.key_averages(group_by_input_shape=True)
                if e.key == "aten::bmm" and any(vocab in shape for shape in e.input_shapes if shape))
@@ -181,11 +184,11 @@ def lm_head_bmm_calls(model, ids, mask) -> int:
 def test_lm_head_gets_a_contiguous_input_so_no_weight_is_broadcast(policy):
     model, tok = policy  # LoRA: the head's weight is frozen, the case in which matmul stops folding
     ids = tok(PROMPTS, padding=True, return_tensors="pt")
-    with_hook = token_logprobs(model, ids["input_ids"], ids["attention_mask"], 2)[0]
+    with_hook = completion_logits(model, ids["input_ids"], ids["attention_mask"], 2)
     assert lm_head_bmm_calls(model, ids["input_ids"], ids["attention_mask"]) == 0
     model.get_output_embeddings()._forward_pre_hooks.clear()  # as transformers leaves it
     assert lm_head_bmm_calls(model, ids["input_ids"], ids["attention_mask"]) == 1  # the fallback the hook avoids
-    without = token_logprobs(model, ids["input_ids"], ids["attention_mask"], 2)[0]
+    without = completion_logits(model, ids["input_ids"], ids["attention_mask"], 2)
     assert torch.allclose(with_hook, without, atol=1e-6)
 
 

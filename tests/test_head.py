@@ -68,3 +68,23 @@ def test_policy_token_logprobs_equal_log_softmax_of_the_model_logits(tiny_causal
     assert torch.allclose(logp, ref, atol=1e-5) and torch.allclose(ent, entropy_from_logits(logits), atol=1e-5)
     for a, b in zip(grads_of(logp), grads_of(ref)):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
+
+
+def test_a_model_that_soft_caps_its_logits_keeps_its_own_logits(tmp_path):
+    """Gemma 2 soft-caps the head's output (30·tanh(z/30)); the chunked head would miss that, so the check
+    sends such models down the whole-logits path, and the log-probs are the model's."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from rewardtune.policies.head import logits_are_head_outputs
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16, max_position_embeddings=32)
+    capped = Gemma2ForCausalLM(Gemma2Config(**small, final_logit_softcapping=1.0)).eval()
+    plain = LlamaForCausalLM(LlamaConfig(**small)).eval()
+    assert not logits_are_head_outputs(capped) and logits_are_head_outputs(plain)
+    ids, mask = torch.randint(3, 60, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    for model in (capped, plain):
+        logp, _ = token_logprobs(model, ids, mask, 3)
+        ref = logprobs_from_logits(completion_logits(model, ids, mask, 3).float(), ids[:, -3:])
+        assert torch.allclose(logp, ref, atol=1e-5)

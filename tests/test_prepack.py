@@ -26,7 +26,7 @@ def test_packed_linear_equals_f_linear_in_value_and_input_gradient(shape, bias):
     assert prepack.prepack_frozen_linears(layer) == 1
     x = torch.randn(*shape, requires_grad=True)
     y = layer(x)
-    assert layer._rt_packed is not None  # the packed path ran
+    assert layer in prepack._PACKED  # the packed path ran
     ref = F.linear(x, layer.weight, layer.bias)
     assert y.shape == ref.shape and torch.allclose(y, ref, atol=1e-5)
     g = torch.randn_like(y)
@@ -43,14 +43,29 @@ def test_a_non_contiguous_input_is_accepted():
     assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-5)
 
 
-def test_a_weight_changed_in_place_is_repacked():
+def test_a_weight_changed_in_place_or_replaced_is_repacked():
     layer = frozen_linear(24, 8)
     prepack.prepack_frozen_linears(layer)
     x = torch.randn(4, 24)
     before = layer(x)
     with torch.no_grad():
-        layer.weight.mul_(2.0)  # what merging an adapter into the base weight does
+        layer.weight.mul_(2.0)  # a tracked in-place change: the version counter moves
     assert torch.allclose(layer(x), 2.0 * before, atol=1e-5)
+    layer.weight.data = torch.zeros(8, 24)  # replaced storage (a load with assign=True does this): the pointer moves
+    assert torch.equal(layer(x), torch.zeros(4, 8))
+
+
+def test_a_packed_model_still_deep_copies_and_unpacks():
+    import copy
+
+    layer = frozen_linear(24, 8)
+    prepack.prepack_frozen_linears(layer)
+    x = torch.randn(4, 24)
+    y = layer(x)  # the packed copy now exists (kept off the layer)
+    twin = copy.deepcopy(layer)
+    assert prepack.is_packed(twin) and torch.allclose(twin(x), y, atol=1e-6)
+    prepack.unpack(layer)
+    assert not prepack.is_packed(layer) and layer not in prepack._PACKED
 
 
 def test_trainable_bf16_and_autocast_take_the_plain_path():
@@ -60,11 +75,11 @@ def test_trainable_bf16_and_autocast_take_the_plain_path():
     prepack.prepack_frozen_linears(layer)
     layer.weight.requires_grad_(True)  # unfrozen after packing: the weight must get its gradient
     layer(torch.randn(3, 24)).sum().backward()
-    assert layer.weight.grad is not None and layer._rt_packed is None
+    assert layer.weight.grad is not None and layer not in prepack._PACKED
     layer.weight.requires_grad_(False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(torch.randn(3, 24)).dtype == torch.bfloat16  # autocast's bf16 matmul, as without packing
-    assert layer._rt_packed is None
+    assert layer not in prepack._PACKED
     bf16 = frozen_linear(24, 8).to(torch.bfloat16)
     assert prepack.prepack_frozen_linears(bf16) == 0
 

@@ -197,3 +197,24 @@ def test_each_process_takes_its_share_of_every_global_batch():
     # rank 1: rows 1, 3 (weight 2 · 2 / 5 = 0.8); nothing of the one-row batch: its row with weight 0
     assert list(shares(order, 1, 2)) == [([0, 1, 2, 3, 4], [1, 3], 0.8), ([5], [5], 0.0)]
     assert list(shares(order, 0, 1)) == [(b, b, 1.0) for b in order]
+
+
+def test_the_centring_mean_counts_every_process_but_a_filler_share():
+    """`_batch_mean` on two simulated processes: one with rows [1, 2], one holding a weight-0 filler row [5]
+    (its share of a one-row batch was empty). Each one's all-reduce adds what the other hands in."""
+    import torch
+
+    from rewardtune.train.reward_model import _batch_mean
+
+    class Peer:  # an all-reduce (sum) whose other process contributed `other`
+        def __init__(self, other):
+            self.other = other
+
+        def reduce(self, t, op):
+            assert op == "sum"
+            return t + self.other
+
+    real, filler = torch.tensor([1.0, 2.0]), torch.tensor([5.0])
+    # what each hands in: (sum, count) of its rows, or (0, 0) for the filler
+    assert float(_batch_mean(Peer(torch.tensor([0.0, 0.0])), real, counts=True)) == 1.5  # (1 + 2) / 2
+    assert float(_batch_mean(Peer(torch.tensor([3.0, 2.0])), filler, counts=False)) == 1.5  # not (1 + 2 + 5) / 3

@@ -20,7 +20,7 @@ import torch
 
 from ..algorithms import entropy_from_logits, logprobs_from_logits
 from ..config import doc
-from .head import chunked_token_logprobs
+from .head import chunked_token_logprobs, head_inputs, logits_are_head_outputs
 from .sampling import TokenSampler
 
 
@@ -193,8 +193,8 @@ def cache_keyword(model: Any) -> str:
 
 def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
                       hidden: bool = False) -> torch.Tensor:
-    """The logits that predict each of the last `n_completion` tokens, or with `hidden` the final hidden states
-    the LM head would turn into them.  ids (B, L) → (B, T, V) or (B, T, H).
+    """The logits that predict each of the last `n_completion` tokens, or with `hidden` the LM head's inputs
+    at those positions (the head then runs on one position per call).  ids (B, L) → (B, T, V) or (B, T, H).
 
     When several rows share a prompt (K samples of it), the prompt goes through the model once per group
     and its keys/values are indexed out to the group's rows, as during sampling: a group of K rows costs
@@ -203,25 +203,33 @@ def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_compl
     checkpointing recomputes layers and cannot keep a cache, so it takes the one-pass path.
     """
     Tp = ids.shape[1] - n_completion
-    # Only the positions wanted go through the LM head (its 49k-wide matmul is a fifth of a small model's work,
-    # and the (B, L, V) logits its largest activation); with `hidden`, one position: its logits go unused.
-    out = (lambda o, k: o.hidden_states[-1][:, -k:]) if hidden else (lambda o, k: o.logits)  # noqa: E731
-    kw = {"output_hidden_states": True} if hidden else {}
     first, group = prompt_groups(ids[:, :Tp], mask[:, :Tp])
     if len(first) == len(group) or checkpointing(model):
-        o = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                  logits_to_keep=1 if hidden else n_completion + 1, **kw)
-        return out(o, n_completion + 1)[:, :-1]  # (B, T, V or H)
+        # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
+        # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
+        _, x = _forward(model, hidden, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                        logits_to_keep=n_completion + 1)
+        return x[:, :-1]  # (B, T, V or H)
     pm, key = mask[first, :Tp], cache_keyword(model)  # (G, Tp)
-    head = model(input_ids=ids[first, :Tp], attention_mask=pm, position_ids=position_ids(pm), use_cache=True,
-                 logits_to_keep=1, **kw)  # the last prompt position predicts the first completion token
+    out, x0 = _forward(model, hidden, input_ids=ids[first, :Tp], attention_mask=pm, position_ids=position_ids(pm),
+                       use_cache=True, logits_to_keep=1)  # the last prompt position predicts the first completion token
     if n_completion == 1:
-        return out(head, 1)[group]  # (B, 1, V or H)
-    cache = getattr(head, key)
+        return x0[group]  # (B, 1, V or H)
+    cache = getattr(out, key)
     cache.batch_select_indices(group)  # (G, ...) → (B, ...), differentiable indexing
-    rest = model(input_ids=ids[:, Tp:-1], attention_mask=mask[:, :-1], position_ids=position_ids(mask)[:, Tp:-1],
-                 use_cache=True, logits_to_keep=1 if hidden else 0, **{key: cache}, **kw)
-    return torch.cat([out(head, 1)[group], out(rest, n_completion - 1)], dim=1)  # (B, T, V or H)
+    _, rest = _forward(model, hidden, input_ids=ids[:, Tp:-1], attention_mask=mask[:, :-1],
+                       position_ids=position_ids(mask)[:, Tp:-1], use_cache=True, **{key: cache})  # (B, T - 1, ·)
+    return torch.cat([x0[group], rest], dim=1)  # (B, T, V or H)
+
+
+def _forward(model: Any, head_input: bool, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    """(output, its logits) of model(**kwargs), or with `head_input` (output, what its LM head was given)."""
+    if not head_input:
+        out = model(**kwargs)
+        return out, out.logits
+    with head_inputs(getattr(model, "module", model).get_output_embeddings()) as seen:
+        out = model(**kwargs)
+    return out, seen[-1]
 
 
 def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
@@ -229,11 +237,12 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
     """log π(token) and (if `entropy`) its entropy (no gradient) for the last `n_completion` positions.
     ids (B, L) → (B, T), (B, T) or None.
 
-    With the usual bias-free LM head the (B, T, V) logits are never held: the head runs on the final hidden
-    states in row chunks (`head.chunked_token_logprobs`). Otherwise the logits are computed whole."""
+    With the usual bias-free LM head whose outputs are the logits, the (B, T, V) logits are never held: the
+    head runs on its inputs in row chunks (`head.chunked_token_logprobs`); otherwise they are computed whole.
+    Under bf16 autocast the caller's autocast covers the chunked head too (`rl_generate.optimise`)."""
     inner = getattr(model, "module", model)  # DDP's wrapper; peft's forwards get_output_embeddings
     head = inner.get_output_embeddings()
-    if isinstance(head, torch.nn.Linear) and head.bias is None:
+    if isinstance(head, torch.nn.Linear) and head.bias is None and logits_are_head_outputs(model):
         hidden = completion_logits(model, ids, mask, n_completion, hidden=True)  # (B, T, H)
         return chunked_token_logprobs(hidden, head, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
     logits = completion_logits(model, ids, mask, n_completion).float()  # (B, T, V)

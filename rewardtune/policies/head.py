@@ -12,10 +12,16 @@ fused linear-cross-entropy kernels do (e.g. Liger-Kernel), written in plain torc
 
 The entropy H_i = logsumexp(z_i) − Σ_v softmax(z_i)_v z_iv comes out of the same chunks, without
 gradient (the trainers log it). Values equal the unchunked computation up to float rounding (tested).
+
+The hidden states are the LM head's own input, taken by a hook (`head_inputs`), so whatever a model does
+before its head is kept. What a model does after it (Gemma 2's logit soft-capping, Cohere's logit scale)
+would be lost: `logits_are_head_outputs` checks that once per model, and the caller falls back to the
+model's own logits when it fails.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -66,6 +72,39 @@ class _ChunkedLogprobs(torch.autograd.Function):
             if need_w:
                 grad_w += dz.t() @ h.float()  # (V, H)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+
+@contextmanager
+def head_inputs(head: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside, each call of `head` records its input (..., k, H) in the yielded list and computes its last
+    position only (the caller uses the recorded input, not the logits)."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_module: Any, args: tuple) -> tuple:
+        seen.append(args[0])
+        return (args[0][..., -1:, :].contiguous(), *args[1:])  # contiguous: see models.contiguous_head_input
+    handle = head.register_forward_pre_hook(keep)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def logits_are_head_outputs(model: Any) -> bool:
+    """Whether `model`'s logits are exactly its LM head applied to the head's input (checked once on three
+    tokens, then remembered on the model): false for models that scale or soft-cap the logits after it."""
+    inner = getattr(model, "module", model)
+    known = getattr(inner, "_rt_plain_head", None)
+    if known is None:
+        head = inner.get_output_embeddings()
+        ids = torch.arange(1, 4, device=head.weight.device)[None]  # (1, 3)
+        with torch.no_grad():
+            with head_inputs(head) as seen:
+                logits = inner(input_ids=ids, logits_to_keep=1).logits  # (1, 1, V)
+            direct = head(seen[-1][:, -1:])  # the same (1, 1, H) input, the same kernel
+        known = bool(torch.allclose(logits.float(), direct.float(), rtol=1e-3, atol=1e-3))
+        inner._rt_plain_head = known
+    return known
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,

@@ -22,7 +22,7 @@ from ..algorithms import (EMABaseline, get_advantage_fn, get_kl_controller, get_
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
-from ..prepack import packed_bytes, prepack_frozen_linears
+from ..prepack import prepack_policy
 from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs, without_dropout
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
@@ -193,7 +193,8 @@ def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: 
     acc, tokens = run.accelerator, None
     if acc.num_processes > 1 and rl.aggregation == "token_mean":  # global tokens / processes, the same everywhere
         tokens = float(acc.reduce(ro.completion_mask.sum().float().to(acc.device), "mean"))
-    stats = accumulate_gradients(acc.backward, model, ref, ro, adv, rl, gen, tokens)
+    with acc.autocast():  # bf16 mixed precision: the chunked LM head runs outside the prepared forward
+        stats = accumulate_gradients(acc.backward, model, ref, ro, adv, rl, gen, tokens)
     norm = run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm or float("inf"))
     stats["grad_norm"] = float(norm)
     if ok(torch.tensor(stats["loss"]), norm):
@@ -277,13 +278,7 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     # After prepare: only weights that stay on the CPU are packed. Not under bf16 autocast, whose matmuls do not
     # use them (held-out evaluation, run without autocast, would then pack copies only for itself).
     if lora.r > 0 and lora.prepack and cfg.rl.mixed_precision == "no":
-        net = run.accelerator.unwrap_model(model)
-        size = packed_bytes(net) / 2**20
-        if prepack_frozen_linears(net, max_share=0.25):
-            run.print(f"model.lora.prepack: frozen float32 weights packed for oneDNN (+{size:.0f} MiB)")
-        elif size:
-            run.print(f"model.lora.prepack: not packed ({size:.0f} MiB of copies would take over a quarter of the "
-                      "memory available, or this torch has no oneDNN); plain matmuls")
+        prepack_policy(run.accelerator.unwrap_model(model), run.print)
     return model, tok, head, params, optim, ref
 
 
@@ -294,11 +289,11 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
     rl, gen = cfg.rl, cfg.gen
     if head is not None:
         return ppo_step(run, model, head, optim, params, ref, ro, scores, cfg, ok, beta)
-    shaped, kl_tok = rewards, None
+    shaped, kl_tok, acc = rewards, None, run.accelerator
     if rl.kl_mode == "reward" and beta:  # the penalty goes into the reward, not the loss
-        shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
+        with acc.autocast():  # the LM head runs outside the prepared forward (policies/head.py)
+            shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
     step_rl = replace(rl, kl_coef=0.0 if kl_tok is not None else beta)
-    acc = run.accelerator
     gather = (lambda r: acc.gather(r.to(acc.device)).cpu()) if acc.num_processes > 1 else None
     adv = advantages(shaped, rl, ema, gather, acc.process_index)
     stats = update(run, model, optim, ref, ro, adv.to(ro.logprobs.device), step_rl, gen, ok)
