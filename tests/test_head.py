@@ -88,3 +88,17 @@ def test_a_model_that_soft_caps_its_logits_keeps_its_own_logits(tmp_path):
         logp, _ = token_logprobs(model, ids, mask, 3)
         ref = logprobs_from_logits(completion_logits(model, ids, mask, 3).float(), ids[:, -3:])
         assert torch.allclose(logp, ref, atol=1e-5)
+
+
+def test_bf16_base_weights_give_the_whole_logits_log_probs(tiny_causal_lm_dir):
+    """bf16 frozen weights (model.lora.base_dtype=bfloat16): the chunked head computes the bf16 logits the
+    model's own head would, then works in float32 as the whole-logits path does."""
+    torch.manual_seed(0)
+    model, _ = load_causal_lm(str(tiny_causal_lm_dir), torch.bfloat16)
+    model = apply_lora(model, LoraSettings(r=4, alpha=8, base_dtype="bfloat16"))
+    ids, mask = torch.randint(3, 60, (3, 8)), torch.ones(3, 8, dtype=torch.long)
+    logp, _ = token_logprobs(model, ids, mask, 3)
+    ref = logprobs_from_logits(completion_logits(model, ids, mask, 3).float(), ids[:, -3:])
+    assert logp.dtype == torch.float32 and torch.allclose(logp, ref, atol=1e-3)
+    logp.sum().backward()  # reaches the float32 adapter through the bf16 head
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
