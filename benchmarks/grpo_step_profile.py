@@ -43,7 +43,8 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     from rewardtune.policies.causal_lm import GenSettings, sample
     from rewardtune.prepack import prepack_frozen_linears
     from rewardtune.rewards import reward_model
-    from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, reference_logprobs, setup_reference
+    from rewardtune.train.pg_update import accumulate_gradients, reference_logprobs
+    from rewardtune.train.rl_generate import GenRLSettings, setup_reference
 
     return_freed_memory()  # reads REWARDTUNE_MMAP_THRESHOLD_MB, as start_run does
     if not share:  # every row its own group: the one-pass forward (what rewardtune did before sharing prompts)
@@ -165,7 +166,8 @@ def reference_once_ab(repeat: int) -> dict:
     from rewardtune.memory import cap_onednn_cache
     from rewardtune.models import apply_lora, load_causal_lm
     from rewardtune.policies.causal_lm import GenSettings, sample
-    from rewardtune.train.rl_generate import GenRLSettings, accumulate_gradients, policy_loss, setup_reference
+    from rewardtune.train.pg_update import accumulate_gradients, policy_loss, reference_logprobs
+    from rewardtune.train.rl_generate import GenRLSettings, setup_reference
 
     cap_onednn_cache()
     model, tok = load_causal_lm("smollm2-135m-instruct", torch.bfloat16)
@@ -184,7 +186,9 @@ def reference_once_ab(repeat: int) -> dict:
     def per_micro_batch() -> float:
         t = time.time()
         for s in range(0, 16, 4):
-            policy_loss(model, ref, ro.rows(slice(s, s + 4)), adv[s:s + 4], ro.completion_mask, rl, gen)[0].backward()
+            rows = ro.rows(slice(s, s + 4))
+            ref_logp = reference_logprobs(model, ref, rows, gen.temperature)
+            policy_loss(model, rows, adv[s:s + 4], ro.completion_mask, rl, gen, ref_logp=ref_logp)[0].backward()
         model.zero_grad(set_to_none=True)
         return time.time() - t
     once_first(), per_micro_batch()

@@ -106,7 +106,7 @@ def prepack_frozen_linears(model: torch.nn.Module, max_share: float = 1.0) -> in
     never run. Does nothing (returns 0) where oneDNN's prepacked linear is missing, or when the copies
     would take more than `max_share` of the memory available now (speed must not cost a run that fits)."""
     layers = _packable(model)
-    if not available() or not layers or packed_bytes(model) > max_share * available_memory():
+    if not available() or not layers or sum(m.weight.numel() * 4 for m in layers) > max_share * available_memory():
         return 0
     for layer in layers:
         layer.forward = packed_forward.__get__(layer)  # an instance attribute: state_dict and class untouched

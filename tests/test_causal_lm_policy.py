@@ -15,7 +15,8 @@ from rewardtune.policies.causal_lm import GenSettings, completion_logits, comple
 from rewardtune.policies.head import logits_are_head_outputs
 from rewardtune.policies.causal_lm import checkpointing as checkpointing_on
 from rewardtune.rewards import RewardError
-from rewardtune.train.rl_generate import (GenRLConfig, GenRLSettings, accumulate_gradients, setup_reference,
+from rewardtune.train.pg_update import accumulate_gradients
+from rewardtune.train.rl_generate import (GenRLConfig, GenRLSettings, setup_reference,
                                           train_rl_generate)
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
@@ -318,7 +319,8 @@ def test_gradient_checkpointing_run_trains_like_a_plain_run(tiny_causal_lm_dir, 
 
 def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, prompts_file, tmp_path):
     from rewardtune.run import start_run
-    from rewardtune.train.rl_generate import policy_loss, setup_policy
+    from rewardtune.train.pg_update import policy_loss, reference_logprobs
+    from rewardtune.train.rl_generate import setup_policy
 
     saved = {}
     for flag in ("false", "true"):
@@ -330,8 +332,9 @@ def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, p
         def pack(t):
             total[0] += t.numel() * t.element_size()
             return t
+        ref_logp = reference_logprobs(model, ref, ro, cfg.gen.temperature)  # no gradient: saves nothing
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            policy_loss(model, ref, ro, torch.ones(8), ro.completion_mask, cfg.rl, cfg.gen)
+            policy_loss(model, ro, torch.ones(8), ro.completion_mask, cfg.rl, cfg.gen, ref_logp=ref_logp)
         saved[flag] = total[0]
     assert saved["true"] < saved["false"] / 2, saved  # only each layer's input is kept for the backward pass
 

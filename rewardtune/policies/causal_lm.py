@@ -239,7 +239,7 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
 
     With the usual bias-free LM head whose outputs are the logits, the (B, T, V) logits are never held: the
     head runs on its inputs in row chunks (`head.chunked_token_logprobs`); otherwise they are computed whole.
-    Under bf16 autocast the caller's autocast covers the chunked head too (`rl_generate.optimise`)."""
+    Under bf16 autocast the caller's autocast covers the chunked head too (`pg_update.update`, `rl_generate.optimise`)."""
     inner = getattr(model, "module", model)  # DDP's wrapper; peft's forwards get_output_embeddings
     head = inner.get_output_embeddings()
     if isinstance(head, torch.nn.Linear) and head.bias is None and logits_are_head_outputs(model):

@@ -1,0 +1,100 @@
+"""The policy-gradient update of generative RL: reference log-probs, the KL (in the reward or in the loss),
+the micro-batched loss and backward pass, and one optimiser step.
+
+`micro_batch_size` only bounds memory: each micro-batch's loss is weighted by its share of the
+aggregation's denominator, so the summed gradient equals the full-batch gradient (tested).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..algorithms import get_kl_estimator, kl_loss, masked_mean, masked_sum, pg_loss
+from ..policies.causal_lm import GenSettings, Rollout, token_logprobs
+from ..run import RunContext
+
+if TYPE_CHECKING:
+    from .rl_generate import GenRLSettings
+
+
+def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperature: float) -> torch.Tensor:
+    """log π_ref of the rollout's completion tokens (no gradient).  (B, L) → (B, T)."""
+    with torch.no_grad(), ref() as ref_model:
+        logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
+                                 ro.completion_ids.shape[1], temperature, entropy=False)
+    return logp
+
+
+def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
+                 rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, float]:
+    """r − β·Σ_t k_t(π_old, π_ref) per completion, and the mean per-token KL.  rewards (P, K) → (P, K)."""
+    ref_logp = reference_logprobs(model, ref, ro, gen.temperature)  # (B, T)
+    k = get_kl_estimator(rl.kl_estimator)(ro.logprobs, ref_logp)  # (B, T)
+    seq_kl = masked_sum(k, ro.completion_mask, -1)  # (B,)
+    return rewards - beta * seq_kl.reshape(rewards.shape).cpu(), float(masked_mean(k, ro.completion_mask))
+
+
+def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str, tokens: float | None = None) -> float:
+    """This micro-batch's share of the full batch's aggregation denominator. `tokens` (token_mean under
+    several processes) is the global batch's token count divided by the process count: DDP averages the
+    processes' gradients, so each must divide by that, not by its own count, for one global token mean."""
+    if aggregation == "token_mean":
+        return float(mask.sum()) / max(tokens if tokens is not None else float(full_mask.sum()), 1.0)
+    return mask.shape[0] / full_mask.shape[0]  # every process holds the same number of whole groups
+
+
+def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Tensor, rl: GenRLSettings,
+                gen: GenSettings, tokens: float | None = None,
+                ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one micro-batch, already weighted; stats are micro-batch means. `ref_logp` (b, T): the
+    reference's log-probs (`reference_logprobs`), needed when rl.kl_coef is not 0."""
+    T = ro.completion_ids.shape[1]
+    logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature)  # (b, T)
+    mask = ro.completion_mask
+    loss, _ = pg_loss(logp, adv, mask, rl.aggregation, gen.max_new_tokens)
+    stats = {"entropy": masked_mean(ent, mask)}
+    if rl.kl_coef:
+        if ref_logp is None:
+            raise ValueError(f"rl.kl_coef={rl.kl_coef} needs the reference's log-probs (reference_logprobs)")
+        kl, kst = kl_loss(logp, ref_logp, mask, rl.kl_coef, rl.kl_estimator, rl.aggregation, gen.max_new_tokens)
+        loss = loss + kl
+        stats["kl"] = kst.kl_mean
+    return loss * micro_weight(mask, full_mask, rl.aggregation, tokens), stats
+
+
+def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, ref: Callable[[], Any], ro: Rollout,
+                         adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> dict[str, float]:
+    """Backward over the rollout in micro-batches; the summed gradient is the full batch's (`tokens`: see
+    micro_weight)."""
+    B = ro.completion_ids.shape[0]
+    mb = rl.micro_batch_size or B
+    sums: dict[str, float] = {}
+    # The reference pass (no gradient) runs once over the whole rollout, before any policy graph exists: one
+    # pass on B rows is faster than B/mb small ones, and its transient memory does not sit on top of the graph.
+    ref_logp = reference_logprobs(model, ref, ro, gen.temperature) if rl.kl_coef else None  # (B, T)
+    for s in range(0, B, mb):
+        rows = slice(s, s + mb)
+        loss, stats = policy_loss(model, ro.rows(rows), adv[rows], ro.completion_mask, rl, gen, tokens,
+                                  None if ref_logp is None else ref_logp[rows])
+        backward(loss)
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * min(mb, B - s) / B
+    return sums
+
+
+def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor,
+           rl: GenRLSettings, gen: GenSettings, ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
+    """One optimiser step over the rollout (skipped when `ok` finds the loss or gradient non-finite)."""
+    acc, tokens = run.accelerator, None
+    if acc.num_processes > 1 and rl.aggregation == "token_mean":  # global tokens / processes, the same everywhere
+        tokens = float(acc.reduce(ro.completion_mask.sum().float().to(acc.device), "mean"))
+    with acc.autocast():  # bf16 mixed precision: the chunked LM head runs outside the prepared forward
+        stats = accumulate_gradients(acc.backward, model, ref, ro, adv, rl, gen, tokens)
+    norm = run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm or float("inf"))
+    stats["grad_norm"] = float(norm)
+    if ok(torch.tensor(stats["loss"]), norm):
+        optim.step()
+    optim.zero_grad(set_to_none=True)
+    return stats
