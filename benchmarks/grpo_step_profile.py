@@ -15,6 +15,7 @@ times and the fastest is reported (the machine's noise is ±10–20%).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import os
 import subprocess
@@ -113,9 +114,9 @@ def compare_samplers(repeat: int) -> dict:
 
 
 def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
-    """Sampling alone (16 × 32 tokens, LoRA r=16 with a non-zero adapter): each prompt prefilled once
-    (rewardtune's default) vs once per row, and with the adapter disabled (what a free adapter would give),
-    interleaved; then one profiled sampling call: the share of the matmuls (`aten::mm`, and oneDNN's packed
+    """Sampling alone (16 × 32 tokens, LoRA r=16 with a non-zero adapter): rewardtune's decoding loop with
+    each prompt prefilled once (the default) vs transformers' `generate` (sampling.fast_decode=false), vs
+    once per row, and with the adapter disabled (what a free adapter would give), interleaved; then one profiled sampling call: the share of the matmuls (`aten::mm`, and oneDNN's packed
     linear when fp32 weights are prepacked, as the run does) and the bytes of weights they read."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -134,15 +135,17 @@ def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
     packed = prepack_frozen_linears(model) if pack else 0  # as the run does (fp32 weights only)
     gen = GenSettings(max_new_tokens=32)
 
-    def once(share: bool = True) -> float:
+    def once(share: bool = True, fast: bool = True) -> float:
         torch.manual_seed(0)
         t = time.time()
-        sample(model, tok, PROMPTS, 4, gen, 2000, share_prompt=share)
+        sample(model, tok, PROMPTS, 4, replace(gen, fast_decode=fast), 2000, share_prompt=share)
         return time.time() - t
     once()
-    times: dict[str, list[float]] = {"shared_prefill": [], "prefill_per_row": [], "adapter_disabled": []}
+    once(fast=False)
+    times: dict[str, list[float]] = {"shared_prefill": [], "generate": [], "prefill_per_row": [], "adapter_disabled": []}
     for _ in range(repeat):
         times["shared_prefill"].append(once(True))
+        times["generate"].append(once(True, fast=False))  # transformers' generate instead of rewardtune's loop
         times["prefill_per_row"].append(once(False))
         with model.disable_adapter():
             times["adapter_disabled"].append(once(True))

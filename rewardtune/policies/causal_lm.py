@@ -20,6 +20,7 @@ import torch
 
 from ..algorithms import entropy_from_logits, logprobs_from_logits
 from ..config import doc
+from . import decode
 from .head import chunked_token_logprobs, head_inputs, logits_are_head_outputs
 from .sampling import TokenSampler
 
@@ -34,6 +35,8 @@ class GenSettings:
     top_k: int = doc(0, "top-k sampling (0 = off)")
     chat_template: bool = doc(False, "wrap each prompt as a user turn with the model's chat template")
     stop_strings: tuple = doc((), "extra strings that end a completion")
+    fast_decode: bool = doc(True, "decode Llama/Qwen2 models with rewardtune's own loop (less overhead per token; "
+                                  "the same tokens); false, stop strings or other models: transformers' generate")
 
 
 @dataclass
@@ -132,11 +135,17 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
     from transformers import GenerationConfig, LogitsProcessorList
 
-    cache = {}
-    if share_prompt and k > 1 and ids.shape[1] > 1:
-        cache = {cache_keyword(model): prompt_cache(model, enc["input_ids"].to(device),
-                                                    enc["attention_mask"].to(device), k)}
     sampler = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy)
+    prefix = None  # each prompt prefilled once and its keys/values repeated to its K rows
+    if share_prompt and k > 1 and ids.shape[1] > 1:
+        prefix = prompt_cache(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), k)
+    if gen.fast_decode and not gen.stop_strings and decode.unsupported(model) is None:
+        if prefix is None and ids.shape[1] > 1:  # the loop takes a prefilled prompt: one prefill per row
+            prefix = prompt_cache(model, ids, mask, 1)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+        comp = decode.decode(model, ids, mask, prefix, sampler.choose, gen.max_new_tokens, eos_ids, pad)
+        return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids)
+    cache = {} if prefix is None else {cache_keyword(model): prefix}
     # A fresh GenerationConfig: the model's own (repetition penalty, ...) would change the scores the
     # sampler sees, so the recorded log-probs would no longer be the policy's softmax(logits / T).
     config = GenerationConfig(do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
@@ -145,7 +154,12 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                          logits_processor=LogitsProcessorList([sampler]), tokenizer=tok if gen.stop_strings else None,
                          **cache)
-    comp = out[:, ids.shape[1]:]  # (B, T)
+    return _rollout(tok, prompts, k, ids, mask, out[:, ids.shape[1]:], sampler, eos_ids)
+
+
+def _rollout(tok: Any, prompts: Sequence[str], k: int, ids: torch.Tensor, mask: torch.Tensor, comp: torch.Tensor,
+             sampler: TokenSampler, eos_ids: list[int]) -> Rollout:
+    """The rollout of completions comp (B, T): masked after the first EOS, with their log-probs and texts."""
     cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
     logp = sampler.stacked()[:, :comp.shape[1]] * cmask  # (B, T)

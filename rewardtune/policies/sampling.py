@@ -44,14 +44,16 @@ def inverse_cdf_sample(logits: torch.Tensor) -> torch.Tensor:
 
 class TokenSampler:
     """A `generate` logits processor (use with do_sample=False) that samples, or takes the argmax when
-    `greedy`, and keeps log softmax(logits / temperature) of each chosen token in `logprobs`."""
+    `greedy`, and keeps log softmax(logits / temperature) of each chosen token in `logprobs`. `choose` is the
+    same without the score row, for rewardtune's own decoding loop (`decode.decode`)."""
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False):
         self.temperature = 1.0 if greedy else temperature
         self.top_k, self.top_p, self.greedy = top_k, top_p, greedy
         self.logprobs: list[torch.Tensor] = []  # T tensors of shape (B,)
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def choose(self, scores: torch.Tensor) -> torch.Tensor:
+        """The next token of each row from its logits, its log-prob recorded.  (B, V) → (B,)"""
         z = scores.float()
         if self.temperature != 1.0:
             z = z / self.temperature  # (B, V)
@@ -60,6 +62,10 @@ class TokenSampler:
         else:
             token = inverse_cdf_sample(truncate(z, self.top_k, self.top_p))
         self.logprobs.append(logprobs_from_logits(z, token))  # (B,)
+        return token
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token = self.choose(scores)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, token[:, None], 0.0)  # greedy decoding now picks `token`
 
