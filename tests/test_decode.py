@@ -105,8 +105,10 @@ def test_rows_that_emit_eos_get_pad_and_the_loop_stops_when_all_have(tiny_causal
     table = torch.tensor([[w, eos, w, w, w, w], [w, w, w, eos, w, w], [eos, w, w, w, w, w]])  # all end by step 4
     enc = tok(PROMPTS[:3], padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    ours = decode.decode(model, ids, mask, prompt_cache(model, ids, mask, 1), Script(table), 6, [eos], pad)
+    prefix = decode.cache_layers(prompt_cache(model, ids, mask, 1))
+    ours = decode.decode(model, ids, mask, prefix, Script(table), 6, [eos], pad)
     assert ours.tolist() == [[w, eos, pad, pad], [w, w, w, eos], [eos, pad, pad, pad]]
+    assert prefix == [None, None]  # the prompt's keys/values were handed over, not kept twice
     config = GenerationConfig(do_sample=False, max_new_tokens=6, pad_token_id=pad, eos_token_id=[eos])
     theirs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                             logits_processor=LogitsProcessorList([Script(table).processor]))

@@ -143,7 +143,8 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
         if prefix is None and ids.shape[1] > 1:  # the loop takes a prefilled prompt: one prefill per row
             prefix = prompt_cache(model, ids, mask, 1)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-        comp = decode.decode(model, ids, mask, prefix, sampler.choose, gen.max_new_tokens, eos_ids, pad)
+        kv, prefix = (decode.cache_layers(prefix) if prefix is not None else None), None  # the loop copies and frees
+        comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad)
         return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids)
     cache = {} if prefix is None else {cache_keyword(model): prefix}
     # A fresh GenerationConfig: the model's own (repetition penalty, ...) would change the scores the

@@ -137,20 +137,24 @@ class _Layer:
         return x + self.down(self.act(self.gate(h)) * self.up(h))
 
 
-def _prefix(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer i's keys and values in a transformers cache (the `layers` API, or the older key/value lists)."""
+def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Each layer's (keys, values) in a transformers cache (the `layers` API, or the older key/value lists)."""
     if hasattr(cache, "layers"):
-        return cache.layers[i].keys, cache.layers[i].values
-    return cache.key_cache[i], cache.value_cache[i]
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
 
 
 @torch.no_grad()
-def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, choose: Callable[[torch.Tensor], torch.Tensor],
-           max_new_tokens: int, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
+def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | None,
+           choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, eos_ids: Sequence[int],
+           pad_id: int) -> torch.Tensor:
     """Up to `max_new_tokens` tokens after each left-padded prompt, as `generate` makes them: `choose` picks
     each step's tokens from the (B, V) logits; a row that emitted an EOS gets `pad_id` from then on; the loop
-    stops when every row has ended.  ids, mask (B, Tp); `prefix` the KV cache of ids[:, :-1] (None when
-    Tp = 1) → (B, ≤ T)."""
+    stops when every row has ended.  ids, mask (B, Tp); `prefix` the (B, Hk, Tp − 1, D) keys and values of
+    ids[:, :-1] per layer (`cache_layers`; None when Tp = 1) → (B, ≤ T).
+
+    `prefix` is consumed: each entry is set to None once copied into the loop's cache, so that a caller holding
+    no other reference does not keep the prompt's keys/values twice (with long prompts, the larger part)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     body, cfg = inner.model, inner.config
     B, Tp = ids.shape
@@ -161,7 +165,11 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, choos
     layers = [_Layer(layer) for layer in body.layers]
     x = body.embed_tokens(token)  # (B, 1, E)
     for i, layer in enumerate(layers):
-        layer.cache(*(_prefix(prefix, i) if prefix is not None else (None, None)), B, hk, length, x)
+        kv = prefix[i] if prefix is not None else (None, None)
+        if prefix is not None:
+            prefix[i] = None
+        layer.cache(*kv, B, hk, length, x)
+        del kv
     eos = torch.tensor(list(eos_ids), device=ids.device)
     running, out = torch.ones(B, dtype=torch.bool, device=ids.device), []
     for t in range(max_new_tokens):
