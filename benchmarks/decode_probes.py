@@ -1,6 +1,6 @@
 """Small probes behind the seventh session's decoding work (BENCHMARKS.md, "rewardtune's own decoding loop").
 
-    .venv/bin/python benchmarks/decode_probes.py --profile sample|generate|update   # top ops of one call, fp32, prepacked
+    .venv/bin/python benchmarks/decode_probes.py --profile sample|generate|update  # top ops of one call (fp32)
     .venv/bin/python benchmarks/decode_probes.py --rows                    # sampling 16 vs 32 rows (K = 4 vs 8)
     .venv/bin/python benchmarks/decode_probes.py --attention               # one decoding attention: SDPA vs matmuls
     .venv/bin/python benchmarks/decode_probes.py --bf16-pack               # SmolLM2's decoding matmuls, 16 rows
@@ -17,7 +17,7 @@ from grpo_step_profile import PROMPTS
 from record import record
 
 
-def policy():
+def policy() -> tuple:
     import torch
 
     from rewardtune.config import LoraSettings

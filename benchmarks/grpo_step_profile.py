@@ -15,12 +15,12 @@ times and the fastest is reported (the machine's noise is ±10–20%).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from record import peak_rss_mib, record
 
@@ -115,9 +115,10 @@ def compare_samplers(repeat: int) -> dict:
 
 def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
     """Sampling alone (16 × 32 tokens, LoRA r=16 with a non-zero adapter): rewardtune's decoding loop with
-    each prompt prefilled once (the default) vs transformers' `generate` (sampling.fast_decode=false), vs
-    once per row, and with the adapter disabled (what a free adapter would give), interleaved; then one profiled sampling call: the share of the matmuls (`aten::mm`, and oneDNN's packed
-    linear when fp32 weights are prepacked, as the run does) and the bytes of weights they read."""
+    each prompt prefilled once (the default) vs transformers' `generate` (gen.fast_decode=false), vs
+    once per row, and with the adapter disabled (what a free adapter would give), interleaved; then one
+    profiled sampling call: the share of the matmuls (`aten::mm`, and oneDNN's packed linear when fp32 weights
+    are prepacked, as the run does) and the bytes of weights they read."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -142,7 +143,8 @@ def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
         return time.time() - t
     once()
     once(fast=False)
-    times: dict[str, list[float]] = {"shared_prefill": [], "generate": [], "prefill_per_row": [], "adapter_disabled": []}
+    times: dict[str, list[float]] = {"shared_prefill": [], "generate": [], "prefill_per_row": [],
+                                     "adapter_disabled": []}
     for _ in range(repeat):
         times["shared_prefill"].append(once(True))
         times["generate"].append(once(True, fast=False))  # transformers' generate instead of rewardtune's loop

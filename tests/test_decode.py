@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest import mock
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from rewardtune.prepack import prepack_frozen_linears
 from test_causal_lm_policy import byte_level_policy
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
+BF16_ATOL = 2e-2  # bf16 rounding differs between a one-position step and generate's (same math, other kernels)
 
 
 def trained_looking(model):
@@ -29,18 +31,21 @@ def tiny(kind: str, tok, **extra):
 
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
     torch.manual_seed(0)
-    cfg = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None, **extra)
+    settings = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    cfg = config_cls(**(settings | extra))
     return model_cls(cfg).eval()
 
 
-def both(model, tok, gen: GenSettings, k: int, seed: int = 3, **kw):
-    """The same rollout twice from the same seed: rewardtune's loop, then `generate`."""
+def both(model, tok, gen: GenSettings, k: int, seed: int = 3, prompts=PROMPTS, **kw):
+    """The same rollout twice from the same seed: rewardtune's loop, then `generate` (each checked to have run)."""
     out = []
     for fast in (True, False):
         torch.manual_seed(seed)
-        out.append(sample(model, tok, PROMPTS, k, replace(gen, fast_decode=fast), 100, **kw))
+        with mock.patch.object(decode, "decode", wraps=decode.decode) as loop:
+            out.append(sample(model, tok, prompts, k, replace(gen, fast_decode=fast), 100, **kw))
+        assert loop.call_count == int(fast)
     return out
 
 
@@ -78,8 +83,37 @@ def test_loop_matches_generate_with_packed_weights_full_model_and_adapter_off(ti
 def test_loop_with_bf16_base_weights_and_a_float32_adapter(tiny_causal_lm_dir):
     model, tok = load_causal_lm(str(tiny_causal_lm_dir), torch.bfloat16)
     model = trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8, base_dtype="bfloat16")))
-    fast, slow = both(model, tok, GenSettings(max_new_tokens=6), 2, greedy=True)
-    assert_same(fast, slow, atol=1e-2)  # bf16 rounding; the greedy tokens agree
+    assert_same(*both(model, tok, GenSettings(max_new_tokens=6, temperature=1.2), 2), atol=BF16_ATOL)
+
+
+def test_loop_under_bf16_autocast_as_the_run_samples(tiny_causal_lm_dir):
+    model, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # rl.mixed_precision=bf16 samples under autocast
+        assert_same(*both(model, tok, GenSettings(max_new_tokens=6, temperature=1.2), 2), atol=BF16_ATOL)
+
+
+@pytest.mark.parametrize("extra", [dict(head_dim=16, attention_bias=True, mlp_bias=True),  # head_dim ≠ 32 / 4
+                                   dict(num_key_value_heads=1), dict(num_key_value_heads=4),  # one group; no grouping
+                                   dict(rope_scaling={"rope_type": "linear", "factor": 2.0})])
+def test_loop_matches_generate_on_llama_variants(tiny_causal_lm_dir, extra):
+    _, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = trained_looking(apply_lora(tiny("llama", tok, **extra), LoraSettings(r=4, alpha=8)))
+    assert_same(*both(model, tok, GenSettings(max_new_tokens=6, temperature=1.2), 2))
+
+
+def test_one_token_prompts_and_the_checkpoints_generation_config(tiny_causal_lm_dir):
+    model, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    lora = trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8)))
+    fast, slow = both(lora, tok, GenSettings(max_new_tokens=5), 2, prompts=["film", "movie"])
+    assert fast.prompt_ids.shape[1] == 1  # no prefill: the loop starts from an empty cache
+    assert_same(fast, slow)
+    # A checkpoint's own generation settings must not reach the sampler's scores, on either path
+    model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size = 5.0, 1
+    fast2, slow2 = both(lora, tok, GenSettings(max_new_tokens=5), 2, prompts=["film", "movie"])
+    assert_same(fast2, slow2)
+    assert_same(fast2, fast)
+    assert model.generation_config.repetition_penalty == 5.0  # and the model's config is left as it was
 
 
 class Script:
@@ -131,6 +165,14 @@ def test_unsupported_models_and_stop_strings_take_generate(tiny_causal_lm_dir, m
 
     dora = get_peft_model(tiny("llama", tok), LoraConfig(r=2, target_modules="all-linear", use_dora=True))
     assert "DoRA" in decode.unsupported(dora)
+    from peft import IA3Config
+
+    ia3 = get_peft_model(tiny("llama", tok), IA3Config(target_modules=["q_proj", "down_proj"],
+                                                       feedforward_modules=["down_proj"]))
+    assert "IA3" in decode.unsupported(ia3)
+    merged = apply_lora(tiny("llama", tok), LoraSettings(r=4, alpha=8))
+    merged.merge_adapter()
+    assert "merged" in decode.unsupported(merged)
     llama = apply_lora(tiny("llama", tok), LoraSettings(r=4, alpha=8))
     assert decode.unsupported(llama) is None
     calls = []

@@ -13,8 +13,9 @@ must use the same position ids as generation, which with left padding are *not* 
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -147,15 +148,31 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
         comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad)
         return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids)
     cache = {} if prefix is None else {cache_keyword(model): prefix}
-    # A fresh GenerationConfig: the model's own (repetition penalty, ...) would change the scores the
-    # sampler sees, so the recorded log-probs would no longer be the policy's softmax(logits / T).
     config = GenerationConfig(do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=eos_ids, bos_token_id=model.generation_config.bos_token_id,
                               stop_strings=list(gen.stop_strings) or None)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                         logits_processor=LogitsProcessorList([sampler]), tokenizer=tok if gen.stop_strings else None,
-                         **cache)
+    with neutral_generation_config(model):
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                             logits_processor=LogitsProcessorList([sampler]),
+                             tokenizer=tok if gen.stop_strings else None, **cache)
     return _rollout(tok, prompts, k, ids, mask, out[:, ids.shape[1]:], sampler, eos_ids)
+
+
+@contextmanager
+def neutral_generation_config(model: Any) -> Iterator[None]:
+    """While `generate` runs, the model's own generation config is a blank one. `generate` fills every field
+    the caller left unset from it (transformers 5), so a checkpoint's repetition penalty, n-gram ban or
+    minimum length would change the scores the sampler sees, and the recorded log-probs would no longer be
+    the policy's softmax(logits / T)."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
 
 
 def _rollout(tok: Any, prompts: Sequence[str], k: int, ids: torch.Tensor, mask: torch.Tensor, comp: torch.Tensor,

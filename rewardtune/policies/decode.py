@@ -6,16 +6,18 @@ matmul: `generate`, the decoder's modules and peft's LoRA layers run many small 
 keeps only the math: a preallocated KV cache, the attention of the one new position over the cached keys,
 and the LoRA update as `addmm(x Aᵀ, Bᵀ, s)` on the base layer's output. Profiled on the 2-core CPU of
 BENCHMARKS.md (16 × 32 tokens from SmolLM2-135M): 293k op calls instead of 398k, 0.6 s outside the ops
-instead of 0.9 s; a sampling call takes 2.6–2.9 s instead of 3.0–3.5 s.
+instead of 0.9 s; a sampling call took 2.6–3.3 s against `generate`'s 2.9–3.5 s (two interleaved runs of
+`benchmarks/grpo_step_profile.py --decode f32`).
 
 What it reuses from the model, so that the numbers are the model's own: the embedding, the RMSNorm
 modules, the rotary embedding module and the model file's `apply_rotary_pos_emb`, the activation, each
 projection's base layer (prepacked where `prepack` packed it) with its LoRA weights and scaling, the final
 norm and the LM head. The prompt is prefilled by the model itself (`causal_lm.prompt_cache`).
 
-Supported: Llama and Qwen2 (without sliding windows), plain `nn.Linear` projections or peft LoRA layers
-(not DoRA, no LoRA bias). Anything else, and stop strings, take `generate` (`causal_lm._sample`).
-Tested against `generate`: the same tokens and log-probs within float rounding (`tests/test_decode.py`).
+Supported: Llama and Qwen2 (without sliding windows) on one device, with plain `nn.Linear` projections or
+peft's LoRA layers (unmerged; not DoRA or another LoRA variant; no LoRA bias). Anything else (`unsupported`
+says why), and stop strings, take `generate` (`causal_lm._sample`). Tested against `generate`: the same
+tokens, and log-probs within 1e-5 in fp32 (`tests/test_decode.py`).
 Shapes: B rows, Tp prompt tokens, T new tokens, Hq query heads, Hk key/value heads, D head size, V vocab.
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ _FAMILIES = ("llama", "qwen2")
 
 def unsupported(model: Any) -> str | None:
     """Why this loop cannot decode `model` (a causal LM, possibly peft-wrapped), or None when it can."""
+    if hasattr(model, "peft_config") and "LORA" not in str(getattr(model, "peft_type", "")):
+        return f"peft method {getattr(model, 'peft_type', None)} (only LoRA is decoded by this loop)"
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(inner, "config", None)
     kind = getattr(cfg, "model_type", None)
@@ -40,6 +44,8 @@ def unsupported(model: Any) -> str | None:
         return "sliding-window attention"
     if getattr(cfg, "pretraining_tp", 1) != 1:
         return "pretraining_tp > 1"
+    if len(set(getattr(inner, "hf_device_map", {}).values())) > 1:
+        return "a model split over several devices"
     body = getattr(inner, "model", None)
     if not all(hasattr(body, n) for n in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return "not a Llama-style decoder (embed_tokens, layers, norm, rotary_emb)"
@@ -60,14 +66,20 @@ def _mlp_projs(mlp: Any) -> tuple:
 
 
 def _projection_unsupported(m: Any) -> str | None:
-    if type(m) is torch.nn.Linear or isinstance(getattr(m, "base_layer", None), torch.nn.Linear):
-        if not hasattr(m, "base_layer"):
-            return None
-        for name in _active(m):
-            if getattr(m, "use_dora", {}).get(name) or m.lora_B[name].bias is not None:
-                return "a DoRA adapter or a LoRA bias"
+    if type(m) is torch.nn.Linear:
         return None
-    return f"projection {type(m).__name__} is neither nn.Linear nor a LoRA layer over one"
+    from peft.tuners.lora.layer import Linear as LoraLinear  # only reached for peft-wrapped models
+
+    if type(m) is not LoraLinear:
+        return f"projection {type(m).__name__} is neither nn.Linear nor peft's LoRA Linear"
+    if getattr(m, "merged", False):
+        return "a LoRA adapter merged into the base weights"
+    for name in _active(m):  # DoRA and peft's other LoRA variants compute more than s·(x Aᵀ) Bᵀ
+        if getattr(m, "use_dora", {}).get(name) or getattr(m, "lora_variant", {}).get(name) is not None:
+            return f"a LoRA variant ({type(getattr(m, 'lora_variant', {}).get(name)).__name__}, DoRA, ...)"
+        if m.lora_B[name].bias is not None:
+            return "a LoRA bias"
+    return None
 
 
 def _active(m: Any) -> list[str]:
@@ -85,13 +97,14 @@ def _projection(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     lora = [(m.lora_A[a].weight, m.lora_B[a].weight.t(), m.scaling[a]) for a in _active(m)]  # A (r, in), Bᵀ (r, out)
 
     def run(x: torch.Tensor) -> torch.Tensor:  # x (B, 1, in) → (B, 1, out)
-        y = base(x)
+        y = out = base(x)
         for A, Bt, s in lora:
-            if y.dtype == A.dtype == x.dtype:  # y + s·(x Aᵀ) Bᵀ in two calls
-                y = torch.addmm(y.view(-1, y.shape[-1]), F.linear(x.view(-1, x.shape[-1]), A), Bt, alpha=s).view(y.shape)
-            else:  # the adapter in its own dtype, as peft does (float32 over bf16 base weights)
-                y = y + (F.linear(x.to(A.dtype), A) @ Bt * s).to(y.dtype)
-        return y
+            if out.dtype == A.dtype == x.dtype:  # y + s·(x Aᵀ) Bᵀ in two calls
+                flat = F.linear(x.view(-1, x.shape[-1]), A)  # (B, r)
+                out = torch.addmm(out.view(-1, out.shape[-1]), flat, Bt, alpha=s).view(out.shape)
+            else:  # the adapter in its own dtype, summed there and rounded once, as peft does (fp32 over bf16)
+                out = out + F.linear(x.to(A.dtype), A) @ Bt * s
+        return out.to(y.dtype)
     return run
 
 
@@ -118,7 +131,8 @@ class _Layer:
             self.keys[:, :, :prefix_k.shape[2]] = prefix_k
             self.values[:, :, :prefix_v.shape[2]] = prefix_v
 
-    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, j: int, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, j: int,
+                 mask: torch.Tensor) -> torch.Tensor:
         """One new position per row at cache slot j.  x (B, 1, E), mask (B, 1, 1, j + 1) → (B, 1, E)"""
         B, hk = x.shape[0], self.keys.shape[1]
         h = self.norm1(x)
@@ -158,11 +172,13 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     body, cfg = inner.model, inner.config
     B, Tp = ids.shape
+    if max_new_tokens < 1:
+        return ids.new_zeros(B, 0)
     hk, length = cfg.num_key_value_heads, Tp - 1 + max_new_tokens  # the last token's keys are never needed
     keep = torch.zeros(B, length, dtype=torch.bool, device=ids.device)  # which cache slots a row attends
     keep[:, :Tp] = mask.bool()
     token, pos = ids[:, -1:], (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]  # (B, 1) as generate numbers them
-    layers = [_Layer(layer) for layer in body.layers]
+    layers = [_Layer(layer) for layer in body.layers[:cfg.num_hidden_layers]]  # as the model's forward does
     x = body.embed_tokens(token)  # (B, 1, E)
     for i, layer in enumerate(layers):
         kv = prefix[i] if prefix is not None else (None, None)
