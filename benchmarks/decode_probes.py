@@ -13,23 +13,12 @@ import argparse
 import time
 from dataclasses import replace
 
-from grpo_step_profile import PROMPTS
+from grpo_step_profile import PROMPTS, trained_lora_policy
 from record import record
 
 
 def policy() -> tuple:
-    import torch
-
-    from rewardtune.config import LoraSettings
-    from rewardtune.models import apply_lora, load_causal_lm
-    from rewardtune.prepack import prepack_frozen_linears
-
-    model, tok = load_causal_lm("smollm2-135m-instruct", torch.float32)
-    model = apply_lora(model, LoraSettings(r=16, alpha=32)).eval()
-    for name, p in model.named_parameters():  # a trained-looking adapter, so its matmuls are not skipped
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.01)
-    prepack_frozen_linears(model)  # as the run does
+    model, tok, _ = trained_lora_policy()  # fp32, prepacked, a non-zero adapter
     return model, tok
 
 

@@ -113,6 +113,25 @@ def compare_samplers(repeat: int) -> dict:
     return {k: v[1:] for k, v in times.items()} | {"token_sampler_steps": steps[1:]}
 
 
+def trained_lora_policy(dtype: str = "f32", pack: bool = True) -> tuple:
+    """SmolLM2 with LoRA r=16 on all linear layers, in eval mode, its B matrices non-zero (a trained-looking
+    adapter, so its matmuls are not skipped); frozen fp32 weights prepacked as the run does.
+    → (model, tokenizer, number of packed layers)"""
+    import torch
+
+    from rewardtune.config import LoraSettings
+    from rewardtune.models import apply_lora, load_causal_lm
+    from rewardtune.prepack import prepack_frozen_linears
+
+    base = {"f32": "float32", "bf16": "bfloat16"}[dtype]
+    model, tok = load_causal_lm("smollm2-135m-instruct", getattr(torch, base))
+    model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype=base)).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.01)
+    return model, tok, prepack_frozen_linears(model) if pack else 0
+
+
 def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
     """Sampling alone (16 × 32 tokens, LoRA r=16 with a non-zero adapter): rewardtune's decoding loop with
     each prompt prefilled once (the default) vs transformers' `generate` (gen.fast_decode=false), vs
@@ -122,18 +141,9 @@ def decode_costs(repeat: int, dtype: str, pack: bool = True) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from rewardtune.config import LoraSettings
-    from rewardtune.models import apply_lora, load_causal_lm
     from rewardtune.policies.causal_lm import GenSettings, sample
-    from rewardtune.prepack import prepack_frozen_linears
 
-    base = {"f32": "float32", "bf16": "bfloat16"}[dtype]
-    model, tok = load_causal_lm("smollm2-135m-instruct", getattr(torch, base))
-    model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype=base)).eval()
-    for name, p in model.named_parameters():  # a trained-looking adapter, so its matmuls are not skipped
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.01)
-    packed = prepack_frozen_linears(model) if pack else 0  # as the run does (fp32 weights only)
+    model, tok, packed = trained_lora_policy(dtype, pack)
     gen = GenSettings(max_new_tokens=32)
 
     def once(share: bool = True, fast: bool = True) -> float:

@@ -3,9 +3,10 @@
 Shapes: P prompts, K samples each, B = P·K rows, Tp prompt tokens (left-padded), T completion
 tokens (right-padded after EOS), V vocabulary.
 
-Log-probs of the sampled tokens are recorded while decoding (`sampling.TokenSampler`, from the
-logits `generate` computes anyway, divided by the temperature), so no extra forward pass is spent
-on π_old. They match a fresh full-sequence forward pass up to float rounding (KV-cached vs. one-shot
+Decoding runs rewardtune's own loop for Llama/Qwen2 models (`decode.py`, `gen.fast_decode`) and
+transformers' `generate` otherwise. Log-probs of the sampled tokens are recorded while decoding
+(`sampling.TokenSampler`, from the logits the decoder computes anyway, divided by the temperature), so
+no extra forward pass is spent on π_old. They match a fresh full-sequence forward pass up to float rounding (KV-cached vs. one-shot
 attention); `tests/test_causal_lm_policy.py` checks the tolerance. The training forward pass
 must use the same position ids as generation, which with left padding are *not* arange(T):
 `position_ids` below reproduces them from the attention mask.
@@ -144,7 +145,8 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
         if prefix is None and ids.shape[1] > 1:  # the loop takes a prefilled prompt: one prefill per row
             prefix = prompt_cache(model, ids, mask, 1)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-        kv, prefix = (decode.cache_layers(prefix) if prefix is not None else None), None  # the loop copies and frees
+        kv = decode.cache_layers(prefix) if prefix is not None else None
+        del prefix  # the loop copies the prompt's keys/values into its own cache and frees these as it goes
         comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad)
         return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids)
     cache = {} if prefix is None else {cache_keyword(model): prefix}

@@ -177,15 +177,16 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
     hk, length = cfg.num_key_value_heads, Tp - 1 + max_new_tokens  # the last token's keys are never needed
     keep = torch.zeros(B, length, dtype=torch.bool, device=ids.device)  # which cache slots a row attends
     keep[:, :Tp] = mask.bool()
-    token, pos = ids[:, -1:], (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]  # (B, 1) as generate numbers them
+    from .causal_lm import position_ids  # (imported here: causal_lm imports this module)
+
+    token, pos = ids[:, -1:], position_ids(mask)[:, -1:]  # (B, 1) as generate numbers them
     layers = [_Layer(layer) for layer in body.layers[:cfg.num_hidden_layers]]  # as the model's forward does
     x = body.embed_tokens(token)  # (B, 1, E)
     for i, layer in enumerate(layers):
-        kv = prefix[i] if prefix is not None else (None, None)
+        k, v = (None, None) if prefix is None else prefix[i]
         if prefix is not None:
-            prefix[i] = None
-        layer.cache(*kv, B, hk, length, x)
-        del kv
+            prefix[i] = None  # handed over: freed once copied
+        layer.cache(k, v, B, hk, length, x)
     eos = torch.tensor(list(eos_ids), device=ids.device)
     running, out = torch.ones(B, dtype=torch.bool, device=ids.device), []
     for t in range(max_new_tokens):

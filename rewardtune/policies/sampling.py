@@ -7,7 +7,8 @@ step), and `output_logits=True` keeps every step's (B, V) logits until the end (
 processor run under greedy decoding: it draws the token by inverse CDF (one uniform per row, a
 cumulative sum and a binary search), records log π(token) as it goes, and hands `generate` a
 score row whose only finite entry is the chosen token, which greedy decoding then picks.
-The KV cache, EOS and stop-string handling stay `generate`'s.
+The KV cache, EOS and stop-string handling stay the decoder's (`generate`, or `decode.decode`
+through `TokenSampler.choose`).
 
 The recorded log-prob is under the policy softmax(logits / temperature), untruncated: top-k and
 top-p only shape the sampling distribution, as with `generate` before; the training forward pass
