@@ -115,7 +115,8 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
 # Keys that may change between a run and its resumption: they do not change what is being trained.
 HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
             "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts",
-            "rl.micro_batch_size", "rl.gradient_checkpointing")  # memory only: the update is the same
+            "rl.micro_batch_size", "rl.inference_batch_size", "rl.gradient_checkpointing",  # memory only
+            "gen.fast_decode")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
 ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False}
 

@@ -441,11 +441,13 @@ def test_kl_in_reward_and_adaptive_beta(tiny_causal_lm_dir, prompts_file, tmp_pa
     assert out["steps"] == 3
 
 
-def test_bf16_autocast_runs_with_finite_losses(tiny_causal_lm_dir, prompts_file, tmp_path):
-    out = train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16", "rl.mixed_precision=bf16"),
-                            show_progress=False)
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_bf16_autocast_runs_with_finite_losses(tiny_causal_lm_dir, prompts_file, tmp_path, algorithm):
+    out = train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16", "rl.mixed_precision=bf16",
+                                    f"rl.algorithm={algorithm}", "rl.kl_coef=0.1"), show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
-    assert [math.isfinite(r["loss"]) for r in rows if r["split"] == "train"] == [True] * 3 and out["steps"] == 3
+    train = [r for r in rows if r["split"] == "train"]
+    assert [math.isfinite(r["loss"]) and math.isfinite(r["kl"]) for r in train] == [True] * 3 and out["steps"] == 3
 
 
 def test_bf16_base_weights_with_a_float32_adapter(tiny_causal_lm_dir, prompts_file, tmp_path):

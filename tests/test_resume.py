@@ -237,3 +237,21 @@ def test_cli_resume_of_a_causal_lm_run_finds_its_policy_kind(tiny_causal_lm_dir,
     out = capsys.readouterr().out
     assert "resumed from" in out and '"steps": 3' in out
     assert main(["rl", "--resume", str(tmp_path / "lm"), "--config", "x.yaml"]) == 2  # one or the other
+
+
+def test_a_generative_run_from_before_memory_only_keys_existed_resumes(tiny_causal_lm_dir, prompts, tmp_path):
+    import yaml
+
+    args = [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+            "rl.samples_per_prompt=2", "rl.steps=2", "rl.eval_prompts=2", "rl.eval_every=0", "gen.max_new_tokens=4",
+            f"runs_dir={tmp_path}", "name=lm"]
+    train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.stop_after=1"]), show_progress=False)
+    saved = tmp_path / "lm" / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    del cfg["gen"]["fast_decode"], cfg["rl"]["inference_batch_size"]  # as an older rewardtune wrote it
+    saved.write_text(yaml.safe_dump(cfg))
+    out = train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "rl.inference_batch_size=2"]),
+                            show_progress=False)
+    assert out["steps"] == 2  # neither changes what is trained
+    with pytest.raises(ConfigError, match=r"rl.lr"):  # while a real change is still refused
+        train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "rl.lr=0.5"]), show_progress=False)

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..algorithms import entropy_from_logits, logprobs_from_logits
 from ..config import doc
 from . import decode
 from .head import chunked_token_logprobs, head_inputs, logits_are_head_outputs
-from .sampling import TokenSampler
+from .sampling import TokenSampler, draw_uniforms
 
 
 @dataclass(frozen=True)
@@ -106,12 +107,15 @@ def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> t
 
 @torch.no_grad()
 def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSettings, max_prompt_tokens: int,
-           greedy: bool = False, share_prompt: bool = True) -> Rollout:
+           greedy: bool = False, share_prompt: bool = True, rows: int = 0) -> Rollout:
     """K completions for each of P prompts (rows ordered prompt-major: p0k0, p0k1, ..., p1k0, ...).
 
     `greedy=True` decodes greedily (evaluation); log-probs are then under the untempered policy.
     `share_prompt`: prefill each prompt once and repeat its keys/values to its K rows (`prompt_cache`)
     instead of running it K times; the same tokens up to float rounding (tested).
+    `rows`: decode at most this many rows at once (whole prompts, at least one; 0 = all), which bounds the
+    KV cache. Memory only: every row's uniform draws are fixed before decoding (`draw_uniforms`), so a row
+    gets the same tokens whichever rows share its pass, up to float rounding (tested).
     """
     texts = format_prompts(tok, prompts, gen.chat_template)
     enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=not gen.chat_template)
@@ -123,13 +127,29 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     was_training = model.training
     model.eval()  # transformers < 5.23 turns the KV cache off in training mode with checkpointing on
     try:
-        return _sample(model, tok, prompts, enc, k, gen, greedy, share_prompt)
+        P, device = len(prompts), next(model.parameters()).device
+        u = None if greedy else draw_uniforms(gen.max_new_tokens, P * k, device)  # (T, B)
+        per = max(1, rows // k) if rows else P  # prompts per pass
+        parts = [_sample(model, tok, prompts[s:s + per], {n: t[s:s + per] for n, t in enc.items()}, k, gen, greedy,
+                         share_prompt, None if u is None else u[:, s * k:(s + per) * k]) for s in range(0, P, per)]
+        return parts[0] if len(parts) == 1 else concat_rollouts(parts, tok.pad_token_id)
     finally:
         model.train(was_training)
 
 
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Rollouts of the same prompt width, one after the other; completions padded to the longest.  → (ΣB, ·)"""
+    T = max(p.completion_ids.shape[1] for p in parts)
+
+    def cat(name: str, value: float) -> torch.Tensor:
+        return torch.cat([F.pad(getattr(p, name), (0, T - p.completion_ids.shape[1]), value=value) for p in parts])
+    return Rollout(torch.cat([p.prompt_ids for p in parts]), torch.cat([p.prompt_mask for p in parts]),
+                   cat("completion_ids", pad_id), cat("completion_mask", 0), cat("logprobs", 0.0),
+                   [x for p in parts for x in p.prompts], [x for p in parts for x in p.completions])
+
+
 def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen: GenSettings, greedy: bool,
-            share_prompt: bool) -> Rollout:
+            share_prompt: bool, uniforms: torch.Tensor | None) -> Rollout:
     device = next(model.parameters()).device
     ids = enc["input_ids"].repeat_interleave(k, 0).to(device)  # (B, Tp)
     mask = enc["attention_mask"].repeat_interleave(k, 0).to(device)  # (B, Tp)
@@ -137,7 +157,7 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
     from transformers import GenerationConfig, LogitsProcessorList
 
-    sampler = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy)
+    sampler = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy, uniforms)
     prefix = None  # each prompt prefilled once and its keys/values repeated to its K rows
     if share_prompt and k > 1 and ids.shape[1] > 1:
         prefix = prompt_cache(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), k)
@@ -226,7 +246,7 @@ def cache_keyword(model: Any) -> str:
 
 
 def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
-                      hidden: bool = False) -> torch.Tensor:
+                      hidden: bool = False, share: bool = True) -> torch.Tensor:
     """The logits that predict each of the last `n_completion` tokens, or with `hidden` the LM head's inputs
     at those positions (the head then runs on one position per call).  ids (B, L) → (B, T, V) or (B, T, H).
 
@@ -234,11 +254,13 @@ def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_compl
     and its keys/values are indexed out to the group's rows, as during sampling: a group of K rows costs
     Tp + K·T token positions instead of K·(Tp + T). Gradients flow through the shared keys/values, so the
     result, values and gradient, is the one-pass result up to float rounding (tested). Gradient
-    checkpointing recomputes layers and cannot keep a cache, so it takes the one-pass path.
+    checkpointing recomputes layers and cannot keep a cache, so it takes the one-pass path, as does
+    `share=False`. Under DDP every process must make the same number of forward calls, so callers whose rows
+    are not in the same group layout on every process (PPO's shuffled minibatches, K = 1) pass share=False.
     """
     Tp = ids.shape[1] - n_completion
     first, group = prompt_groups(ids[:, :Tp], mask[:, :Tp])
-    if len(first) == len(group) or checkpointing(model):
+    if not share or len(first) == len(group) or checkpointing(model):
         # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
         # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
         _, x = _forward(model, hidden, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
@@ -266,20 +288,28 @@ def _forward(model: Any, head_input: bool, **kwargs: Any) -> tuple[Any, torch.Te
     return out, seen[-1]
 
 
-def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
-                   temperature: float = 1.0, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def chunkable_head(model: Any) -> torch.nn.Linear | None:
+    """The LM head when log-probs can be taken through it in row chunks (a bias-free linear layer whose outputs
+    are the model's logits), else None."""
+    inner = getattr(model, "module", model)  # DDP's wrapper; peft's forwards get_output_embeddings
+    head = inner.get_output_embeddings()
+    ok = isinstance(head, torch.nn.Linear) and head.bias is None and logits_are_head_outputs(model)
+    return head if ok else None
+
+
+def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int, temperature: float = 1.0,
+                   entropy: bool = True, share: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) and (if `entropy`) its entropy (no gradient) for the last `n_completion` positions.
     ids (B, L) → (B, T), (B, T) or None.
 
     With the usual bias-free LM head whose outputs are the logits, the (B, T, V) logits are never held: the
     head runs on its inputs in row chunks (`head.chunked_token_logprobs`); otherwise they are computed whole.
     Under bf16 autocast the caller's autocast covers the chunked head too (`pg_update.update`, `rl_generate.optimise`)."""
-    inner = getattr(model, "module", model)  # DDP's wrapper; peft's forwards get_output_embeddings
-    head = inner.get_output_embeddings()
-    if isinstance(head, torch.nn.Linear) and head.bias is None and logits_are_head_outputs(model):
-        hidden = completion_logits(model, ids, mask, n_completion, hidden=True)  # (B, T, H)
+    head = chunkable_head(model)
+    if head is not None:
+        hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share=share)  # (B, T, H)
         return chunked_token_logprobs(hidden, head, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
-    logits = completion_logits(model, ids, mask, n_completion).float()  # (B, T, V)
+    logits = completion_logits(model, ids, mask, n_completion, share=share).float()  # (B, T, V)
     if temperature != 1.0:  # each pass over (B, T, V) costs as much as a layer of the model
         logits = logits / temperature
     logp = logprobs_from_logits(logits, ids[:, -n_completion:])  # (B, T)

@@ -35,22 +35,35 @@ def truncate(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.
     return logits
 
 
-def inverse_cdf_sample(logits: torch.Tensor) -> torch.Tensor:
+def inverse_cdf_sample(logits: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from softmax(logits): the first index whose cumulative probability passes
-    a uniform draw.  (B, V) → (B,)"""
+    a uniform draw (`u`, one per row, or fresh ones).  (B, V), (B,) → (B,)"""
     cdf = logits.softmax(-1).cumsum(-1)  # (B, V)
-    u = torch.rand(logits.shape[0], 1, device=logits.device, dtype=cdf.dtype) * cdf[:, -1:]  # (B, 1)
+    if u is None:
+        u = torch.rand(logits.shape[0], device=logits.device, dtype=cdf.dtype)
+    u = u.to(cdf)[:, None] * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)  # (B,)
+
+
+def draw_uniforms(steps: int, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The uniform draws of `steps` decoding steps for `rows` rows.  → (T, B). Drawn step-major, they are the
+    numbers that one `torch.rand(B)` per step would give (the CPU generator draws serially)."""
+    return torch.rand(steps, rows, device=device)
 
 
 class TokenSampler:
     """A `generate` logits processor (use with do_sample=False) that samples, or takes the argmax when
     `greedy`, and keeps log softmax(logits / temperature) of each chosen token in `logprobs`. `choose` is the
-    same without the score row, for rewardtune's own decoding loop (`decode.decode`)."""
+    same without the score row, for rewardtune's own decoding loop (`decode.decode`).
 
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False):
+    `uniforms` (T, B): the draw of each decoding step and row, fixed in advance (`draw_uniforms`), so that a
+    row's tokens do not depend on which other rows are decoded with it (sampling in row chunks)."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+                 uniforms: torch.Tensor | None = None):
         self.temperature = 1.0 if greedy else temperature
         self.top_k, self.top_p, self.greedy = top_k, top_p, greedy
+        self.uniforms = uniforms
         self.logprobs: list[torch.Tensor] = []  # T tensors of shape (B,)
 
     def choose(self, scores: torch.Tensor) -> torch.Tensor:
@@ -61,7 +74,8 @@ class TokenSampler:
         if self.greedy:
             token = z.argmax(-1)  # (B,)
         else:
-            token = inverse_cdf_sample(truncate(z, self.top_k, self.top_p))
+            u = None if self.uniforms is None else self.uniforms[len(self.logprobs)]  # (B,)
+            token = inverse_cdf_sample(truncate(z, self.top_k, self.top_p), u)
         self.logprobs.append(logprobs_from_logits(z, token))  # (B,)
         return token
 

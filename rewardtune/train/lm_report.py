@@ -24,19 +24,21 @@ def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards
 
 @torch.no_grad()
 def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
-             step: int, max_prompt: int = 10**9) -> dict[str, float]:
+             step: int, max_prompt: int = 10**9, rows: int = 0) -> dict[str, float]:
     """Greedy completions of held-out prompts: reward, length, distinct-1/2, and against the reference
     model (the adapter disabled; LoRA only): KL on the greedy tokens Σ(log π − log π_ref)/n and the
-    completions' perplexity under the reference, exp(−mean log π_ref)."""
+    completions' perplexity under the reference, exp(−mean log π_ref). `rows`: prompts per pass (0 = all)."""
     net = run.accelerator.unwrap_model(model)
-    ro = sample(net, tok, prompts, 1, gen, max_prompt, greedy=True)
+    ro = sample(net, tok, prompts, 1, gen, max_prompt, greedy=True, rows=rows)
     r = reward(prompts, ro.completions).total
     words = [c.split() for c in ro.completions]
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
     if hasattr(net, "disable_adapter"):
+        B, T = ro.completion_ids.shape
         with net.disable_adapter():
-            ref_logp, _ = token_logprobs(net, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1], entropy=False)
+            ref_logp = torch.cat([token_logprobs(net, r.input_ids, r.attention_mask, T, entropy=False)[0]
+                                  for r in (ro.rows(slice(s, s + (rows or B))) for s in range(0, B, rows or B))])
         mask = ro.completion_mask
         m["kl_greedy"] = float(masked_mean(ro.logprobs - ref_logp, mask))
         m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))

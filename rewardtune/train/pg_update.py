@@ -18,18 +18,34 @@ if TYPE_CHECKING:
     from .rl_generate import GenRLSettings
 
 
-def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperature: float) -> torch.Tensor:
-    """log π_ref of the rollout's completion tokens (no gradient).  (B, L) → (B, T)."""
+def no_grad_rows(rl: GenRLSettings) -> int:
+    """Rows per pass without gradient (`rl.inference_batch_size` in whole prompt groups, at least one; 0 = all)."""
+    K, n = rl.samples_per_prompt, rl.inference_batch_size
+    return max(K, n // K * K) if n else 0
+
+
+def grouped(rl: GenRLSettings) -> bool:
+    """Whether rows come in groups of K > 1 sharing a prompt, the same layout on every process. With K = 1,
+    two equal prompts next to each other on one process only would change its number of forward calls."""
+    return rl.samples_per_prompt > 1
+
+
+def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperature: float,
+                       rows: int = 0, share: bool = True) -> torch.Tensor:
+    """log π_ref of the rollout's completion tokens (no gradient), `rows` rows per pass (0 = all: memory
+    only, each row's result does not depend on the others'); `share`: see `completion_logits`.  (B, L) → (B, T)."""
+    B, T = ro.completion_ids.shape
     with torch.no_grad(), ref() as ref_model:
-        logp, _ = token_logprobs(model if ref_model is None else ref_model, ro.input_ids, ro.attention_mask,
-                                 ro.completion_ids.shape[1], temperature, entropy=False)
-    return logp
+        net = model if ref_model is None else ref_model
+        parts = [token_logprobs(net, r.input_ids, r.attention_mask, T, temperature, entropy=False, share=share)[0]
+                 for r in (ro.rows(slice(s, s + (rows or B))) for s in range(0, B, rows or B))]  # each (b, T)
+    return torch.cat(parts)
 
 
 def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
                  rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, float]:
     """r − β·Σ_t k_t(π_old, π_ref) per completion, and the mean per-token KL.  rewards (P, K) → (P, K)."""
-    ref_logp = reference_logprobs(model, ref, ro, gen.temperature)  # (B, T)
+    ref_logp = reference_logprobs(model, ref, ro, gen.temperature, no_grad_rows(rl), grouped(rl))  # (B, T)
     k = get_kl_estimator(rl.kl_estimator)(ro.logprobs, ref_logp)  # (B, T)
     seq_kl = masked_sum(k, ro.completion_mask, -1)  # (B,)
     return rewards - beta * seq_kl.reshape(rewards.shape).cpu(), float(masked_mean(k, ro.completion_mask))
@@ -50,7 +66,7 @@ def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Ten
     """The loss of one micro-batch, already weighted; stats are micro-batch means. `ref_logp` (b, T): the
     reference's log-probs (`reference_logprobs`), needed when rl.kl_coef is not 0."""
     T = ro.completion_ids.shape[1]
-    logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature)  # (b, T)
+    logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature, share=grouped(rl))  # (b, T)
     mask = ro.completion_mask
     loss, _ = pg_loss(logp, adv, mask, rl.aggregation, gen.max_new_tokens)
     stats = {"entropy": masked_mean(ent, mask)}
@@ -70,9 +86,11 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
     B = ro.completion_ids.shape[0]
     mb = rl.micro_batch_size or B
     sums: dict[str, float] = {}
-    # The reference pass (no gradient) runs once over the whole rollout, before any policy graph exists: one
-    # pass on B rows is faster than B/mb small ones, and its transient memory does not sit on top of the graph.
-    ref_logp = reference_logprobs(model, ref, ro, gen.temperature) if rl.kl_coef else None  # (B, T)
+    # The reference pass (no gradient) runs before any policy graph exists, in passes of rl.inference_batch_size
+    # rows (all by default): one pass on B rows is faster than B/mb small ones, it keeps no activations, and its
+    # transient memory does not sit on top of the graph.
+    ref_logp = (reference_logprobs(model, ref, ro, gen.temperature, no_grad_rows(rl), grouped(rl))
+                if rl.kl_coef else None)  # (B, T)
     for s in range(0, B, mb):
         rows = slice(s, s + mb)
         loss, stats = policy_loss(model, ro.rows(rows), adv[rows], ro.completion_mask, rl, gen, tokens,

@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..algorithms import clipped_surrogate, gae, kl_penalized_rewards, masked_mean, masked_whiten, value_loss
+from ..algorithms import (clipped_surrogate, gae, kl_penalized_rewards, logprobs_from_logits, masked_mean,
+                          masked_whiten, value_loss)
 from ..config import doc
-from ..policies.causal_lm import GenSettings, Rollout, position_ids
-from ..algorithms import logprobs_from_logits
+from ..policies.causal_lm import GenSettings, Rollout, chunkable_head, completion_logits, position_ids
+from ..policies.head import chunked_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,22 @@ class ValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h.float()).squeeze(-1)  # (B, T)
+        with torch.autocast(h.device.type, enabled=False):  # fp32 values under bf16 autocast too
+            return self.linear(h.float()).squeeze(-1)  # (B, T)
 
 
 def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, n: int,
                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π and V for the last `n` positions in one forward pass.  ids (B, L) → (B, T), (B, T)."""
+    """log π and V for the last `n` positions in one forward pass: both read the final hidden states (the LM
+    head's inputs), and the LM head runs in row chunks where it can (no (B, T, V) logits held).
+    ids (B, L) → (B, T), (B, T)."""
+    lm_head = chunkable_head(model)
+    if lm_head is not None:
+        # hidden: the states before each token. One pass per row (share=False): minibatch rows are shuffled
+        # differently on each DDP process, which must all make the same number of forward calls.
+        hidden = completion_logits(model, ids, mask, n, hidden=True, share=False)  # (B, T, H)
+        logp, _ = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=False)
+        return logp, head(hidden)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
                 logits_to_keep=n + 1)
     logits = out.logits[:, :-1].float() / temperature  # (B, T, V)
@@ -54,19 +65,30 @@ def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: to
     return logprobs_from_logits(logits, ids[:, -n:]), values
 
 
-def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any, head: ValueHead,
-               ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
-               ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> dict[str, float]:
+def old_values(model: Any, head: ValueHead, ro: Rollout, temperature: float, rows: int = 0) -> torch.Tensor:
+    """V of the rollout's states before any update (no gradient), `rows` rows per pass (0 = all).  → (B, T)"""
+    B, T = ro.completion_ids.shape
+    with torch.no_grad():
+        return torch.cat([logprobs_and_values(model, head, ro.input_ids[s:s + (rows or B)],
+                                              ro.attention_mask[s:s + (rows or B)], T, temperature)[1]
+                          for s in range(0, B, rows or B)])
+
+
+def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
+               head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
+               ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               micro_batch_size: int = 0, rows: int = 0) -> dict[str, float]:
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates.  scores (B,).
 
-    `all_sum` (a sum over processes) makes the advantage whitening the global batch's."""
+    `all_sum` (a sum over processes) makes the advantage whitening the global batch's. Each minibatch's
+    gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
+    by its share of the minibatch's tokens, so the step is the same (both losses are token means; tested).
+    `rows`: rows per pass of the no-gradient value pass (0 = all)."""
     T, mask = ro.completion_ids.shape[1], ro.completion_mask
-    with torch.no_grad():
-        _, old_values = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, gen.temperature)
+    values0 = old_values(model, head, ro, gen.temperature, rows)  # (B, T)
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
     token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta, "k1")  # (B, T)
-    adv, returns = gae(token_rewards, old_values, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)
+    adv, returns = gae(token_rewards, values0, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)
     if ppo.whiten_advantages:
         adv = masked_whiten(adv, mask, all_sum=all_sum)
     B = mask.shape[0]
@@ -74,13 +96,18 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     stats: dict[str, float] = {}
     for _ in range(ppo.epochs):
         for perm in torch.randperm(B).split(size):
-            logp, values = logprobs_and_values(model, head, ro.input_ids[perm], ro.attention_mask[perm], T, gen.temperature)
-            m = mask[perm]
-            pl, cst = clipped_surrogate(logp, ro.logprobs[perm], adv[perm], m, ppo.clip_eps)
-            vl, vst = value_loss(values, old_values[perm], returns[perm], m, ppo.value_clip or None)
-            backward(pl + ppo.vf_coef * vl)
-            step_fn(pl.detach() + vl.detach())
-            stats = {"loss": pl.detach().item(), "value_loss": vl.detach().item(), "clip_frac": float(cst.clip_frac),
-                     "approx_kl": float(cst.approx_kl), "value_clip_frac": float(vst.clip_frac)}
+            tokens = float(mask[perm].sum()) or 1.0
+            stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0}
+            for idx in perm.split(micro_batch_size or len(perm)):
+                logp, values = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
+                                                   gen.temperature)  # (b, T) each
+                m, w = mask[idx], float(mask[idx].sum()) / tokens  # w: this micro-batch's share of the tokens
+                pl, cst = clipped_surrogate(logp, ro.logprobs[idx], adv[idx], m, ppo.clip_eps)
+                vl, vst = value_loss(values, values0[idx], returns[idx], m, ppo.value_clip or None)
+                backward(w * (pl + ppo.vf_coef * vl))
+                for k, v in (("loss", pl), ("value_loss", vl), ("clip_frac", cst.clip_frac),
+                             ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac)):
+                    stats[k] += w * float(v.detach())
+            step_fn(torch.tensor(stats["loss"] + stats["value_loss"]))
     stats["kl"] = float(masked_mean(ro.logprobs - ref, mask))
     return stats

@@ -28,7 +28,7 @@ from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
 from ..run import RunContext, start_run
 from .common import setup_reference
 from .lm_report import evaluate, log_train_step, save_policy
-from .pg_update import kl_in_reward, reference_logprobs, update
+from .pg_update import grouped, kl_in_reward, no_grad_rows, reference_logprobs, update
 from .ppo import PPOSettings, ValueHead, ppo_update
 
 
@@ -40,6 +40,8 @@ class GenRLSettings:
     prompts_per_step: int = doc(4, "P: prompts per step")
     samples_per_prompt: int = doc(4, "K: completions per prompt (B = P·K per step)")
     micro_batch_size: int = doc(0, "rows per forward/backward (0 = B); never changes the update")
+    inference_batch_size: int = doc(0, "rows per pass without gradient: sampling, reference and PPO value passes, "
+                                       "held-out evaluation (0 = all at once; whole prompt groups); memory only")
     steps: int = doc(20, "optimiser steps")
     lr: float = doc(1e-4, "AdamW learning rate (constant)")
     max_grad_norm: float = doc(1.0, "gradient clipping (0 = off)")
@@ -234,7 +236,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
     algo = {"ema": ema, "kl": kl_ctl, "reward": reward}
     start, best, first_eval, last_eval = restore_or_start(
-        cp, algo, lambda: evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt), cfg.seed, rank, world)
+        cp, algo, lambda: evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt, rl.inference_batch_size),
+        cfg.seed, rank, world)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
 
     def snapshot() -> dict[str, Any]:
@@ -262,7 +265,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             if rl.sample_every and step % rl.sample_every == 0:
                 run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
             if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
-                last_eval = evaluate(run, model, tok, reward, held_out, gen, step, max_prompt)
+                last_eval = evaluate(run, model, tok, reward, held_out, gen, step, max_prompt, rl.inference_batch_size)
                 if last_eval["reward"] > best:  # keep the best policy by held-out reward
                     best = last_eval["reward"]
                     save_policy(run, model, tok, head, "best")
@@ -294,7 +297,8 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
     """Sample K completions per prompt and score them: (rollout, scores, (P, K) rewards, dropped, timings)."""
     t0 = time.time()
     with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
-        ro = sample(run.accelerator.unwrap_model(model), tok, prompts, cfg.rl.samples_per_prompt, cfg.gen, max_prompt)
+        ro = sample(run.accelerator.unwrap_model(model), tok, prompts, cfg.rl.samples_per_prompt, cfg.gen, max_prompt,
+                    rows=cfg.rl.inference_batch_size)
     t1 = time.time()
     scored = reward(ro.prompts, ro.completions)
     rewards, dropped = drop_failed(ro, scored, replace(cfg.rl, prompts_per_step=len(prompts)))  # (P/world, K), count
@@ -311,14 +315,17 @@ def global_batch(run: RunContext, rewards: torch.Tensor, stats: dict[str, float]
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
              scores: torch.Tensor, cfg: GenRLConfig, ok: Callable[[torch.Tensor, Any], bool], beta: float) -> dict[str, float]:
     """Reference log-probs for the KL-in-reward, then PPO's epochs of minibatch updates."""
-    ref_logp = reference_logprobs(model, ref, ro, cfg.gen.temperature) if beta else None
+    acc = run.accelerator
+    with acc.autocast():  # bf16 mixed precision: the chunked LM head runs outside the prepared forward
+        ref_logp = reference_logprobs(model, ref, ro, cfg.gen.temperature, no_grad_rows(cfg.rl),
+                                      grouped(cfg.rl)) if beta else None
 
     def step(loss: torch.Tensor) -> None:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm or float("inf"))
         if ok(loss, norm):
             optim.step()
         optim.zero_grad(set_to_none=True)
-    acc = run.accelerator
     all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
-    return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
-                      beta, cfg.ppo, cfg.gen, all_sum)
+    with acc.autocast():
+        return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
+                          beta, cfg.ppo, cfg.gen, all_sum, cfg.rl.micro_batch_size, no_grad_rows(cfg.rl))

@@ -1,0 +1,167 @@
+"""Memory bounds of generative RL that must not change the result: sampling and the no-gradient passes in
+row chunks (`rl.inference_batch_size`), and PPO's micro-batches (`rl.micro_batch_size`)."""
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+import torch
+
+from rewardtune.config import LoraSettings, load_config
+from rewardtune.models import apply_lora, load_causal_lm
+from rewardtune.policies import causal_lm
+from rewardtune.policies.causal_lm import GenSettings, sample, token_logprobs
+from rewardtune.train import ppo as ppo_module
+from rewardtune.train.pg_update import no_grad_rows, reference_logprobs
+from rewardtune.train.ppo import PPOSettings, ValueHead, logprobs_and_values, ppo_update
+from rewardtune.train.rl_generate import GenRLConfig, GenRLSettings, setup_reference, train_rl_generate
+
+PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]  # different lengths
+
+
+@pytest.fixture()
+def policy(tiny_causal_lm_dir):
+    torch.manual_seed(0)
+    model, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = apply_lora(model, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():  # a non-zero adapter, so that the policy differs from the reference
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    return model, tok
+
+
+def _same(a, b, atol=1e-5):
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.completions == b.completions
+    assert torch.equal(a.completion_mask, b.completion_mask) and a.prompts == b.prompts
+    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.prompt_mask, b.prompt_mask)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=atol)
+
+
+@pytest.mark.parametrize("fast_decode", [True, False])
+def test_sampling_in_row_chunks_samples_what_one_pass_samples(policy, fast_decode):
+    model, tok = policy
+    gen = GenSettings(max_new_tokens=8, temperature=1.5, fast_decode=fast_decode)  # hot: many different tokens
+    out, calls = [], []
+    real = causal_lm._sample
+    with mock.patch.object(causal_lm, "_sample", side_effect=lambda *a: calls.append(len(a[2])) or real(*a)):
+        for rows in (0, 3, 7):  # all 12 rows; 3 → one prompt per pass; 7 → two prompts (6 rows) per pass
+            torch.manual_seed(5)
+            out.append(sample(model, tok, PROMPTS, 3, gen, 100, rows=rows))
+    assert calls == [4, 1, 1, 1, 1, 2, 2]  # prompts per pass: the chunking happened
+    _same(out[0], out[1])
+    _same(out[0], out[2])
+    # Not a vacuous match: the rows of one prompt differ from each other (they use different draws).
+    assert len({tuple(r) for r in out[0].completion_ids[:3].tolist()}) > 1
+
+
+def test_chunked_rollout_pads_completions_that_ended_early(policy):
+    model, tok = policy
+    eos = tok.eos_token_id
+    # The first pass's first step puts all the mass on EOS: its rows (the first prompt's) end at once.
+    orig, hit = causal_lm.TokenSampler.choose, []
+
+    def choose(self, scores):
+        if not self.logprobs and not hit:
+            hit.append(scores.shape[0])
+            scores = scores.clone()
+            scores[:, eos] = 1e4
+        return orig(self, scores)
+    with mock.patch.object(causal_lm.TokenSampler, "choose", choose):
+        torch.manual_seed(1)
+        ro = sample(model, tok, PROMPTS[:2], 2, GenSettings(max_new_tokens=5), 100, rows=2)
+    assert hit == [2] and ro.completion_ids.shape == (4, 5)  # the first pass stopped after one token, the second did not
+    assert ro.completion_mask[:2].tolist() == [[1, 0, 0, 0, 0]] * 2
+    assert (ro.completion_ids[:2, 1:] == tok.pad_token_id).all() and (ro.logprobs[:2, 1:] == 0).all()
+    assert ro.completion_mask[2:].sum() > 2
+
+
+def test_reference_pass_in_row_chunks_equals_one_pass(policy):
+    model, tok = policy
+    torch.manual_seed(2)
+    ro = sample(model, tok, PROMPTS, 3, GenSettings(max_new_tokens=6), 100)
+    ref = setup_reference(model, GenRLSettings())
+    whole = reference_logprobs(model, ref, ro, 1.0)
+    seen = []
+    with mock.patch("rewardtune.train.pg_update.token_logprobs",
+                    side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or token_logprobs(*a, **k)):
+        chunked = reference_logprobs(model, ref, ro, 1.0, rows=no_grad_rows(GenRLSettings(samples_per_prompt=3,
+                                                                                          inference_batch_size=7)))
+    assert seen == [6, 6]  # 7 rows rounded down to whole groups of 3
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    with model.disable_adapter():  # and it is the reference's, not the policy's
+        base, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, 6, entropy=False)
+    policy_logp, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, 6, entropy=False)
+    m = ro.completion_mask.bool()
+    assert torch.allclose(chunked[m], base[m], atol=1e-5) and not torch.allclose(chunked[m], policy_logp[m], atol=1e-3)
+
+
+def test_no_grad_rows_are_whole_prompt_groups():
+    rows = lambda n, k: no_grad_rows(GenRLSettings(samples_per_prompt=k, inference_batch_size=n))  # noqa: E731
+    assert (rows(0, 4), rows(16, 4), rows(18, 4), rows(3, 4), rows(5, 1)) == (0, 16, 16, 4, 5)
+
+
+def test_ppo_logprobs_and_values_equal_the_whole_logits_path(policy):
+    model, tok = policy
+    torch.manual_seed(3)
+    ro = sample(model, tok, PROMPTS, 2, GenSettings(max_new_tokens=5), 100)
+    head = ValueHead(model.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight)
+    T = ro.completion_ids.shape[1]
+    logp, values = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
+    with mock.patch.object(ppo_module, "chunkable_head", return_value=None):  # the model's own logits
+        logp2, values2 = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
+    assert torch.allclose(logp, logp2, atol=1e-5) and torch.allclose(values, values2, atol=1e-5)
+    assert values.abs().max() > 0
+
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_ppo_micro_batches_do_not_change_the_steps(policy, micro):
+    model, tok = policy
+    torch.manual_seed(4)
+    ro = sample(model, tok, PROMPTS, 2, GenSettings(max_new_tokens=5), 100)  # 8 rows, different lengths
+    scores = torch.randn(8)
+    head = ValueHead(model.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight, std=0.1)
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    ppo = PPOSettings(epochs=2, minibatches=2, vf_coef=0.5)
+    runs = []
+    for mb in (0, micro):
+        grads, losses = [], []
+
+        def step(loss):  # record each minibatch's gradient and loss; no parameter change between them
+            grads.append([p.grad.clone() for p in params])
+            losses.append(float(loss))
+            for p in params:
+                p.grad = None
+        torch.manual_seed(7)  # the same minibatch permutations
+        stats = ppo_update(lambda loss: loss.backward(), step, model, head, ro, scores, None, 0.0, ppo,
+                           GenSettings(max_new_tokens=5), micro_batch_size=mb, rows=2)
+        runs.append((grads, losses, stats))
+    (g0, l0, s0), (g1, l1, s1) = runs
+    assert len(g0) == len(g1) == 4
+    for a, b in zip(g0, g1):
+        for x, y in zip(a, b):
+            assert torch.allclose(x, y, atol=1e-6, rtol=1e-4)
+    assert l0 == pytest.approx(l1, abs=1e-6)
+    assert s0.keys() == s1.keys() and all(s0[k] == pytest.approx(s1[k], abs=1e-6) for k in s0)
+
+
+def test_a_run_with_row_chunks_and_micro_batches_logs_what_one_pass_logs(tiny_causal_lm_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 2))
+    rows = []
+    for name, extra in (("whole", []), ("chunked", ["rl.inference_batch_size=3", "rl.micro_batch_size=2"])):
+        cfg = load_config(GenRLConfig, None, [
+            f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+            "rl.samples_per_prompt=3", "rl.steps=2", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-2",
+            "gen.max_new_tokens=6", "gen.temperature=1.5", f"runs_dir={tmp_path}", f"name={name}", *extra])
+        train_rl_generate(cfg, show_progress=False)
+        rows.append([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    keys = ("reward", "kl", "entropy", "completion_len", "loss")
+    for a, b in zip(*rows):
+        for k in keys:
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)  # float rounding only
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and len(rows[0]) >= 3
