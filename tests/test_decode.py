@@ -149,7 +149,7 @@ def test_rows_that_emit_eos_get_pad_and_the_loop_stops_when_all_have(tiny_causal
     assert torch.equal(ours, theirs[:, ids.shape[1]:])
 
 
-def test_unsupported_models_and_stop_strings_take_generate(tiny_causal_lm_dir, monkeypatch):
+def test_unsupported_models_take_generate(tiny_causal_lm_dir, monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
     _, tok = load_causal_lm(str(tiny_causal_lm_dir))
@@ -181,8 +181,21 @@ def test_unsupported_models_and_stop_strings_take_generate(tiny_causal_lm_dir, m
     for model, gen in ((gpt2, GenSettings(max_new_tokens=3)), (dora, GenSettings(max_new_tokens=3)),
                        (llama, GenSettings(max_new_tokens=3, fast_decode=False))):
         sample(model, tok, PROMPTS[:2], 1, gen, 50)
-    byte_model, byte_tok = byte_level_policy()  # stop strings need a tokenizer with real token strings
-    sample(byte_model, byte_tok, PROMPTS[:2], 1, GenSettings(max_new_tokens=3, stop_strings=("zz",)), 50)
     assert not calls
-    sample(byte_model, byte_tok, PROMPTS[:2], 1, GenSettings(max_new_tokens=3), 50)
+    sample(llama, tok, PROMPTS[:2], 1, GenSettings(max_new_tokens=3), 50)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("stops", [("e",), ("e", "th"), ("ing ",)])
+def test_stop_strings_end_rows_where_generate_ends_them(stops):
+    model, tok = byte_level_policy()  # stop strings need a tokenizer with real token strings
+    tok.padding_side = "left"  # as load_causal_lm sets it
+    model = trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8)))
+    fast, slow = both(model, tok, GenSettings(max_new_tokens=10, temperature=1.5, stop_strings=stops), 3)
+    assert_same(fast, slow)
+    lengths = fast.completion_mask.sum(-1)  # (B,)
+    ended = [c for c, n in zip(fast.completions, lengths) if any(c.endswith(s) for s in stops)]
+    if stops == ("e",):  # the case is exercised: rows stopped early, others ran on (and were padded after)
+        assert ended and int(lengths.min()) < 10 and int(lengths.max()) > int(lengths.min())
+    free = both(model, tok, GenSettings(max_new_tokens=10, temperature=1.5), 3)[0]
+    assert not torch.equal(free.completion_mask, fast.completion_mask) or not ended  # the stop strings acted

@@ -39,7 +39,7 @@ class GenSettings:
     chat_template: bool = doc(False, "wrap each prompt as a user turn with the model's chat template")
     stop_strings: tuple = doc((), "extra strings that end a completion")
     fast_decode: bool = doc(True, "decode Llama/Qwen2 models with rewardtune's own loop (less overhead per token; "
-                                  "the same tokens); false, stop strings or other models: transformers' generate")
+                                  "the same tokens); false or other models: transformers' generate")
 
 
 @dataclass
@@ -161,13 +161,14 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
     prefix = None  # each prompt prefilled once and its keys/values repeated to its K rows
     if share_prompt and k > 1 and ids.shape[1] > 1:
         prefix = prompt_cache(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), k)
-    if gen.fast_decode and not gen.stop_strings and decode.unsupported(model) is None:
+    if gen.fast_decode and decode.unsupported(model) is None:
         if prefix is None and ids.shape[1] > 1:  # the loop takes a prefilled prompt: one prefill per row
             prefix = prompt_cache(model, ids, mask, 1)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
         kv = decode.cache_layers(prefix) if prefix is not None else None
         del prefix  # the loop copies the prompt's keys/values into its own cache and frees these as it goes
-        comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad)
+        comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad,
+                             stop_check(tok, gen))
         return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids)
     cache = {} if prefix is None else {cache_keyword(model): prefix}
     config = GenerationConfig(do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
@@ -178,6 +179,20 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
                              logits_processor=LogitsProcessorList([sampler]),
                              tokenizer=tok if gen.stop_strings else None, **cache)
     return _rollout(tok, prompts, k, ids, mask, out[:, ids.shape[1]:], sampler, eos_ids)
+
+
+def stop_check(tok: Any, gen: GenSettings) -> Any:
+    """None without stop strings; else (B, L) ids → (B,) whether a stop string ends them, by transformers'
+    `StopStringCriteria`, the criterion `generate` uses (so both decoders stop at the same token)."""
+    if not gen.stop_strings:
+        return None
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    made, key = tok.__dict__.setdefault("_rt_stop_criteria", {}), tuple(gen.stop_strings)
+    if key not in made:  # building one reads the whole vocabulary: 80 ms for SmolLM2's 49k tokens
+        made[key] = StopStringCriteria(tok, list(key))
+    criterion = made[key]
+    return lambda ids: criterion(ids, None)
 
 
 @contextmanager

@@ -16,8 +16,8 @@ norm and the LM head. The prompt is prefilled by the model itself (`causal_lm.pr
 
 Supported: Llama and Qwen2 (without sliding windows) on one device, with plain `nn.Linear` projections or
 peft's LoRA layers (unmerged; not DoRA or another LoRA variant; no LoRA bias). Anything else (`unsupported`
-says why), and stop strings, take `generate` (`causal_lm._sample`). Tested against `generate`: the same
-tokens, and log-probs within 1e-5 in fp32 (`tests/test_decode.py`).
+says why) takes `generate` (`causal_lm._sample`). Stop strings are checked by transformers' own criterion.
+Tested against `generate`: the same tokens, and log-probs within 1e-5 in fp32 (`tests/test_decode.py`).
 Shapes: B rows, Tp prompt tokens, T new tokens, Hq query heads, Hk key/value heads, D head size, V vocab.
 """
 from __future__ import annotations
@@ -161,11 +161,12 @@ def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
 @torch.no_grad()
 def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | None,
            choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, eos_ids: Sequence[int],
-           pad_id: int) -> torch.Tensor:
+           pad_id: int, stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Up to `max_new_tokens` tokens after each left-padded prompt, as `generate` makes them: `choose` picks
-    each step's tokens from the (B, V) logits; a row that emitted an EOS gets `pad_id` from then on; the loop
-    stops when every row has ended.  ids, mask (B, Tp); `prefix` the (B, Hk, Tp − 1, D) keys and values of
-    ids[:, :-1] per layer (`cache_layers`; None when Tp = 1) → (B, ≤ T).
+    each step's tokens from the (B, V) logits; a row that emitted an EOS, or whose ids so far (B, Tp + t) `stop`
+    finds ended by a stop string (transformers' `StopStringCriteria`, as `generate` applies it), gets `pad_id`
+    from then on; the loop stops when every row has ended.  ids, mask (B, Tp); `prefix` the (B, Hk, Tp − 1, D)
+    keys and values of ids[:, :-1] per layer (`cache_layers`; None when Tp = 1) → (B, ≤ T).
 
     `prefix` is consumed: each entry is set to None once copied into the loop's cache, so that a caller holding
     no other reference does not keep the prompt's keys/values twice (with long prompts, the larger part)."""
@@ -199,6 +200,8 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
         nxt = torch.where(running, choose(logits), pad_id)  # (B,)
         out.append(nxt)
         running &= ~torch.isin(nxt, eos)
+        if stop is not None:  # generate checks the prompt and the tokens so far, the new one included
+            running &= ~stop(torch.cat([ids, torch.stack(out, dim=1)], dim=1))
         if not bool(running.any()) or t == max_new_tokens - 1:
             break
         keep[:, j + 1] = True
