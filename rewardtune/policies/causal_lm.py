@@ -270,8 +270,8 @@ def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_compl
     Tp + K·T token positions instead of K·(Tp + T). Gradients flow through the shared keys/values, so the
     result, values and gradient, is the one-pass result up to float rounding (tested). Gradient
     checkpointing recomputes layers and cannot keep a cache, so it takes the one-pass path, as does
-    `share=False`. Under DDP every process must make the same number of forward calls, so callers whose rows
-    are not in the same group layout on every process (PPO's shuffled minibatches, K = 1) pass share=False.
+    `share=False` (PPO's shuffled minibatches, whose rows rarely share a prompt; K = 1). The number of forward
+    calls thus depends on the rows; under DDP that needs `rl_generate.ddp_settings` (no buffer broadcasts).
     """
     Tp = ids.shape[1] - n_completion
     first, group = prompt_groups(ids[:, :Tp], mask[:, :Tp])

@@ -25,8 +25,7 @@ def no_grad_rows(rl: GenRLSettings) -> int:
 
 
 def grouped(rl: GenRLSettings) -> bool:
-    """Whether rows come in groups of K > 1 sharing a prompt, the same layout on every process. With K = 1,
-    two equal prompts next to each other on one process only would change its number of forward calls."""
+    """Whether rows come in groups of K > 1 sharing a prompt (with K = 1 there is nothing to share)."""
     return rl.samples_per_prompt > 1
 
 

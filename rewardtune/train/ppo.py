@@ -53,8 +53,8 @@ def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: to
     ids (B, L) → (B, T), (B, T)."""
     lm_head = chunkable_head(model)
     if lm_head is not None:
-        # hidden: the states before each token. One pass per row (share=False): minibatch rows are shuffled
-        # differently on each DDP process, which must all make the same number of forward calls.
+        # hidden: the states before each token. One pass per row (share=False): shuffled minibatch rows rarely
+        # share a prompt.
         hidden = completion_logits(model, ids, mask, n, hidden=True, share=False)  # (B, T, H)
         logp, _ = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=False)
         return logp, head(hidden)

@@ -180,6 +180,16 @@ def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
     return [prompts[i] for i in order[rl.eval_prompts:]] or held_out, held_out
 
 
+def ddp_settings() -> Any:
+    """DDP without buffer broadcasts. DDP broadcasts the model's buffers at every forward call, a collective, so
+    processes whose number of forward calls differs (prompt sharing takes two calls, a rollout whose rows all
+    ended after one token takes one) would wait on each other forever. A causal LM's buffers (rotary
+    frequencies) are constants, the same on every process."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return DistributedDataParallelKwargs(broadcast_buffers=False)
+
+
 def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list, Any, Callable[[], Any]]:
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
     lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
@@ -223,7 +233,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     """Run generative RL; returns the last held-out reward and the run folder."""
     rl, gen = cfg.rl, cfg.gen
     train_prompts, held_out = setup_prompts(cfg)
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision})
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision,
+                                                            "kwargs_handlers": [ddp_settings()]})
     model, tok, head, params, optim, ref = setup_policy(cfg, run)
     reward = setup_reward(rl)
     max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
