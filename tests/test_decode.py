@@ -186,16 +186,25 @@ def test_unsupported_models_take_generate(tiny_causal_lm_dir, monkeypatch):
     assert calls == [1]
 
 
-@pytest.mark.parametrize("stops", [("e",), ("e", "th"), ("ing ",)])
-def test_stop_strings_end_rows_where_generate_ends_them(stops):
+@pytest.mark.parametrize("stops,pad_is_eos", [(("e",), False), (("e", "th"), False), (("ing ",), False),
+                                              (("e",), True)])
+def test_stop_strings_end_rows_where_generate_ends_them(stops, pad_is_eos):
     model, tok = byte_level_policy()  # stop strings need a tokenizer with real token strings
     tok.padding_side = "left"  # as load_causal_lm sets it
+    if pad_is_eos:  # as load_causal_lm sets it for tokenizers without a pad token
+        tok.pad_token = tok.eos_token
+        model.config.pad_token_id = model.generation_config.pad_token_id = tok.eos_token_id
     model = trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8)))
     fast, slow = both(model, tok, GenSettings(max_new_tokens=10, temperature=1.5, stop_strings=stops), 3)
     assert_same(fast, slow)
-    lengths = fast.completion_mask.sum(-1)  # (B,)
-    ended = [c for c, n in zip(fast.completions, lengths) if any(c.endswith(s) for s in stops)]
-    if stops == ("e",):  # the case is exercised: rows stopped early, others ran on (and were padded after)
-        assert ended and int(lengths.min()) < 10 and int(lengths.max()) > int(lengths.min())
-    free = both(model, tok, GenSettings(max_new_tokens=10, temperature=1.5), 3)[0]
-    assert not torch.equal(free.completion_mask, fast.completion_mask) or not ended  # the stop strings acted
+    free = both(model, tok, GenSettings(max_new_tokens=10, temperature=1.5), 3)[0]  # the same draws, no stops
+    stopped = 0
+    for c, f, n in zip(fast.completion_ids.tolist(), free.completion_ids.tolist(), fast.completion_mask.sum(-1).tolist()):
+        assert c[:n] == f[:n]  # the same tokens up to where the row ended
+        text = tok.decode(c[:n])
+        if any(s in text for s in stops) and c[n - 1] != tok.eos_token_id:  # ended by a stop string:
+            assert not any(s in tok.decode(c[:n - 1]) for s in stops)  # at the first token that completed it
+            stopped += 1
+    assert stopped == {"e": 2, "th": 3, "ing ": 0}[stops[-1]]  # rows stopped (checked by hand); the others ran on
+    if stopped:
+        assert not torch.equal(free.completion_mask, fast.completion_mask)

@@ -14,7 +14,8 @@ from rewardtune.policies import causal_lm
 from rewardtune.policies.causal_lm import GenSettings, sample, token_logprobs
 from rewardtune.train import ppo as ppo_module
 from rewardtune.train.pg_update import no_grad_rows, reference_logprobs
-from rewardtune.train.ppo import PPOSettings, ValueHead, logprobs_and_values, ppo_update
+from rewardtune.policies.causal_lm import completion_logits
+from rewardtune.train.ppo import PPOSettings, ValueHead, average_gradients, logprobs_and_values, old_values, ppo_update
 from rewardtune.train.rl_generate import GenRLConfig, GenRLSettings, setup_reference, train_rl_generate
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]  # different lengths
@@ -114,6 +115,21 @@ def test_ppo_logprobs_and_values_equal_the_whole_logits_path(policy):
         logp2, values2 = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
     assert torch.allclose(logp, logp2, atol=1e-5) and torch.allclose(values, values2, atol=1e-5)
     assert values.abs().max() > 0
+    # The value pass before the update: the same values, in one pass or two rows at a time, without the LM head.
+    seen = []
+    with mock.patch.object(ppo_module, "completion_logits",
+                           side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or completion_logits(*a, **k)):
+        whole, chunked = old_values(model, head, ro), old_values(model, head, ro, rows=2)
+    assert seen == [8, 2, 2, 2, 2]
+    assert torch.allclose(whole, values, atol=1e-5) and torch.allclose(chunked, values, atol=1e-5)
+
+
+def test_average_gradients_replaces_each_gradient_by_its_mean_over_processes():
+    head = ValueHead(4)
+    for p in head.parameters():
+        p.grad = torch.full_like(p, 1.0)  # this process's gradient: 1; the other process's: 3
+    average_gradients(list(head.parameters()), lambda g: (g + torch.full_like(g, 3.0)) / 2)  # a simulated all-reduce
+    assert all(torch.all(p.grad == 2.0) for p in head.parameters())
 
 
 @pytest.mark.parametrize("micro", [1, 3])
@@ -155,7 +171,7 @@ def test_a_run_with_row_chunks_and_micro_batches_logs_what_one_pass_logs(tiny_ca
     for name, extra in (("whole", []), ("chunked", ["rl.inference_batch_size=3", "rl.micro_batch_size=2"])):
         cfg = load_config(GenRLConfig, None, [
             f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-            "rl.samples_per_prompt=3", "rl.steps=2", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-2",
+            "rl.samples_per_prompt=3", "rl.steps=2", "rl.eval_prompts=4", "rl.eval_every=0", "rl.lr=1e-2",
             "gen.max_new_tokens=6", "gen.temperature=1.5", f"runs_dir={tmp_path}", f"name={name}", *extra])
         train_rl_generate(cfg, show_progress=False)
         rows.append([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
@@ -165,3 +181,5 @@ def test_a_run_with_row_chunks_and_micro_batches_logs_what_one_pass_logs(tiny_ca
             if k in a:
                 assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)  # float rounding only
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and len(rows[0]) >= 3
+    evals = [r for r in rows[1] if r["split"] == "eval"]  # 4 held-out prompts, 3 per pass: split in two
+    assert len(evals) == 2 and all("kl_greedy" in r for r in evals)

@@ -66,6 +66,11 @@ class Rollout:
         return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
                        self.completion_mask[idx], self.logprobs[idx], self.prompts[idx], self.completions[idx])
 
+    def chunks(self, rows: int) -> Iterator["Rollout"]:
+        """Consecutive pieces of at most `rows` rows (0 = the whole rollout in one piece)."""
+        B = self.completion_ids.shape[0]
+        return (self.rows(slice(s, s + (rows or B))) for s in range(0, B, rows or B))
+
 
 def format_prompts(tok: Any, prompts: Sequence[str], chat_template: bool) -> list[str]:
     """Raw prompts, or each one as a user turn through the tokenizer's chat template."""
@@ -157,7 +162,7 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
     from transformers import GenerationConfig, LogitsProcessorList
 
-    sampler = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy, uniforms)
+    sampler, stop = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy, uniforms), stop_check(tok, gen)
     prefix = None  # each prompt prefilled once and its keys/values repeated to its K rows
     if share_prompt and k > 1 and ids.shape[1] > 1:
         prefix = prompt_cache(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), k)
@@ -167,9 +172,8 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
         kv = decode.cache_layers(prefix) if prefix is not None else None
         del prefix  # the loop copies the prompt's keys/values into its own cache and frees these as it goes
-        comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad,
-                             stop_check(tok, gen))
-        return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids)
+        comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad, stop)
+        return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids, stop)
     cache = {} if prefix is None else {cache_keyword(model): prefix}
     config = GenerationConfig(do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=eos_ids, bos_token_id=model.generation_config.bos_token_id,
@@ -178,7 +182,7 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                              logits_processor=LogitsProcessorList([sampler]),
                              tokenizer=tok if gen.stop_strings else None, **cache)
-    return _rollout(tok, prompts, k, ids, mask, out[:, ids.shape[1]:], sampler, eos_ids)
+    return _rollout(tok, prompts, k, ids, mask, out[:, ids.shape[1]:], sampler, eos_ids, stop)
 
 
 def stop_check(tok: Any, gen: GenSettings) -> Any:
@@ -213,13 +217,23 @@ def neutral_generation_config(model: Any) -> Iterator[None]:
 
 
 def _rollout(tok: Any, prompts: Sequence[str], k: int, ids: torch.Tensor, mask: torch.Tensor, comp: torch.Tensor,
-             sampler: TokenSampler, eos_ids: list[int]) -> Rollout:
-    """The rollout of completions comp (B, T): masked after the first EOS, with their log-probs and texts."""
+             sampler: TokenSampler, eos_ids: list[int], stop: Any = None) -> Rollout:
+    """The rollout of completions comp (B, T): masked after the first EOS or stop string, with their log-probs
+    and texts."""
     cmask = completion_mask(comp, eos_ids, tok.pad_token_id)
+    if stop is not None:  # when pad is an EOS, the pad after a stop string would pass for the row's own EOS
+        cmask = cmask * ~after_stop(ids, comp, stop)
     comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
     logp = sampler.stacked()[:, :comp.shape[1]] * cmask  # (B, T)
     completions = tok.batch_decode(comp, skip_special_tokens=True)
     return Rollout(ids, mask, comp, cmask, logp, [p for p in prompts for _ in range(k)], completions)
+
+
+def after_stop(ids: torch.Tensor, comp: torch.Tensor, stop: Any) -> torch.Tensor:
+    """True strictly after the first token at which `stop` finds prompt + completion so far ended by a stop
+    string.  ids (B, Tp), comp (B, T) → (B, T) bool."""
+    hit = torch.stack([stop(torch.cat([ids, comp[:, :t + 1]], dim=1)) for t in range(comp.shape[1])], dim=1)
+    return (hit.long().cumsum(-1) - hit.long()) > 0  # (B, T)
 
 
 def prompt_cache(model: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
@@ -319,7 +333,8 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
 
     With the usual bias-free LM head whose outputs are the logits, the (B, T, V) logits are never held: the
     head runs on its inputs in row chunks (`head.chunked_token_logprobs`); otherwise they are computed whole.
-    Under bf16 autocast the caller's autocast covers the chunked head too (`pg_update.update`, `rl_generate.optimise`)."""
+    Under bf16 autocast the caller's autocast covers the chunked head too (`pg_update.update`, `rl_generate.optimise`,
+    `rl_generate.ppo_step`)."""
     head = chunkable_head(model)
     if head is not None:
         hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share=share)  # (B, T, H)

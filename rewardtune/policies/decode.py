@@ -190,6 +190,7 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
         layer.cache(k, v, B, hk, length, x)
     eos = torch.tensor(list(eos_ids), device=ids.device)
     running, out = torch.ones(B, dtype=torch.bool, device=ids.device), []
+    seq = None if stop is None else torch.cat([ids, ids.new_full((B, max_new_tokens), pad_id)], dim=1)  # (B, Tp + T)
     for t in range(max_new_tokens):
         j = Tp - 1 + t  # the cache slot of this step's input token
         cos, sin = body.rotary_emb(x, pos)  # (B, 1, D) each
@@ -200,8 +201,9 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
         nxt = torch.where(running, choose(logits), pad_id)  # (B,)
         out.append(nxt)
         running &= ~torch.isin(nxt, eos)
-        if stop is not None:  # generate checks the prompt and the tokens so far, the new one included
-            running &= ~stop(torch.cat([ids, torch.stack(out, dim=1)], dim=1))
+        if seq is not None:  # generate checks the prompt and the tokens so far, the new one included
+            seq[:, Tp + t] = nxt
+            running &= ~stop(seq[:, :Tp + t + 1])
         if not bool(running.any()) or t == max_new_tokens - 1:
             break
         keep[:, j + 1] = True

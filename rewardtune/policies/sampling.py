@@ -47,7 +47,8 @@ def inverse_cdf_sample(logits: torch.Tensor, u: torch.Tensor | None = None) -> t
 
 def draw_uniforms(steps: int, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The uniform draws of `steps` decoding steps for `rows` rows.  → (T, B). Drawn step-major, they are the
-    numbers that one `torch.rand(B)` per step would give (the CPU generator draws serially)."""
+    numbers that one `torch.rand(B)` per step would give on the CPU (its generator draws serially); all T·B are
+    drawn even when every row ends early, so the generator's state afterwards is that of T steps."""
     return torch.rand(steps, rows, device=device)
 
 

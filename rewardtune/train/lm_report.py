@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from ..algorithms import masked_mean
-from ..policies.causal_lm import GenSettings, Rollout, sample, token_logprobs
+from ..policies.causal_lm import GenSettings, Rollout, sample
 from ..rewards import CombinedReward
 from ..run import RunContext
+from .pg_update import reference_logprobs
 
 
 def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards: torch.Tensor, stats: dict[str, float],
@@ -35,10 +36,7 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
     if hasattr(net, "disable_adapter"):
-        B, T = ro.completion_ids.shape
-        with net.disable_adapter():
-            ref_logp = torch.cat([token_logprobs(net, r.input_ids, r.attention_mask, T, entropy=False)[0]
-                                  for r in (ro.rows(slice(s, s + (rows or B))) for s in range(0, B, rows or B))])
+        ref_logp = reference_logprobs(net, net.disable_adapter, ro, 1.0, rows)  # (B, T) greedy: untempered
         mask = ro.completion_mask
         m["kl_greedy"] = float(masked_mean(ro.logprobs - ref_logp, mask))
         m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))

@@ -33,12 +33,11 @@ def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperat
                        rows: int = 0, share: bool = True) -> torch.Tensor:
     """log π_ref of the rollout's completion tokens (no gradient), `rows` rows per pass (0 = all: memory
     only, each row's result does not depend on the others'); `share`: see `completion_logits`.  (B, L) → (B, T)."""
-    B, T = ro.completion_ids.shape
+    T = ro.completion_ids.shape[1]
     with torch.no_grad(), ref() as ref_model:
         net = model if ref_model is None else ref_model
-        parts = [token_logprobs(net, r.input_ids, r.attention_mask, T, temperature, entropy=False, share=share)[0]
-                 for r in (ro.rows(slice(s, s + (rows or B))) for s in range(0, B, rows or B))]  # each (b, T)
-    return torch.cat(parts)
+        return torch.cat([token_logprobs(net, r.input_ids, r.attention_mask, T, temperature, entropy=False,
+                                         share=share)[0] for r in ro.chunks(rows)])  # pieces (b, T)
 
 
 def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,

@@ -65,13 +65,21 @@ def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: to
     return logprobs_from_logits(logits, ids[:, -n:]), values
 
 
-def old_values(model: Any, head: ValueHead, ro: Rollout, temperature: float, rows: int = 0) -> torch.Tensor:
-    """V of the rollout's states before any update (no gradient), `rows` rows per pass (0 = all).  → (B, T)"""
-    B, T = ro.completion_ids.shape
+def old_values(model: Any, head: ValueHead, ro: Rollout, rows: int = 0) -> torch.Tensor:
+    """V of the rollout's states before any update (no gradient), `rows` rows per pass (0 = all). Only the
+    final hidden states are needed, so the LM head does not run; rows are prompt-major, so each prompt goes
+    through the model once for its K samples.  → (B, T)"""
+    T = ro.completion_ids.shape[1]
     with torch.no_grad():
-        return torch.cat([logprobs_and_values(model, head, ro.input_ids[s:s + (rows or B)],
-                                              ro.attention_mask[s:s + (rows or B)], T, temperature)[1]
-                          for s in range(0, B, rows or B)])
+        return torch.cat([head(completion_logits(model, r.input_ids, r.attention_mask, T, hidden=True))
+                          for r in ro.chunks(rows)])  # pieces (b, T)
+
+
+def average_gradients(params: list, mean: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace each gradient by its mean over processes (`mean`): for the value head, which DDP does not wrap."""
+    for p in params:
+        if p.grad is not None:
+            p.grad = mean(p.grad)
 
 
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
@@ -85,7 +93,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     by its share of the minibatch's tokens, so the step is the same (both losses are token means; tested).
     `rows`: rows per pass of the no-gradient value pass (0 = all)."""
     T, mask = ro.completion_ids.shape[1], ro.completion_mask
-    values0 = old_values(model, head, ro, gen.temperature, rows)  # (B, T)
+    values0 = old_values(model, head, ro, rows)  # (B, T)
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
     token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta, "k1")  # (B, T)
     adv, returns = gae(token_rewards, values0, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)

@@ -29,7 +29,7 @@ from ..run import RunContext, start_run
 from .common import setup_reference
 from .lm_report import evaluate, log_train_step, save_policy
 from .pg_update import grouped, kl_in_reward, no_grad_rows, reference_logprobs, update
-from .ppo import PPOSettings, ValueHead, ppo_update
+from .ppo import PPOSettings, ValueHead, average_gradients, ppo_update
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class GenRLSettings:
     algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = doc("grpo", "estimator (ppo: value head + GAE)")
     prompts_per_step: int = doc(4, "P: prompts per step")
     samples_per_prompt: int = doc(4, "K: completions per prompt (B = P·K per step)")
-    micro_batch_size: int = doc(0, "rows per forward/backward (0 = B); never changes the update")
+    micro_batch_size: int = doc(0, "rows per forward/backward (0 = B; PPO: its minibatch); never changes the update")
     inference_batch_size: int = doc(0, "rows per pass without gradient: sampling, reference and PPO value passes, "
                                        "held-out evaluation (0 = all at once; whole prompt groups); memory only")
     steps: int = doc(20, "optimiser steps")
@@ -200,7 +200,9 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     if cfg.rl.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
         without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
     ref = setup_reference(model, cfg.rl)
-    head = ValueHead(model.config.hidden_size) if cfg.rl.algorithm == "ppo" else None
+    # The value head stays outside DDP (it reads the LM head's inputs after the forward): placed on the device
+    # here, its gradients averaged over processes in ppo_step.
+    head = ValueHead(model.config.hidden_size).to(run.accelerator.device) if cfg.rl.algorithm == "ppo" else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     optim = torch.optim.AdamW(params, lr=cfg.rl.lr)
     model, optim = run.accelerator.prepare(model, optim)
@@ -332,10 +334,13 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
                                       grouped(cfg.rl)) if beta else None
 
     def step(loss: torch.Tensor) -> None:
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm or float("inf"))
-        if ok(loss, norm):
-            optim.step()
-        optim.zero_grad(set_to_none=True)
+        with torch.autocast(acc.device.type, enabled=False):  # the optimiser step is not a forward pass
+            if acc.num_processes > 1:  # as DDP averages the policy's gradients
+                average_gradients(list(head.parameters()), lambda g: acc.reduce(g, "mean"))
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.rl.max_grad_norm or float("inf"))
+            if ok(loss, norm):
+                optim.step()
+            optim.zero_grad(set_to_none=True)
     all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
     with acc.autocast():
         return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
