@@ -118,7 +118,8 @@ HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "tr
             "rl.micro_batch_size", "rl.inference_batch_size", "rl.gradient_checkpointing",  # memory only
             "gen.fast_decode")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
-ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False}
+ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
+         "rl.eval_samples": 0, "rl.best_metric": "reward", "rl.best_mode": "max"}
 
 
 def _check_resume(run_dir: Path, config: Any) -> Path | None:

@@ -23,26 +23,38 @@ def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards
             tokens_per_s=float(ro.completion_mask.sum()) / extra["time_generate"])
 
 
+EVAL_METRICS = ("reward", "length_words", "distinct_1", "distinct_2", "kl", "kl_greedy", "ref_perplexity")
+EVAL_SEED_OFFSET = 7919  # evaluation's draws come from seed + this, never from training's random stream
+
+
 @torch.no_grad()
 def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
-             step: int, max_prompt: int = 10**9, rows: int = 0) -> dict[str, float]:
-    """Greedy completions of held-out prompts: reward, length, distinct-1/2, and against the reference
-    model (the adapter disabled; LoRA only): KL on the greedy tokens Σ(log π − log π_ref)/n and the
-    completions' perplexity under the reference, exp(−mean log π_ref). `rows`: prompts per pass (0 = all)."""
-    net = run.accelerator.unwrap_model(model)
-    ro = sample(net, tok, prompts, 1, gen, max_prompt, greedy=True, rows=rows)
-    r = reward(prompts, ro.completions).total
+             step: int, max_prompt: int = 10**9, rows: int = 0, samples: int = 0) -> dict[str, float]:
+    """Held-out completions, greedy (`samples=0`) or `samples` per prompt sampled at gen's temperature with the
+    same draws at every evaluation (a generator seeded from the run's seed; training's random state is left as
+    it was), so evaluations differ only by the policy. Metrics: reward, length, distinct-1/2, and against the
+    reference (the adapter disabled; LoRA only) the KL Σ(log π − log π_ref)/n on those tokens (`kl_greedy`; or
+    `kl`, sampled: the usual estimate of KL(π‖π_ref) per token) and their perplexity under the reference,
+    exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all)."""
+    net, greedy = run.accelerator.unwrap_model(model), samples == 0
+    device = next(net.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
+        ro = sample(net, tok, prompts, samples or 1, gen, max_prompt, greedy=greedy, rows=rows)
+    r = reward(ro.prompts, ro.completions).total
     words = [c.split() for c in ro.completions]
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
     if hasattr(net, "disable_adapter"):
-        ref_logp = reference_logprobs(net, net.disable_adapter, ro, 1.0, rows)  # (B, T) greedy: untempered
-        mask = ro.completion_mask
-        m["kl_greedy"] = float(masked_mean(ro.logprobs - ref_logp, mask))
+        mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature
+        ref_logp = reference_logprobs(net, net.disable_adapter, ro, temperature, rows)  # (B, T) as π was sampled
+        m["kl_greedy" if greedy else "kl"] = float(masked_mean(ro.logprobs - ref_logp, mask))
+        if temperature != 1.0:  # the perplexity is the reference model's own, untempered
+            ref_logp = reference_logprobs(net, net.disable_adapter, ro, 1.0, rows)
         m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))
-    run.log(step, split="eval", decoding="greedy", **m)
-    for i in range(min(3, len(prompts))):
-        run.log_sample(step, split="eval", prompt=prompts[i], completion=ro.completions[i], reward=float(r[i]))
+    run.log(step, split="eval", decoding="greedy" if greedy else f"sampled x{samples}", **m)
+    for i in range(min(3, len(ro.prompts))):
+        run.log_sample(step, split="eval", prompt=ro.prompts[i], completion=ro.completions[i], reward=float(r[i]))
     return m
 
 

@@ -27,7 +27,7 @@ from ..rewards import text as text_rewards
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
 from ..run import RunContext, start_run
 from .common import setup_reference
-from .lm_report import evaluate, log_train_step, save_policy
+from .lm_report import EVAL_METRICS, evaluate, log_train_step, save_policy
 from .pg_update import grouped, kl_in_reward, no_grad_rows, reference_logprobs, update
 from .ppo import PPOSettings, ValueHead, average_gradients, ppo_update
 
@@ -61,7 +61,12 @@ class GenRLSettings:
     regex: str = doc("", "pattern for the `regex` reward (1 if the completion matches)")
     target_length: int = doc(20, "target words for the `length_penalty` reward")
     eval_every: int = doc(10, "steps between held-out evaluations (0 = only at the end)")
-    eval_prompts: int = doc(16, "held-out prompts evaluated (greedy)")
+    eval_prompts: int = doc(16, "held-out prompts evaluated")
+    eval_samples: int = doc(0, "held-out completions per prompt: 0 = one greedy; K = K sampled at gen.temperature "
+                               "(the same draws at every evaluation)")
+    best_metric: str = doc("reward", "held-out metric that picks checkpoints/best: reward, kl (sampled) or kl_greedy, "
+                                     "ref_perplexity, distinct_1, distinct_2, length_words")
+    best_mode: Literal["max", "min"] = doc("max", "whether a larger or a smaller best_metric is better")
     sample_every: int = doc(5, "steps between samples.jsonl rows")
     log_every: int = doc(1, "steps between metrics.jsonl rows")
     mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
@@ -137,10 +142,18 @@ def drop_failed(ro: Rollout, scored: Any, rl: GenRLSettings) -> tuple[torch.Tens
     return rewards, int(bad.sum())
 
 
-def check_settings(rl: GenRLSettings, n_prompts: int) -> None:
+def check_settings(rl: GenRLSettings, n_prompts: int, lora: bool = True) -> None:
     if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:  # ppo and reinforce do not
         raise ValueError(f"algorithm {rl.algorithm!r} compares samples within a group: "
                          f"samples_per_prompt must be ≥ 2, got {rl.samples_per_prompt}")
+    kl_name = "kl" if rl.eval_samples else "kl_greedy"  # the evaluation logs one of them
+    if rl.best_metric not in EVAL_METRICS or rl.best_metric in ("kl", "kl_greedy") and rl.best_metric != kl_name:
+        valid = [m for m in EVAL_METRICS if m not in ("kl", "kl_greedy")] + [kl_name]
+        raise ValueError(f"rl.best_metric={rl.best_metric!r} is not a held-out metric of this evaluation "
+                         f"(rl.eval_samples={rl.eval_samples}); valid: {', '.join(valid)}")
+    if not lora and rl.best_metric in ("kl", "kl_greedy", "ref_perplexity"):
+        raise ValueError(f"rl.best_metric={rl.best_metric!r} is measured against the adapter-disabled reference, "
+                         "so it needs LoRA (model.lora.r > 0)")
     if n_prompts == 0:
         raise ValueError("the prompt set is empty")
 
@@ -170,7 +183,7 @@ def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
     """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`."""
     rl = cfg.rl
     prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
-    check_settings(rl, len(prompts))  # before the run folder exists: nothing is lost
+    check_settings(rl, len(prompts), cfg.model.lora.r > 0)  # before the run folder exists: nothing is lost
     order = list(range(len(prompts)))
     random.Random(cfg.seed).shuffle(order)
     if cfg.data.val_path:  # a fixed held-out prompt set
@@ -248,9 +261,10 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     guard = StopGuard(cfg.ckpt.stop_after)
     cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
     algo = {"ema": ema, "kl": kl_ctl, "reward": reward}
-    start, best, first_eval, last_eval = restore_or_start(
-        cp, algo, lambda: evaluate(run, model, tok, reward, held_out, gen, 0, max_prompt, rl.inference_batch_size),
-        cfg.seed, rank, world)
+    held_out_eval = lambda step: evaluate(run, model, tok, reward, held_out, gen, step, max_prompt,  # noqa: E731
+                                          rl.inference_batch_size, rl.eval_samples)
+    start, best, first_eval, last_eval = restore_or_start(cp, algo, lambda: held_out_eval(0), rl.best_metric,
+                                                          cfg.seed, rank, world)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
 
     def snapshot() -> dict[str, Any]:
@@ -278,22 +292,25 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             if rl.sample_every and step % rl.sample_every == 0:
                 run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
             if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
-                last_eval = evaluate(run, model, tok, reward, held_out, gen, step, max_prompt, rl.inference_batch_size)
-                if last_eval["reward"] > best:  # keep the best policy by held-out reward
-                    best = last_eval["reward"]
+                last_eval = held_out_eval(step)
+                value = last_eval[rl.best_metric]
+                if value > best if rl.best_mode == "max" else value < best:  # keep the best policy by that metric
+                    best = value
                     save_policy(run, model, tok, head, "best")
+                    run.log(step, split="best", **{rl.best_metric: value})
             if step < rl.steps and cp.step_done(step, snapshot):
                 return {"stopped": True, "signal": guard.signal_name, "run_dir": str(run.dir), "steps": step}
         cp.save(rl.steps, snapshot())
     save_policy(run, model, tok, head)
-    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval, "best_reward": best,
+    return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval,
+            "best": {rl.best_metric: best},
             "checkpoint_save_s": cp.save_s}
 
 
-def restore_or_start(cp: Checkpointer, algo: dict[str, Any], evaluate_start: Callable[[], dict[str, float]], seed: int,
-                     rank: int, world: int) -> tuple[int, float, dict[str, float], dict[str, float]]:
-    """(first step done, best held-out reward, first and last evaluation): from the newest checkpoint (with
-    the algorithm state), or from step 0 after evaluating the starting policy."""
+def restore_or_start(cp: Checkpointer, algo: dict[str, Any], evaluate_start: Callable[[], dict[str, float]], metric: str,
+                     seed: int, rank: int, world: int) -> tuple[int, float, dict[str, float], dict[str, float]]:
+    """(first step done, best held-out `metric` so far, first and last evaluation): from the newest checkpoint
+    (with the algorithm state), or from step 0 after evaluating the starting policy."""
     saved = cp.restore()
     if saved:
         for k, obj in algo.items():
@@ -302,7 +319,7 @@ def restore_or_start(cp: Checkpointer, algo: dict[str, Any], evaluate_start: Cal
     first_eval = evaluate_start()
     if world > 1:  # the same seed everywhere would sample the same completions on every process
         torch.manual_seed(seed + 1_000_003 * rank)
-    return 0, first_eval["reward"], first_eval, first_eval
+    return 0, first_eval[metric], first_eval, first_eval
 
 
 def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], cfg: GenRLConfig,

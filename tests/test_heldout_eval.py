@@ -1,0 +1,88 @@
+"""Held-out evaluation of generative RL: greedy or sampled (fixed draws), and the best checkpoint by a chosen metric."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rewardtune.config import LoraSettings, load_config
+from rewardtune.models import apply_lora, load_causal_lm
+from rewardtune.policies.causal_lm import GenSettings
+from rewardtune.rewards import build_rewards
+from rewardtune.run import start_run
+from rewardtune.train.lm_report import evaluate
+from rewardtune.train.rl_generate import GenRLConfig, length_reward, train_rl_generate
+
+PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
+
+
+def cfg(model_dir, prompts, tmp_path, name, *extra):
+    return load_config(GenRLConfig, None, [
+        f"model.name={model_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+        "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=3", "rl.eval_every=1", "rl.lr=5e-2",
+        "gen.max_new_tokens=6", "gen.temperature=1.5", f"runs_dir={tmp_path}", f"name={name}", *extra])
+
+
+@pytest.fixture()
+def prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 2))
+    return path
+
+
+def test_sampled_evaluation_uses_the_same_draws_and_leaves_training_randomness_alone(tiny_causal_lm_dir, tmp_path):
+    model, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = apply_lora(model, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():  # a trained-looking adapter: the policy differs from the reference
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
+    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+    gen = GenSettings(max_new_tokens=6, temperature=1.5)
+    state = torch.get_rng_state()
+    first = evaluate(run, model, tok, reward, PROMPTS, gen, 0, samples=3)
+    assert torch.equal(torch.get_rng_state(), state)  # training's random stream is untouched
+    torch.rand(5)  # whatever training draws in between ...
+    assert evaluate(run, model, tok, reward, PROMPTS, gen, 1, samples=3) == first  # ... the same draws again
+    greedy = evaluate(run, model, tok, reward, PROMPTS, gen, 2)
+    assert set(first) == {"reward", "length_words", "distinct_1", "distinct_2", "kl", "ref_perplexity"}
+    assert "kl_greedy" in greedy and "kl" not in greedy and first["kl"] != 0
+    rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["decoding"] for r in rows] == ["sampled x3", "sampled x3", "greedy"]
+    samples = [json.loads(line) for line in (run.dir / "samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples[:3]] == [PROMPTS[0]] * 3  # 3 samples of the first prompt
+
+
+@pytest.mark.parametrize("metric,mode,extra", [("length_words", "min", "rl.reward_weights=[-1.0]"),  # shorter pays
+                                               ("kl_greedy", "max", "rl.reward_weights=[1.0]")])
+def test_the_best_checkpoint_follows_the_chosen_metric(tiny_causal_lm_dir, prompts, tmp_path, metric, mode, extra):
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "run", f"rl.best_metric={metric}",
+                                f"rl.best_mode={mode}", extra), show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r[metric]) for r in rows if r["split"] == "eval"]
+    assert [s for s, _ in evals] == [0, 1, 2, 3]
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    kept, best = [], evals[0][1]
+    for step, value in evals[1:]:  # the rule, written out: a strict improvement on the best so far
+        if better(value, best):
+            kept.append(step)
+            best = value
+    assert kept and len(kept) < 3  # exercised: the metric improved at some evaluations and not at others
+    assert [r["step"] for r in rows if r["split"] == "best"] == kept and out["best"] == {metric: best}
+    assert (tmp_path / "run" / "checkpoints" / "best").is_dir()
+
+
+def test_bad_evaluation_settings_fail_before_the_run_starts(tiny_causal_lm_dir, prompts, tmp_path):
+    with pytest.raises(ValueError, match="rl.best_metric='accuracy'.*valid: reward, length_words, .*kl_greedy"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "a", "rl.best_metric=accuracy"))
+    with pytest.raises(ValueError, match=r"rl.best_metric='kl'.*rl.eval_samples=0.*kl_greedy"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "b", "rl.best_metric=kl"))
+    with pytest.raises(ValueError, match="needs LoRA"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "c", "rl.best_metric=ref_perplexity",
+                              "model.lora.r=0"))
+    assert not any((tmp_path / n).exists() for n in "abc")  # nothing was started
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "d", "rl.best_metric=kl", "rl.eval_samples=2",
+                                "rl.steps=1"), show_progress=False)
+    assert set(out["best"]) == {"kl"} and "kl" in out["eval"]
