@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..algorithms import masked_mean
+from ..algorithms import kl_k3, masked_mean
 from ..policies.causal_lm import GenSettings, Rollout, sample
 from ..rewards import CombinedReward
 from ..run import RunContext
@@ -33,8 +33,8 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     """Held-out completions, greedy (`samples=0`) or `samples` per prompt sampled at gen's temperature with the
     same draws at every evaluation (a generator seeded from the run's seed; training's random state is left as
     it was), so evaluations differ only by the policy. Metrics: reward, length, distinct-1/2, and against the
-    reference (the adapter disabled; LoRA only) the KL Σ(log π − log π_ref)/n on those tokens (`kl_greedy`; or
-    `kl`, sampled: the usual estimate of KL(π‖π_ref) per token) and their perplexity under the reference,
+    reference (the adapter disabled; LoRA only) the KL per token on those tokens (`kl_greedy`: Σ(log π − log π_ref)/n;
+    or `kl`, sampled: the k3 estimate of KL(π‖π_ref)) and their perplexity under the reference,
     exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all)."""
     net, greedy = run.accelerator.unwrap_model(model), samples == 0
     device = next(net.parameters()).device
@@ -48,7 +48,10 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     if hasattr(net, "disable_adapter"):
         mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature
         ref_logp = reference_logprobs(net, net.disable_adapter, ro, temperature, rows)  # (B, T) as π was sampled
-        m["kl_greedy" if greedy else "kl"] = float(masked_mean(ro.logprobs - ref_logp, mask))
+        # Greedy tokens are not samples of π: their log-ratio is reported as it is. Sampled tokens give k3, an
+        # unbiased estimate of KL(π‖π_ref) that is never negative (k1 can be, on few samples).
+        kl = ro.logprobs - ref_logp if greedy else kl_k3(ro.logprobs, ref_logp)  # (B, T)
+        m["kl_greedy" if greedy else "kl"] = float(masked_mean(kl, mask))
         if temperature != 1.0:  # the perplexity is the reference model's own, untempered
             ref_logp = reference_logprobs(net, net.disable_adapter, ro, 1.0, rows)
         m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))

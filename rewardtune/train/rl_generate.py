@@ -245,7 +245,8 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
 
 
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run generative RL; returns the last held-out reward and the run folder."""
+    """Run generative RL; returns the run folder, the first and last held-out evaluations and the best value of
+    rl.best_metric."""
     rl, gen = cfg.rl, cfg.gen
     train_prompts, held_out = setup_prompts(cfg)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision,
@@ -257,7 +258,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
-              f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator})")
+              f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator}), best by {rl.best_metric}")
     guard = StopGuard(cfg.ckpt.stop_after)
     cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
     algo = {"ema": ema, "kl": kl_ctl, "reward": reward}
@@ -293,18 +294,25 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
                 run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
             if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
                 last_eval = held_out_eval(step)
-                value = last_eval[rl.best_metric]
-                if value > best if rl.best_mode == "max" else value < best:  # keep the best policy by that metric
-                    best = value
-                    save_policy(run, model, tok, head, "best")
-                    run.log(step, split="best", **{rl.best_metric: value})
+                best = keep_if_best(run, model, tok, head, rl, step, last_eval, best)
             if step < rl.steps and cp.step_done(step, snapshot):
                 return {"stopped": True, "signal": guard.signal_name, "run_dir": str(run.dir), "steps": step}
         cp.save(rl.steps, snapshot())
     save_policy(run, model, tok, head)
     return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": first_eval, "eval": last_eval,
-            "best": {rl.best_metric: best},
-            "checkpoint_save_s": cp.save_s}
+            "best": {rl.best_metric: best}, "checkpoint_save_s": cp.save_s}
+
+
+def keep_if_best(run: RunContext, model: Any, tok: Any, head: Any, rl: GenRLSettings, step: int,
+                 metrics: dict[str, float], best: float) -> float:
+    """The best rl.best_metric so far after this evaluation; when it improved, the policy is saved in
+    checkpoints/best and the step logged as a `best` row."""
+    value = metrics[rl.best_metric]
+    if not (value > best if rl.best_mode == "max" else value < best):
+        return best
+    save_policy(run, model, tok, head, "best")
+    run.log(step, split="best", **{rl.best_metric: value})
+    return value
 
 
 def restore_or_start(cp: Checkpointer, algo: dict[str, Any], evaluate_start: Callable[[], dict[str, float]], metric: str,
