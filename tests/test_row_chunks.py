@@ -161,6 +161,7 @@ def test_ppo_micro_batches_do_not_change_the_steps(policy, micro):
         for x, y in zip(a, b):
             assert torch.allclose(x, y, atol=1e-6, rtol=1e-4)
     assert l0 == pytest.approx(l1, abs=1e-6)
+    assert s0["loss"] + s0["value_loss"] == pytest.approx(sum(l0) / 4, abs=1e-6)  # means over all 4 steps
     assert s0.keys() == s1.keys() and all(s0[k] == pytest.approx(s1[k], abs=1e-6) for k in s0)
 
 

@@ -86,7 +86,8 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
                head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
                ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
                micro_batch_size: int = 0, rows: int = 0) -> dict[str, float]:
-    """Advantages once per rollout, then `epochs` × `minibatches` clipped updates.  scores (B,).
+    """Advantages once per rollout, then `epochs` × `minibatches` clipped updates; the stats are means over them.
+    scores (B,).
 
     `all_sum` (a sum over processes) makes the advantage whitening the global batch's. Each minibatch's
     gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
@@ -101,7 +102,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
         adv = masked_whiten(adv, mask, all_sum=all_sum)
     B = mask.shape[0]
     size = -(-B // ppo.minibatches)
-    stats: dict[str, float] = {}
+    sums: dict[str, float] = {}
     for _ in range(ppo.epochs):
         for perm in torch.randperm(B).split(size):
             tokens = float(mask[perm].sum()) or 1.0
@@ -117,5 +118,8 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
                              ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac)):
                     stats[k] += w * float(v.detach())
             step_fn(torch.tensor(stats["loss"] + stats["value_loss"]))
-    stats["kl"] = float(masked_mean(ro.logprobs - ref, mask))
-    return stats
+            sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
+    steps = ppo.epochs * len(range(0, B, size))
+    out = {k: v / steps for k, v in sums.items()}  # means over the update's minibatch steps, not the last one's
+    out["kl"] = float(masked_mean(ro.logprobs - ref, mask))
+    return out
