@@ -70,7 +70,7 @@ def test_the_best_checkpoint_follows_the_chosen_metric(tiny_causal_lm_dir, promp
             kept.append(step)
             best = value
     assert kept and len(kept) < 3  # exercised: the metric improved at some evaluations and not at others
-    assert [r["step"] for r in rows if r["split"] == "best"] == kept and out["best"] == {metric: best}
+    assert [r["step"] for r in rows if r["split"] == "best"] == [0] + kept and out["best"] == {metric: best}
     assert (tmp_path / "run" / "checkpoints" / "best").is_dir()
 
 
@@ -86,3 +86,15 @@ def test_bad_evaluation_settings_fail_before_the_run_starts(tiny_causal_lm_dir, 
     out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "d", "rl.best_metric=kl", "rl.eval_samples=2",
                                 "rl.steps=1"), show_progress=False)
     assert set(out["best"]) == {"kl"} and "kl" in out["eval"]
+    with pytest.raises(ValueError, match=r"rl.eval_samples=-1 must be ≥ 0"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "e", "rl.eval_samples=-1"))
+
+
+def test_checkpoints_best_exists_when_nothing_beats_the_start(tiny_causal_lm_dir, prompts, tmp_path):
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "run", "rl.best_metric=kl_greedy",
+                                "rl.best_mode=min", "rl.steps=2"), show_progress=False)  # ≈ 0 at the start
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "best"] == [0]
+    assert (tmp_path / "run" / "checkpoints" / "best" / "adapter_model.safetensors").exists()
+    start = next(r for r in rows if r["split"] == "eval" and r["step"] == 0)
+    assert out["best"] == {"kl_greedy": start["kl_greedy"]}

@@ -182,5 +182,5 @@ def test_a_run_with_row_chunks_and_micro_batches_logs_what_one_pass_logs(tiny_ca
             if k in a:
                 assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)  # float rounding only
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and len(rows[0]) >= 3
-    evals = [r for r in rows[1] if r["split"] == "eval"]  # 4 held-out prompts, 3 per pass: split in two
+    evals = [r for r in rows[1] if r["split"] == "eval"]  # 4 held-out prompts at 3 rows per pass
     assert len(evals) == 2 and all("kl_greedy" in r for r in evals)

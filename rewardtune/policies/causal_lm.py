@@ -232,7 +232,8 @@ def _rollout(tok: Any, prompts: Sequence[str], k: int, ids: torch.Tensor, mask: 
 def after_stop(ids: torch.Tensor, comp: torch.Tensor, stop: Any) -> torch.Tensor:
     """True strictly after the first token at which `stop` finds prompt + completion so far ended by a stop
     string.  ids (B, Tp), comp (B, T) → (B, T) bool."""
-    hit = torch.stack([stop(torch.cat([ids, comp[:, :t + 1]], dim=1)) for t in range(comp.shape[1])], dim=1)
+    seq, Tp = torch.cat([ids, comp], dim=1), ids.shape[1]  # (B, Tp + T), built once: the checks take prefixes
+    hit = torch.stack([stop(seq[:, :Tp + t + 1]) for t in range(comp.shape[1])], dim=1)
     return (hit.long().cumsum(-1) - hit.long()) > 0  # (B, T)
 
 

@@ -34,13 +34,16 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     same draws at every evaluation (a generator seeded from the run's seed; training's random state is left as
     it was), so evaluations differ only by the policy. Metrics: reward, length, distinct-1/2, and against the
     reference (the adapter disabled; LoRA only) the KL per token on those tokens (`kl_greedy`: Σ(log π − log π_ref)/n;
-    or `kl`, sampled: the k3 estimate of KL(π‖π_ref)) and their perplexity under the reference,
+    or `kl`, sampled: the k3 estimate of KL(π‖π_ref) between the policy and the reference at gen's temperature,
+    unbiased when neither top-k nor top-p truncates the sampling) and their perplexity under the reference,
     exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all)."""
     net, greedy = run.accelerator.unwrap_model(model), samples == 0
-    device = next(net.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    device, k = next(net.parameters()).device, samples or 1
+    rows = max(k, rows // k * k) if rows else 0  # whole prompt groups per pass
+    accel = device.type != "cpu"  # its generator is forked (and restored) too: the draws are made on the device
+    with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
         torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
-        ro = sample(net, tok, prompts, samples or 1, gen, max_prompt, greedy=greedy, rows=rows)
+        ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows)
     r = reward(ro.prompts, ro.completions).total
     words = [c.split() for c in ro.completions]
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),

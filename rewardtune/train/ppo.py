@@ -67,8 +67,8 @@ def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: to
 
 def old_values(model: Any, head: ValueHead, ro: Rollout, rows: int = 0) -> torch.Tensor:
     """V of the rollout's states before any update (no gradient), `rows` rows per pass (0 = all). Only the
-    final hidden states are needed, so the LM head does not run; rows are prompt-major, so each prompt goes
-    through the model once for its K samples.  → (B, T)"""
+    final hidden states are needed, so the LM head runs on one position per forward call, not on every token;
+    rows are prompt-major, so each prompt goes through the model once for its K samples.  → (B, T)"""
     T = ro.completion_ids.shape[1]
     with torch.no_grad():
         return torch.cat([head(completion_logits(model, r.input_ids, r.attention_mask, T, hidden=True))

@@ -146,6 +146,9 @@ def check_settings(rl: GenRLSettings, n_prompts: int, lora: bool = True) -> None
     if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:  # ppo and reinforce do not
         raise ValueError(f"algorithm {rl.algorithm!r} compares samples within a group: "
                          f"samples_per_prompt must be ≥ 2, got {rl.samples_per_prompt}")
+    negative = [n for n in ("micro_batch_size", "inference_batch_size", "eval_samples") if getattr(rl, n) < 0]
+    if negative:
+        raise ValueError(f"rl.{negative[0]}={getattr(rl, negative[0])} must be ≥ 0 (0 = all rows / greedy)")
     kl_name = "kl" if rl.eval_samples else "kl_greedy"  # the evaluation logs one of them
     if rl.best_metric not in EVAL_METRICS or rl.best_metric in ("kl", "kl_greedy") and rl.best_metric != kl_name:
         valid = [m for m in EVAL_METRICS if m not in ("kl", "kl_greedy")] + [kl_name]
@@ -266,6 +269,8 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
                                           rl.inference_batch_size, rl.eval_samples)
     start, best, first_eval, last_eval = restore_or_start(cp, algo, lambda: held_out_eval(0), rl.best_metric,
                                                           cfg.seed, rank, world)
+    if start == 0:  # the starting policy is the first best: checkpoints/best exists even if nothing beats it
+        keep_if_best(run, model, tok, head, rl, 0, first_eval, float("-inf") if rl.best_mode == "max" else float("inf"))
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
 
     def snapshot() -> dict[str, Any]:
