@@ -239,6 +239,22 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
     assert bad.returncode != 0 and "multiple of the 2 processes" in (tmp_path / "log3.txt").read_text()
 
 
+def test_ppo_value_heads_stay_equal_over_two_real_processes(tiny_causal_lm_dir, tmp_path):
+    """DDP does not wrap PPO's value head: after one PPO step on different rollouts the two processes' heads
+    are equal because ppo_step averages its gradients, and differ without that (tests/ppo_head_worker.py)."""
+    out, log = tmp_path / "out.json", tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "ppo_head_worker.py"), str(out), str(tiny_causal_lm_dir), str(tmp_path / "runs")]
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log_file = fh  # type: ignore[attr-defined]
+        _wait(proc, log)
+    res = json.loads(out.read_text())
+    (equal, moved), (equal_alone, moved_alone) = res["averaged"], res["alone"]
+    assert res["world"] == 2 and moved > 0 and moved_alone > 0  # the heads were trained
+    assert equal and not equal_alone
+
+
 @pytest.mark.parametrize("baseline", ["mean", "ema"])
 def test_classifier_reinforce_baseline_is_global_over_two_real_processes(baseline, tmp_path):
     """gather_rows over gloo with 3 and 2 rows: the two processes' advantages are one process's advantages
