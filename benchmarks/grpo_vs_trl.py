@@ -8,6 +8,7 @@ for both (greedy completions of held-out prompts, scored by the same reward mode
     .venv/bin/pip install --no-deps trl==1.16.0      # benchmark-only dependency
     .venv/bin/python benchmarks/grpo_vs_trl.py --rm RM_DIR --steps 10
     .venv/bin/python benchmarks/grpo_vs_trl.py --rm RM_DIR --steps 10 --bf16-base   # frozen weights in bf16, both
+    .venv/bin/python benchmarks/grpo_vs_trl.py --rm RM_DIR --steps 10 --gpu   # on a GPU, bf16 autocast in both (untried)
 
 TRL gets the model as `from_pretrained` gives it; `--trl-contiguous-head` adds rewardtune's LM-head
 hook (`models.contiguous_head_input`) to TRL's model, to show what that fix alone is worth there.
@@ -50,7 +51,7 @@ def heldout_reward(model, tok, prompts: list[str], rm, max_new_tokens: int) -> f
 
     model.eval()
     with torch.no_grad():
-        enc = tok(prompts, padding=True, return_tensors="pt")
+        enc = tok(prompts, padding=True, return_tensors="pt").to(model.device)
         out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     completions = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return float(sum(rm(prompts, completions)) / len(prompts))
@@ -69,7 +70,8 @@ def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) 
         "rl.prompts_per_step=4", "rl.samples_per_prompt=4", f"rl.lr={args.lr}", "rl.kl_coef=0.04",
         "rl.kl_estimator=k3", "rl.aggregation=seq_mean_token_mean", "rl.algorithm=grpo", "rl.max_grad_norm=1.0",
         "gen.max_new_tokens=32", f"runs_dir={args.work}", f"name=rewardtune-{int(time.time())}",
-        f"model.lora.base_dtype={'bfloat16' if args.bf16_base else 'float32'}", *args.set])
+        f"model.lora.base_dtype={'bfloat16' if args.bf16_base else 'float32'}",
+        f"rl.mixed_precision={'bf16' if args.gpu else 'no'}", *args.set])
     t = time.time()
     out = train_rl_generate(cfg, show_progress=False)
     wall = time.time() - t
@@ -88,13 +90,20 @@ def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) 
     rows = [json.loads(line) for line in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     step_s = [r["time_generate"] + r["time_score"] + r["time_update"] for r in train_rows]
-    return {"s_per_step": sum(step_s) / len(step_s), "wall_s": wall, "peak_rss_mib": rss,
+    return {"s_per_step": sum(step_s) / len(step_s), "wall_s": wall, "peak_rss_mib": rss, **gpu_peak(),
             "tokens_per_s": sum(r["tokens_per_s"] for r in train_rows) / len(train_rows),
             "train_reward_first": train_rows[0]["reward"], "train_reward_last": train_rows[-1]["reward"],
             "heldout_reward_start": start, "heldout_reward": end,
             "heldout_reward_own_eval": [out["eval_start"]["reward"], out["eval"]["reward"]],
             "breakdown_s": {k: sum(r[k] for r in train_rows) / len(train_rows)
                             for k in ("time_generate", "time_score", "time_update")}}
+
+
+def gpu_peak() -> dict:
+    """The peak of torch's GPU allocator in MiB, when a GPU was used (RSS does not count GPU memory)."""
+    import torch
+
+    return {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
 
 
 def base_dtype(args: argparse.Namespace):
@@ -142,7 +151,8 @@ def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict
                      max_completion_length=32, beta=0.04, learning_rate=args.lr, max_steps=args.steps,
                      lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, loss_type="grpo",
                      scale_rewards="group", num_iterations=1, gradient_accumulation_steps=1, temperature=1.0,
-                     logging_steps=1, use_cpu=True, report_to=[], save_strategy="no", seed=0, disable_tqdm=True)
+                     logging_steps=1, use_cpu=not args.gpu, bf16=args.gpu, report_to=[], save_strategy="no", seed=0,
+                     disable_tqdm=True)
     ds = datasets.Dataset.from_list([{"prompt": p} for p in train])
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
                           peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
@@ -154,7 +164,7 @@ def run_trl(args: argparse.Namespace, train: list[str], held: list[str]) -> dict
     wall = time.time() - t
     rss = peak_rss_mib()
     logs = [h for h in trainer.state.log_history if "reward" in h]
-    return {"s_per_step": sum(times) / len(times), "wall_s": wall, "peak_rss_mib": rss,
+    return {"s_per_step": sum(times) / len(times), "wall_s": wall, "peak_rss_mib": rss, **gpu_peak(),
             "tokens_per_s": None, "train_reward_first": logs[0]["reward"], "train_reward_last": logs[-1]["reward"],
             "heldout_reward_start": start, "heldout_reward": heldout_reward(trainer.model, tok, held, rm, 32),
             "adapter_dtypes": dtypes}
@@ -169,6 +179,8 @@ def main() -> None:
     p.add_argument("--frameworks", default="rewardtune,trl")
     p.add_argument("--trl-free-memory", action="store_true", help="TRL: fix glibc's mmap threshold as REWARDTUNE_MMAP_THRESHOLD_MB does (16 MiB unless set)")
     p.add_argument("--bf16-base", action="store_true", help="both: frozen base weights in bf16 (LoRA adapters as each framework keeps them)")
+    p.add_argument("--gpu", action="store_true", help="both on the GPU with bf16 autocast (TRL: use_cpu=False, bf16=True; "
+                   "rewardtune: rl.mixed_precision=bf16); not yet run")
     p.add_argument("--trl-contiguous-head", action="store_true", help="TRL: add rewardtune's contiguous LM-head input hook")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--set", nargs="*", default=[], help="extra rewardtune overrides")
@@ -191,6 +203,7 @@ def main() -> None:
             sys.exit(f"{fw} failed")
         record(json.loads(line[0][7:]) | {"task": "grpo-imdb-sentiment", "steps": args.steps, "lr": args.lr,
                                           "trl_free_memory": args.trl_free_memory, "bf16_base": args.bf16_base,
+                                          "gpu": args.gpu,
                                           "trl_contiguous_head": args.trl_contiguous_head,
                                           "env_mmap_threshold_mb": os.environ.get("REWARDTUNE_MMAP_THRESHOLD_MB", "")}, args.out)
 
