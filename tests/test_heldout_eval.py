@@ -6,22 +6,20 @@ import json
 import pytest
 import torch
 
-from rewardtune.config import LoraSettings, load_config
+from rewardtune.config import LoraSettings
 from rewardtune.models import apply_lora, load_causal_lm
 from rewardtune.policies.causal_lm import GenSettings
 from rewardtune.rewards import build_rewards
 from rewardtune.run import start_run
 from rewardtune.train.lm_report import evaluate
 from rewardtune.train.rl_generate import GenRLConfig, length_reward, train_rl_generate
-
-PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
+from test_causal_lm_policy import PROMPTS, run_cfg
 
 
 def cfg(model_dir, prompts, tmp_path, name, *extra):
-    return load_config(GenRLConfig, None, [
-        f"model.name={model_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-        "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=3", "rl.eval_every=1", "rl.lr=5e-2",
-        "gen.max_new_tokens=6", "gen.temperature=1.5", f"runs_dir={tmp_path}", f"name={name}", *extra])
+    """test_causal_lm_policy's tiny run, evaluated at every step, with hotter sampling and a faster learning rate."""
+    return run_cfg(model_dir, prompts, tmp_path, name, "rl.samples_per_prompt=2", "rl.eval_prompts=3",
+                   "rl.eval_every=1", "rl.lr=5e-2", "gen.temperature=1.5", *extra)
 
 
 @pytest.fixture()
