@@ -197,18 +197,28 @@ def test_lm_head_gets_a_contiguous_input_so_no_weight_is_broadcast(policy):
 def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
     model, tok = policy
     torch.manual_seed(2)
+    with torch.no_grad():  # a trained-looking adapter: the policy differs from the reference, so the KL term has
+        for n, p in model.named_parameters():  # a gradient (with B = 0 the k3 gradient is exactly 0)
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
     gen = GenSettings(max_new_tokens=5)
-    ro = sample(model, tok, PROMPTS, 2, gen, 100)  # 8 rows of different completion lengths
+    ro = sample(model, tok, PROMPTS, 2, gen, 100)
+    ro.completion_mask[1, 2:] = 0  # rows of different completion lengths, whatever the tiny model samples
+    ro.completion_mask[5, 1:] = 0
     adv = torch.randn(8)
-    grads = []
+    grads, stats = [], []
     for mb in (0, 3):  # the whole batch at once, then micro-batches of 3, 3, 2
         rl = GenRLSettings(micro_batch_size=mb, aggregation=aggregation, kl_coef=0.1)
         model.zero_grad(set_to_none=True)
-        accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv, rl, gen)
+        stats.append(accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv,
+                                          rl, gen))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
+    assert stats[0]["kl"] > 1e-3  # the KL term took part
+    for k in ("loss", "kl", "entropy"):  # the logged token means are the whole rollout's too
+        assert stats[1][k] == pytest.approx(stats[0][k], rel=1e-5, abs=1e-7), k
 
 
 @pytest.mark.parametrize("baseline", ["mean", "ema"])

@@ -61,7 +61,7 @@ def micro_weight(mask: torch.Tensor, full_mask: torch.Tensor, aggregation: str, 
 def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Tensor, rl: GenRLSettings,
                 gen: GenSettings, tokens: float | None = None,
                 ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one micro-batch, already weighted; stats are micro-batch means. `ref_logp` (b, T): the
+    """The loss of one micro-batch, already weighted; stats are the micro-batch's token means. `ref_logp` (b, T): the
     reference's log-probs (`reference_logprobs`), needed when rl.kl_coef is not 0."""
     T = ro.completion_ids.shape[1]
     logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature, share=grouped(rl))  # (b, T)
@@ -80,10 +80,11 @@ def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Ten
 def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, ref: Callable[[], Any], ro: Rollout,
                          adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> dict[str, float]:
     """Backward over the rollout in micro-batches; the summed gradient is the full batch's (`tokens`: see
-    micro_weight)."""
+    micro_weight), and so are the stats (token means over the whole rollout, whatever the micro-batches)."""
     B = ro.completion_ids.shape[0]
     mb = rl.micro_batch_size or B
     sums: dict[str, float] = {}
+    all_tokens = max(float(ro.completion_mask.sum()), 1.0)
     # The reference pass (no gradient) runs before any policy graph exists, in passes of rl.inference_batch_size
     # rows (all by default): one pass on B rows is faster than B/mb small ones, it keeps no activations, and its
     # transient memory does not sit on top of the graph.
@@ -95,8 +96,9 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
                                   None if ref_logp is None else ref_logp[rows])
         backward(loss)
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        share = float(ro.completion_mask[rows].sum()) / all_tokens  # the stats are token means: weigh by tokens
         for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * min(mb, B - s) / B
+            sums[k] = sums.get(k, 0.0) + float(v) * share
     return sums
 
 
