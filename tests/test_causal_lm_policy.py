@@ -398,9 +398,11 @@ def test_ppo_runs_and_trains_lora_and_value_head(tiny_causal_lm_dir, prompts_fil
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
     assert len(train) == 3 and all(math.isfinite(r["loss"]) and math.isfinite(r["value_loss"]) for r in train)
-    assert all(0 <= r["clip_frac"] <= 1 for r in train)
+    assert all(0 <= r["clip_frac"] <= 1 and r["entropy"] > 0 for r in train)
     head = load_file(str(tmp_path / "ppo" / "checkpoints" / "final" / "value_head.safetensors"))
     assert head["linear.weight"].abs().max() > 0  # zero-initialised, so it was trained
+    lora_b = load_file(str(tmp_path / "ppo" / "checkpoints" / "final" / "adapter_model.safetensors"))
+    assert any(v.abs().max() > 0 for k, v in lora_b.items() if "lora_B" in k)  # B starts at 0: LoRA was trained
 
 
 def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
@@ -429,6 +431,57 @@ def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
     assert got.keys() == want.keys() and got
     for n in got:  # ratios are exp(fresh - rollout log-probs) ≈ 1, not exactly: hence the tolerance
         assert torch.allclose(got[n], want[n], atol=1e-5, rtol=1e-3), n
+
+
+@pytest.mark.parametrize("kl_mode", ["reward", "loss"])
+def test_ppo_kl_follows_the_estimator_and_mode(policy, kl_mode):
+    """PPO with one epoch, one minibatch and no value loss is the plain policy gradient on GAE's whitened token
+    advantages; the chosen estimator (k3) goes into the token rewards or, as β·k3's token mean, into the loss."""
+    from rewardtune.algorithms import gae, kl_loss, kl_penalized_rewards, masked_whiten, pg_loss
+    from rewardtune.train.pg_update import reference_logprobs
+    from rewardtune.train.ppo import PPOSettings, ValueHead, ppo_update
+
+    model, tok = policy
+    torch.manual_seed(5)
+    with torch.no_grad():  # the policy differs from the adapter-disabled reference
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    gen, beta = GenSettings(max_new_tokens=5), 0.3
+    ro = sample(model, tok, PROMPTS, 2, gen, 100)
+    ref = reference_logprobs(model, model.disable_adapter, ro, 1.0)
+    scores, mask = torch.randn(8), ro.completion_mask
+    ppo = PPOSettings(epochs=1, minibatches=1, clip_eps=0.2, vf_coef=0.0)
+    model.zero_grad(set_to_none=True)
+    out = ppo_update(lambda loss: loss.backward(), lambda loss: None, model, ValueHead(model.config.hidden_size), ro,
+                     scores, ref, beta, ppo, gen, kl_estimator="k3", kl_mode=kl_mode)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta if kl_mode == "reward" else 0.0, "k3")
+    adv = masked_whiten(gae(token_rewards, torch.zeros(mask.shape), mask, 1.0, 0.95)[0], mask)
+    model.zero_grad(set_to_none=True)
+    logp, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, mask.shape[1])
+    loss = pg_loss(logp, adv, mask, "token_mean")[0]
+    if kl_mode == "loss":
+        loss = loss + kl_loss(logp, ref, mask, beta, "k3", "token_mean")[0]
+    loss.backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(got[n], p.grad, atol=1e-5, rtol=1e-3), n
+    k3 = torch.exp(ref - ro.logprobs) - (ref - ro.logprobs) - 1  # the logged KL is k3's token mean
+    assert out["kl"] == pytest.approx(float(k3[mask.bool()].mean()), rel=1e-5) and out["kl"] > 1e-3
+
+
+def test_auto_settings_follow_the_algorithm(tiny_causal_lm_dir, prompts_file, tmp_path):
+    auto = GenRLSettings().resolved()
+    assert auto.aggregation == "seq_mean_token_mean" and auto.kl_mode == "loss"
+    assert GenRLSettings(algorithm="dr_grpo").resolved().aggregation == "seq_mean_token_sum"  # a constant normaliser
+    assert GenRLSettings(algorithm="dr_grpo", aggregation="token_mean").resolved().aggregation == "token_mean"  # as asked
+    assert GenRLSettings(algorithm="ppo").resolved().kl_mode == "reward"
+    assert GenRLSettings(algorithm="ppo", kl_mode="loss").resolved().kl_mode == "loss"
+    cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "auto", "rl.algorithm=dr_grpo", "rl.steps=1")
+    assert cfg.rl.aggregation == "auto"
+    train_rl_generate(cfg, show_progress=False)
+    assert "aggregation: seq_mean_token_sum" in (tmp_path / "auto" / "config.yaml").read_text()  # what ran
 
 
 @pytest.mark.parametrize("extra", [["rl.kl_mode=reward", "rl.kl_estimator=k1"], ["rl.kl_target=0.001", "rl.kl_horizon=10"]])

@@ -81,7 +81,7 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
                          adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> dict[str, float]:
     """Backward over the rollout in micro-batches; the summed gradient is the full batch's (`tokens`: see
     micro_weight), and so are the stats (token means over the whole rollout, whatever the micro-batches)."""
-    B = ro.completion_ids.shape[0]
+    B, rl = ro.completion_ids.shape[0], rl.resolved()  # rl.aggregation "auto" → the algorithm's own
     mb = rl.micro_batch_size or B
     sums: dict[str, float] = {}
     all_tokens = max(float(ro.completion_mask.sum()), 1.0)
@@ -105,7 +105,7 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
 def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: Rollout, adv: torch.Tensor,
            rl: GenRLSettings, gen: GenSettings, ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
     """One optimiser step over the rollout (skipped when `ok` finds the loss or gradient non-finite)."""
-    acc, tokens = run.accelerator, None
+    acc, tokens, rl = run.accelerator, None, rl.resolved()
     if acc.num_processes > 1 and rl.aggregation == "token_mean":  # global tokens / processes, the same everywhere
         tokens = float(acc.reduce(ro.completion_mask.sum().float().to(acc.device), "mean"))
     with acc.autocast():  # bf16 mixed precision: the chunked LM head runs outside the prepared forward

@@ -1,8 +1,9 @@
 """PPO for causal LMs: a value head, GAE over tokens, several epochs over minibatches of a rollout.
 
-The KL to the reference goes into the per-token reward (Ziegler et al. 2019), the score on the
-last token; GAE turns those rewards and the value head's estimates into token advantages; each
-minibatch minimises the clipped surrogate plus `vf_coef` × the clipped value loss.
+The KL to the reference goes into the per-token reward (Ziegler et al. 2019; `rl.kl_mode=reward`, PPO's
+default), the score on the last token; GAE turns those rewards and the value head's estimates into token
+advantages; each minibatch minimises the clipped surrogate plus `vf_coef` × the clipped value loss (plus
+β × the KL estimator's token mean with `rl.kl_mode=loss`).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..algorithms import (clipped_surrogate, gae, kl_penalized_rewards, logprobs_from_logits, masked_mean,
-                          masked_whiten, value_loss)
+from ..algorithms import (clipped_surrogate, entropy_from_logits, gae, get_kl_estimator, kl_loss, kl_penalized_rewards,
+                          logprobs_from_logits, masked_mean, masked_whiten, value_loss)
 from ..config import doc
 from ..policies.causal_lm import GenSettings, Rollout, chunkable_head, completion_logits, position_ids
 from ..policies.head import chunked_token_logprobs
@@ -47,22 +48,24 @@ class ValueHead(torch.nn.Module):
 
 
 def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, n: int,
-                        temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π and V for the last `n` positions in one forward pass: both read the final hidden states (the LM
-    head's inputs), and the LM head runs in row chunks where it can (no (B, T, V) logits held).
-    ids (B, L) → (B, T), (B, T)."""
+                        temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log π, V and the entropy (no gradient) for the last `n` positions in one forward pass: all read the final
+    hidden states (the LM head's inputs), and the LM head runs in row chunks where it can (no (B, T, V) logits
+    held).  ids (B, L) → (B, T), (B, T), (B, T)."""
     lm_head = chunkable_head(model)
     if lm_head is not None:
         # hidden: the states before each token. One pass per row (share=False): shuffled minibatch rows rarely
         # share a prompt.
         hidden = completion_logits(model, ids, mask, n, hidden=True, share=False)  # (B, T, H)
-        logp, _ = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=False)
-        return logp, head(hidden)
+        logp, ent = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=True)
+        return logp, head(hidden), ent
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
                 logits_to_keep=n + 1)
     logits = out.logits[:, :-1].float() / temperature  # (B, T, V)
     values = head(out.hidden_states[-1][:, -n - 1:-1])  # (B, T): value of the state before each token
-    return logprobs_from_logits(logits, ids[:, -n:]), values
+    with torch.no_grad():
+        ent = entropy_from_logits(logits)  # (B, T)
+    return logprobs_from_logits(logits, ids[:, -n:]), values, ent
 
 
 def old_values(model: Any, head: ValueHead, ro: Rollout, rows: int = 0) -> torch.Tensor:
@@ -85,18 +88,21 @@ def average_gradients(params: list, mean: Callable[[torch.Tensor], torch.Tensor]
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
                head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
                ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               micro_batch_size: int = 0, rows: int = 0) -> dict[str, float]:
+               micro_batch_size: int = 0, rows: int = 0, kl_estimator: str = "k1",
+               kl_mode: str = "reward") -> dict[str, float]:
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates; the stats are means over them.
     scores (B,).
 
     `all_sum` (a sum over processes) makes the advantage whitening the global batch's. Each minibatch's
     gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
-    by its share of the minibatch's tokens, so the step is the same (both losses are token means; tested).
-    `rows`: rows per pass of the no-gradient value pass (0 = all)."""
+    by its share of the minibatch's tokens, so the step is the same (all losses are token means; tested).
+    `rows`: rows per pass of the no-gradient value pass (0 = all). The KL (`kl_estimator`) to `ref_logprobs`
+    goes into the token rewards (`kl_mode="reward"`) or into each minibatch's loss (`"loss"`)."""
     T, mask = ro.completion_ids.shape[1], ro.completion_mask
     values0 = old_values(model, head, ro, rows)  # (B, T)
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
-    token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta, "k1")  # (B, T)
+    in_reward = beta if kl_mode == "reward" else 0.0
+    token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, in_reward, kl_estimator)  # (B, T)
     adv, returns = gae(token_rewards, values0, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)
     if ppo.whiten_advantages:
         adv = masked_whiten(adv, mask, all_sum=all_sum)
@@ -106,20 +112,24 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     for _ in range(ppo.epochs):
         for perm in torch.randperm(B).split(size):
             tokens = float(mask[perm].sum()) or 1.0
-            stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0}
+            stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0,
+                     "entropy": 0.0}
             for idx in perm.split(micro_batch_size or len(perm)):
-                logp, values = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
-                                                   gen.temperature)  # (b, T) each
+                logp, values, ent = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
+                                                        gen.temperature)  # (b, T) each
                 m, w = mask[idx], float(mask[idx].sum()) / tokens  # w: this micro-batch's share of the tokens
                 pl, cst = clipped_surrogate(logp, ro.logprobs[idx], adv[idx], m, ppo.clip_eps)
                 vl, vst = value_loss(values, values0[idx], returns[idx], m, ppo.value_clip or None)
+                if beta and kl_mode == "loss":  # the current policy's KL, a token mean like the surrogate
+                    pl = pl + kl_loss(logp, ref[idx], m, beta, kl_estimator, "token_mean")[0]
                 backward(w * (pl + ppo.vf_coef * vl))
                 for k, v in (("loss", pl), ("value_loss", vl), ("clip_frac", cst.clip_frac),
-                             ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac)):
+                             ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac),
+                             ("entropy", masked_mean(ent, m))):
                     stats[k] += w * float(v.detach())
             step_fn(torch.tensor(stats["loss"] + stats["value_loss"]))
             sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
     steps = ppo.epochs * len(range(0, B, size))
     out = {k: v / steps for k, v in sums.items()}  # means over the update's minibatch steps, not the last one's
-    out["kl"] = float(masked_mean(ro.logprobs - ref, mask))
+    out["kl"] = float(masked_mean(get_kl_estimator(kl_estimator)(ro.logprobs, ref), mask))  # the rollout's
     return out

@@ -45,12 +45,13 @@ class GenRLSettings:
     steps: int = doc(20, "optimiser steps")
     lr: float = doc(1e-4, "AdamW learning rate (constant)")
     max_grad_norm: float = doc(1.0, "gradient clipping (0 = off)")
-    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = doc(
-        "seq_mean_token_mean", "how token losses become one number (Dr. GRPO: seq_mean_token_sum)")
+    aggregation: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = doc(
+        "auto", "how token losses become one number (auto: seq_mean_token_sum for dr_grpo, else seq_mean_token_mean)")
     baseline: Literal["none", "mean", "ema"] = doc("mean", "reinforce: baseline")
     kl_coef: float = doc(0.04, "β of the KL to the reference policy (0 = no reference)")
     kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "per-token KL estimator")
-    kl_mode: Literal["loss", "reward"] = doc("loss", "KL as a loss term (GRPO) or a penalty in the reward (PPO always)")
+    kl_mode: Literal["auto", "loss", "reward"] = doc(
+        "auto", "KL as a loss term or a penalty in the reward (auto: reward for ppo, else loss)")
     kl_target: float = doc(0.0, "adaptive β (Ziegler et al. 2019): the per-token KL to hold; 0 = fixed β")
     kl_horizon: int = doc(10000, "adaptive β: samples over which β may change by ±20%")
     rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
@@ -72,6 +73,16 @@ class GenRLSettings:
     mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
     gradient_checkpointing: bool = doc(False, "keep only each layer's input for the backward pass and recompute the rest "
                                        "(less memory, one more forward's compute)")
+
+    def resolved(self) -> GenRLSettings:
+        """These settings with `auto` made the algorithm's own choice: Dr. GRPO's per-sequence token sum over a
+        constant length (Liu et al. 2025), PPO's KL penalty in the reward (Ziegler et al. 2019), the others' KL
+        as a loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran."""
+        agg = self.aggregation
+        if agg == "auto":
+            agg = "seq_mean_token_sum" if self.algorithm == "dr_grpo" else "seq_mean_token_mean"
+        mode = self.kl_mode if self.kl_mode != "auto" else "reward" if self.algorithm == "ppo" else "loss"
+        return replace(self, aggregation=agg, kl_mode=mode)
 
 
 @dataclass(frozen=True)
@@ -250,6 +261,7 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run generative RL; returns the run folder, the first and last held-out evaluations and the best value of
     rl.best_metric."""
+    cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
     rl, gen = cfg.rl, cfg.gen
     train_prompts, held_out = setup_prompts(cfg)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision,
@@ -374,4 +386,5 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
     all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
     with acc.autocast():
         return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
-                          beta, cfg.ppo, cfg.gen, all_sum, cfg.rl.micro_batch_size, no_grad_rows(cfg.rl))
+                          beta, cfg.ppo, cfg.gen, all_sum, cfg.rl.micro_batch_size, no_grad_rows(cfg.rl),
+                          cfg.rl.kl_estimator, cfg.rl.kl_mode)
