@@ -77,9 +77,9 @@ def test_bad_evaluation_settings_fail_before_the_run_starts(tiny_causal_lm_dir, 
         train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "a", "rl.best_metric=accuracy"))
     with pytest.raises(ValueError, match=r"rl.best_metric='kl'.*rl.eval_samples=0.*kl_greedy"):
         train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "b", "rl.best_metric=kl"))
-    with pytest.raises(ValueError, match="needs LoRA"):
+    with pytest.raises(ValueError, match=r"reference policy, which exists with LoRA .* or with rl.kl_coef > 0"):
         train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "c", "rl.best_metric=ref_perplexity",
-                              "model.lora.r=0"))
+                              "model.lora.r=0", "rl.kl_coef=0"))
     assert not any((tmp_path / n).exists() for n in "abc")  # nothing was started
     out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "d", "rl.best_metric=kl", "rl.eval_samples=2",
                                 "rl.steps=1"), show_progress=False)
@@ -96,3 +96,35 @@ def test_checkpoints_best_exists_when_nothing_beats_the_start(tiny_causal_lm_dir
     assert (tmp_path / "run" / "checkpoints" / "best" / "adapter_model.safetensors").exists()
     start = next(r for r in rows if r["split"] == "eval" and r["step"] == 0)
     assert out["best"] == {"kl_greedy": start["kl_greedy"]}
+
+
+def test_full_fine_tuning_measures_against_its_frozen_copy(tiny_causal_lm_dir, prompts, tmp_path):
+    """Without LoRA the reference is a frozen copy (β > 0): training logs its KL, evaluation its KL and perplexity,
+    the policy's weights move and the copy's do not."""
+    from safetensors.torch import load_file
+
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "full", "model.lora.r=0", "rl.kl_coef=0.1",
+                                "rl.lr=1e-3", "rl.best_metric=kl_greedy", "rl.best_mode=min"), show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all("kl" in r for r in rows if r["split"] == "train")
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert all("kl_greedy" in r and r["ref_perplexity"] > 1 for r in evals)
+    assert evals[0]["kl_greedy"] == pytest.approx(0.0, abs=1e-6)  # the policy is its reference at the start
+    assert any(abs(r["kl_greedy"]) > 1e-6 for r in evals[1:])  # and moves away from it
+    start, _ = load_causal_lm(str(tiny_causal_lm_dir))
+    final = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model.safetensors"))
+    moved = [n for n, p in start.named_parameters() if n in final and not torch.equal(final[n], p)]
+    assert moved and set(out["best"]) == {"kl_greedy"}
+
+
+def test_the_frozen_reference_is_placed_on_the_accelerator_s_device(tiny_causal_lm_dir):
+    """The copy is made before `prepare` moves the policy; it must follow to the policy's device (a GPU in a real
+    run; here the meta device stands in for one)."""
+    from rewardtune.train.common import setup_reference
+    from rewardtune.train.rl_generate import GenRLSettings
+
+    model, _ = load_causal_lm(str(tiny_causal_lm_dir))
+    with setup_reference(model, GenRLSettings(kl_coef=0.1), torch.device("meta"))() as ref:
+        assert {p.device.type for p in ref.parameters()} == {"meta"}
+        assert not any(p.requires_grad for p in ref.parameters())
+    assert {p.device.type for p in model.parameters()} == {"cpu"}  # the policy is left where it was

@@ -203,15 +203,18 @@ def final_test(run: RunContext, data: ClassifierData, opt: OptimSettings, step: 
     return rep
 
 
-def setup_reference(model: Any, rl: Any) -> Callable[[], Any]:
+def setup_reference(model: Any, rl: Any, device: Any = None) -> Callable[[], Any]:
     """A context factory yielding the reference (initial) policy for the KL term: nothing when
     `rl.kl_coef` is 0; with LoRA the same model with its adapter disabled (no second copy in memory);
-    with full fine-tuning a frozen copy. Shared by the classifier and the causal-LM loops."""
+    with full fine-tuning a frozen copy, placed on `device` (the accelerator's: the copy is made before
+    `prepare` moves the policy, and is not prepared itself). Shared by the classifier and the causal-LM loops."""
     if rl.kl_coef == 0:
         return nullcontext
     if hasattr(model, "disable_adapter"):
         return model.disable_adapter
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    if device is not None:
+        frozen.to(device)
 
     class _Frozen:
         def __enter__(self) -> Any:

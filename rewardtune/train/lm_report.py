@@ -2,7 +2,7 @@
 saved policy. Split from `rl_generate.py` so that the loop file holds the loop."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -29,11 +29,13 @@ EVAL_SEED_OFFSET = 7919  # evaluation's draws come from seed + this, never from 
 
 @torch.no_grad()
 def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
-             step: int, max_prompt: int = 10**9, rows: int = 0, samples: int = 0) -> dict[str, float]:
+             step: int, max_prompt: int = 10**9, rows: int = 0, samples: int = 0,
+             reference: Callable[[], Any] | None = None) -> dict[str, float]:
     """Held-out completions, greedy (`samples=0`) or `samples` per prompt sampled at gen's temperature with the
     same draws at every evaluation (a generator seeded from the run's seed; training's random state is left as
     it was), so evaluations differ only by the policy. Metrics: reward, length, distinct-1/2, and against the
-    reference (the adapter disabled; LoRA only) the KL per token on those tokens (`kl_greedy`: Σ(log π − log π_ref)/n;
+    reference (LoRA: the adapter disabled; full fine-tuning: `reference`, the run's frozen copy, a context factory
+    as `setup_reference` makes; none without either) the KL per token on those tokens (`kl_greedy`: Σ(log π − log π_ref)/n;
     or `kl`, sampled: the k3 estimate of KL(π‖π_ref) between the policy and the reference at gen's temperature,
     unbiased when neither top-k nor top-p truncates the sampling) and their perplexity under the reference,
     exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all)."""
@@ -48,15 +50,16 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     words = [c.split() for c in ro.completions]
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
-    if hasattr(net, "disable_adapter"):
+    ref = net.disable_adapter if hasattr(net, "disable_adapter") else reference
+    if ref is not None:
         mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature
-        ref_logp = reference_logprobs(net, net.disable_adapter, ro, temperature, rows)  # (B, T) as π was sampled
+        ref_logp = reference_logprobs(net, ref, ro, temperature, rows)  # (B, T) as π was sampled
         # Greedy tokens are not samples of π: their log-ratio is reported as it is. Sampled tokens give k3, an
         # unbiased estimate of KL(π‖π_ref) that is never negative (k1 can be, on few samples).
         kl = ro.logprobs - ref_logp if greedy else kl_k3(ro.logprobs, ref_logp)  # (B, T)
         m["kl_greedy" if greedy else "kl"] = float(masked_mean(kl, mask))
         if temperature != 1.0:  # the perplexity is the reference model's own, untempered
-            ref_logp = reference_logprobs(net, net.disable_adapter, ro, 1.0, rows)
+            ref_logp = reference_logprobs(net, ref, ro, 1.0, rows)
         m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))
     run.log(step, split="eval", decoding="greedy" if greedy else f"sampled x{samples}", **m)
     for i in range(min(3, len(ro.prompts))):

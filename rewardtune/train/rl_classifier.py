@@ -199,7 +199,7 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     data = setup_data(cfg.data)
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     reward = setup_reward(cfg.rl)
-    reference = setup_reference(model, cfg.rl)
+    reference = setup_reference(model, cfg.rl, run.accelerator.device)
     estimator = ESTIMATORS[cfg.rl.estimator]
     opt, ema = cfg.train, EMABaseline(decay=cfg.rl.ema_decay)
     total = steps_per_epoch(len(data.train), opt) * opt.epochs

@@ -165,9 +165,9 @@ def check_settings(rl: GenRLSettings, n_prompts: int, lora: bool = True) -> None
         valid = [m for m in EVAL_METRICS if m not in ("kl", "kl_greedy")] + [kl_name]
         raise ValueError(f"rl.best_metric={rl.best_metric!r} is not a held-out metric of this evaluation "
                          f"(rl.eval_samples={rl.eval_samples}); valid: {', '.join(valid)}")
-    if not lora and rl.best_metric in ("kl", "kl_greedy", "ref_perplexity"):
-        raise ValueError(f"rl.best_metric={rl.best_metric!r} is measured against the adapter-disabled reference, "
-                         "so it needs LoRA (model.lora.r > 0)")
+    if not lora and not rl.kl_coef and rl.best_metric in ("kl", "kl_greedy", "ref_perplexity"):
+        raise ValueError(f"rl.best_metric={rl.best_metric!r} is measured against the reference policy, which exists "
+                         "with LoRA (model.lora.r > 0: the adapter disabled) or with rl.kl_coef > 0 (a frozen copy)")
     if n_prompts == 0:
         raise ValueError("the prompt set is empty")
 
@@ -226,7 +226,7 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     model = apply_lora(model, cfg.model.lora)
     if cfg.rl.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
         without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
-    ref = setup_reference(model, cfg.rl)
+    ref = setup_reference(model, cfg.rl, run.accelerator.device)
     # The value head stays outside DDP (it reads the LM head's inputs after the forward): placed on the device
     # here, its gradients averaged over processes in ppo_step.
     head = ValueHead(model.config.hidden_size).to(run.accelerator.device) if cfg.rl.algorithm == "ppo" else None
@@ -278,7 +278,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     cp = Checkpointer(run, cfg.ckpt, {"model": model, **({"value_head": head} if head else {})}, optim, None, guard)
     algo = {"ema": ema, "kl": kl_ctl, "reward": reward}
     held_out_eval = lambda step: evaluate(run, model, tok, reward, held_out, gen, step, max_prompt,  # noqa: E731
-                                          rl.inference_batch_size, rl.eval_samples)
+                                          rl.inference_batch_size, rl.eval_samples, ref if rl.kl_coef else None)
     start, best, first_eval, last_eval = restore_or_start(cp, algo, lambda: held_out_eval(0), rl.best_metric,
                                                           cfg.seed, rank, world)
     if start == 0:  # the starting policy is the first best: checkpoints/best exists even if nothing beats it
