@@ -20,7 +20,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -285,6 +285,20 @@ class Checkpointer:
                                   "; free space and resume with --resume") from e
         acc.wait_for_everyone()
         self.save_s.append(time.perf_counter() - t)
+
+    def save_before_failure(self, step: int, state: Callable[[], dict[str, Any]], rng: Any) -> str:
+        """A step failed before it changed the model or wrote a log row (its reward raised while scoring): checkpoint
+        the state after `step` with the random state `rng` (`rng_state()` taken when the failed step began), so a
+        resumed run repeats the failed step exactly. Returns a sentence for the error message. One process only:
+        the failing process cannot make the others join the save's collectives."""
+        every, root = self.settings.every, self.run.checkpoints
+        if step < 1 or self.run.accelerator.num_processes > 1:
+            return "nothing was checkpointed" if step >= 1 else "no step had completed"
+        if not (every and step % every == 0):  # else step's checkpoint exists already
+            set_rng_state(*rng)
+            self.save(step, state())
+        return (f"the state after step {step} is checkpointed in {root / f'step-{step:08d}'}; fix the cause and "
+                f"resume with --resume {self.run.dir} (ckpt.resume=auto)")
 
     def ok_to_step(self, step: int, loss: torch.Tensor, grad_norm: Any, batch_ids: Any = None) -> bool:
         """False (and the gradient dropped) when the loss or gradient is NaN/inf; raise after too many in a row."""

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from rewardtune.checkpoint import complete_checkpoints
 from rewardtune.config import ConfigError, load_config
+from rewardtune.rewards import RewardError
 from rewardtune.train.reward_model import RMConfig, train_reward_model
 from rewardtune.train.rl_classifier import RLClassifierConfig, train_rl_classifier
 from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
@@ -255,3 +256,42 @@ def test_a_generative_run_from_before_memory_only_keys_existed_resumes(tiny_caus
     assert out["steps"] == 2  # neither changes what is trained
     with pytest.raises(ConfigError, match=r"rl.lr"):  # while a real change is still refused
         train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "rl.lr=0.5"]), show_progress=False)
+
+
+FLAKY = {"calls": 0, "fail_at": None, "how": "nan"}
+
+
+def flaky_reward(prompts, completions, **_):
+    """Word counts; at call number FLAKY["fail_at"], NaN for the first completion or one value too few."""
+    FLAKY["calls"] += 1
+    out = [float(len(c.split())) for c in completions]
+    if FLAKY["calls"] == FLAKY["fail_at"]:
+        return [float("nan")] + out[1:] if FLAKY["how"] == "nan" else out[1:]
+    return out
+
+
+@pytest.mark.parametrize("how,match", [("nan", "returned nan"), ("short", "returned 5 values for 6")])
+def test_a_reward_failing_mid_run_keeps_the_steps_before_and_resumes_exactly(tiny_causal_lm_dir, prompts, tmp_path,
+                                                                              how, match):
+    """ckpt.every=0 (no periodic checkpoints): a reward that fails while scoring step 3 must not lose steps 1–2. The
+    state after step 2 is checkpointed with the random state of step 3's start, so the resumed run equals a run that
+    never failed."""
+    args = lambda name: [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",  # noqa: E731
+                         "rl.prompts_per_step=2", "rl.samples_per_prompt=3", "rl.steps=4", "rl.eval_prompts=2",
+                         "rl.eval_every=0", "rl.lr=1e-2", "rl.rewards=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
+                         f"runs_dir={tmp_path}", f"name={name}"]
+    FLAKY.update(calls=0, fail_at=None, how=how)
+    train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)
+    FLAKY.update(calls=0, fail_at=4)  # call 1: the step-0 evaluation; calls 2, 3, 4: steps 1, 2, 3
+    with pytest.raises(RewardError, match=rf"(?s)step 3: .*{match}.*state after step 2 is checkpointed in "
+                                          r".*step-00000002.*resume with --resume"):
+        train_rl_generate(load_config(GenRLConfig, None, args("failed")), show_progress=False)
+    assert [c.name for c in complete_checkpoints(tmp_path / "failed" / "checkpoints")] == ["step-00000002"]
+    FLAKY.update(fail_at=None)
+    train_rl_generate(load_config(GenRLConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
+    a, b = final_weights(tmp_path / "straight", 4), final_weights(tmp_path / "failed", 4)
+    assert a.keys() == b.keys() and a
+    for f in a:
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+    assert rows(tmp_path / "straight") == rows(tmp_path / "failed")

@@ -22,9 +22,9 @@ from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
 from ..prepack import prepack_policy
 from ..policies.causal_lm import GenSettings, Rollout, sample, without_dropout
-from ..rewards import CombinedReward, build_rewards
+from ..rewards import CombinedReward, RewardError, build_rewards
 from ..rewards import text as text_rewards
-from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
+from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
 from ..run import RunContext, start_run
 from .common import setup_reference
 from .lm_report import EVAL_METRICS, evaluate, log_train_step, save_policy
@@ -293,9 +293,12 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
         for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
                          disable=not (show_progress and run.is_main), desc=f"rl-{rl.algorithm}"):
             batch = [next(cycle) for _ in range(rl.prompts_per_step)]  # the global batch, the same on every process
-            local = rl.prompts_per_step // world
-            ro, scored, rewards, dropped, times = rollout(run, model, tok, reward, batch[rank * local:(rank + 1) * local],
-                                                          cfg, max_prompt)  # this process's whole groups
+            local, began = rl.prompts_per_step // world, rng_state()
+            try:
+                ro, scored, rewards, dropped, times = rollout(run, model, tok, reward,
+                                                              batch[rank * local:(rank + 1) * local], cfg, max_prompt)
+            except RewardError as e:  # nothing of this step is done yet: keep what the steps before it did
+                raise RewardError(f"step {step}: {e}; {cp.save_before_failure(step - 1, snapshot, began)}") from e
             t2 = time.time()
             ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
             beta = kl_ctl.value
