@@ -367,8 +367,11 @@ def test_run_setup_prepacks_the_frozen_base_layers_unless_switched_off(tiny_caus
 
 
 def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file, tmp_path):
-    with pytest.raises(ValueError, match="samples_per_prompt must be ≥ 2"):
-        train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "a", "rl.samples_per_prompt=1"))
+    for algorithm in ("grpo", "dr_grpo", "rloo"):
+        with pytest.raises(ValueError, match=f"algorithm '{algorithm}' compares samples.*samples_per_prompt must be ≥ 2"):
+            train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "a", "rl.samples_per_prompt=1",
+                                      f"rl.algorithm={algorithm}"))
+    assert not (tmp_path / "a").exists()
     with pytest.raises(RewardError, match="returned nan"):
         train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "b",
                                   "rl.rewards=[test_classifier_training:returns_nan]"), show_progress=False)
@@ -377,6 +380,30 @@ def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file,
     with pytest.raises(ValueError, match="longer than 122 tokens"):
         train_rl_generate(run_cfg(tiny_causal_lm_dir, long, tmp_path, "c", "rl.eval_prompts=1", "rl.prompts_per_step=1"),
                           show_progress=False)
+
+
+CHAT = "{% for m in messages %}<|user|> {{ m['content'] }} <|end|>{% endfor %}{% if add_generation_prompt %}<|bot|>{% endif %}"
+
+
+def test_chat_template_prompts_are_sampled_and_measured_as_templated(policy):
+    from rewardtune.train.rl_generate import check_prompt_lengths
+
+    model, tok = policy
+    tok.chat_template = CHAT
+    torch.manual_seed(0)
+    ro = sample(model, tok, PROMPTS[:2], 2, GenSettings(max_new_tokens=3, chat_template=True), 100)
+    want = tok.apply_chat_template([{"role": "user", "content": PROMPTS[1]}], tokenize=True, add_generation_prompt=True,
+                                   return_dict=True)["input_ids"]
+    assert ro.prompt_ids[2][ro.prompt_mask[2].bool()].tolist() == list(want)  # the template, as the tokenizer makes it
+    raw = len(tok(PROMPTS[1])["input_ids"])
+    assert len(want) > raw  # the template adds tokens, which the length check must count
+    check_prompt_lengths(tok, [PROMPTS[1]], len(want), chat_template=True)
+    check_prompt_lengths(tok, [PROMPTS[1]], raw)
+    with pytest.raises(ValueError, match=rf"1 prompt\(s\) longer than {len(want) - 1} tokens with the chat template"):
+        check_prompt_lengths(tok, [PROMPTS[1]], len(want) - 1, chat_template=True)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="this tokenizer has no chat template"):
+        check_prompt_lengths(tok, [PROMPTS[1]], 100, chat_template=True)
 
 
 def test_cli_rl_dispatches_on_policy(tiny_causal_lm_dir, prompts_file, tmp_path, capsys):

@@ -21,7 +21,7 @@ from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
 from ..prepack import prepack_policy
-from ..policies.causal_lm import GenSettings, Rollout, sample, without_dropout
+from ..policies.causal_lm import GenSettings, Rollout, format_prompts, sample, without_dropout
 from ..rewards import CombinedReward, RewardError, build_rewards
 from ..rewards import text as text_rewards
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
@@ -172,12 +172,15 @@ def check_settings(rl: GenRLSettings, n_prompts: int, lora: bool = True) -> None
         raise ValueError("the prompt set is empty")
 
 
-def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int) -> None:
-    lengths = [len(ids) for ids in tok(prompts)["input_ids"]]
+def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_template: bool = False) -> None:
+    """Every prompt as sampling will tokenise it (through the chat template when asked) fits in `max_tokens`."""
+    texts = format_prompts(tok, prompts, chat_template)
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=not chat_template)["input_ids"]]
     bad = [i for i, n in enumerate(lengths) if n > max_tokens]
     if bad:
-        raise ValueError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens (the context minus max_new_tokens); "
-                         f"first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
+        how = " with the chat template" if chat_template else ""
+        raise ValueError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens{how} (the context minus "
+                         f"max_new_tokens); first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
 
 
 def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
@@ -185,7 +188,7 @@ def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompt
     that meets it); and P must split into whole prompt groups per process."""
     config = run.accelerator.unwrap_model(model).config
     max_prompt = getattr(config, "max_position_embeddings", 2048) - cfg.gen.max_new_tokens
-    check_prompt_lengths(tok, prompts, max_prompt)
+    check_prompt_lengths(tok, prompts, max_prompt, cfg.gen.chat_template)
     world = run.accelerator.num_processes
     if cfg.rl.prompts_per_step % world:
         raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
