@@ -7,6 +7,7 @@ import random
 import shutil
 
 import pytest
+import torch
 
 from rewardtune.cli import main
 from rewardtune.config import load_config
@@ -218,3 +219,40 @@ def test_the_centring_mean_counts_every_process_but_a_filler_share():
     # what each hands in: (sum, count) of its rows, or (0, 0) for the filler
     assert float(_batch_mean(Peer(torch.tensor([0.0, 0.0])), real, counts=True)) == 1.5  # (1 + 2) / 2
     assert float(_batch_mean(Peer(torch.tensor([3.0, 2.0])), filler, counts=False)) == 1.5  # not (1 + 2 + 5) / 3
+
+
+def test_generative_rl_with_a_reward_model_and_a_second_reward_logs_each(pairwise_rm, tiny_causal_lm_dir, tmp_path):
+    """A causal-LM policy scored by the tiny BERT reward model (its own tokenizer) plus the length reward: the total
+    is their weighted sum, each component is logged (mean and std), and samples.jsonl carries every component."""
+    from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the film was", "i really", "the plot", "a"]))
+    rm = f"rm:{pairwise_rm[1] / 'checkpoints' / 'best'}"
+    train_rl_generate(load_config(GenRLConfig, None, [
+        f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+        "rl.samples_per_prompt=3", "rl.steps=2", "rl.eval_prompts=2", "rl.eval_every=0", "rl.sample_every=1",
+        f"rl.rewards=[{rm}, length]", "rl.reward_weights=[2.0, 0.5]", "gen.max_new_tokens=5", f"runs_dir={tmp_path}",
+        "name=two"]), show_progress=False)
+    train = [r for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert len(train) == 2
+    for r in train:
+        assert {f"reward/{rm}", "reward/length", f"reward_std/{rm}", "reward_std/length"} <= r.keys()
+        assert r["reward"] == pytest.approx(2.0 * r[f"reward/{rm}"] + 0.5 * r["reward/length"], rel=1e-5)
+        assert r[f"reward_std/{rm}"] > 0  # the reward model told the six completions apart
+    samples = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    train_samples = [s for s in samples if "rewards" in s]
+    assert [s["step"] for s in train_samples] == [1, 1, 1, 2, 2, 2]  # the first prompt's K = 3 completions per step
+    for s in train_samples:
+        assert s["reward"] == pytest.approx(2.0 * s["rewards"][rm] + 0.5 * s["rewards"]["length"], rel=1e-5)
+
+
+def test_reward_models_run_on_the_device_they_are_given(pairwise_rm):
+    from rewardtune.rewards import build_rewards
+
+    best = pairwise_rm[1] / "checkpoints" / "best"
+    on_meta = build_rewards((f"rm:{best}",), device=torch.device("meta")).fns[f"rm:{best}"]
+    assert {p.device.type for p in on_meta.model.parameters()} == {"meta"}  # a GPU's stand-in
+    on_cpu = build_rewards((f"rm:{best}",)).fns[f"rm:{best}"]
+    assert {p.device.type for p in on_cpu.model.parameters()} == {"cpu"}

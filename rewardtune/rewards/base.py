@@ -202,8 +202,9 @@ class CombinedReward:
 
 
 def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None,
-                  normalize: str = "none", on_error: str = "raise") -> CombinedReward:
-    """Names (built-in, `rm:FOLDER` or `module:function`) and weights (default 1 each) → a CombinedReward."""
+                  normalize: str = "none", on_error: str = "raise", device: Any = None) -> CombinedReward:
+    """Names (built-in, `rm:FOLDER` or `module:function`) and weights (default 1 each) → a CombinedReward.
+    `device`: where reward models run (the trainer passes its accelerator's; None = the CPU)."""
     if not names:
         raise RewardError("no reward functions given")
     if weights and len(weights) != len(names):
@@ -218,7 +219,7 @@ def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry:
             fns[n] = registry[n]()
         elif n.startswith("rm:"):  # a trained reward model folder, scored with its own tokenizer
             from .model import reward_model
-            fns[n] = reward_model(n[3:])
+            fns[n] = reward_model(n[3:], **({"device": str(device)} if device is not None else {}))
         elif ":" in n:
             fns[n] = load_function(n)
         else:

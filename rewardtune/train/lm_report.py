@@ -17,10 +17,25 @@ def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards
                    beta: float, **extra: Any) -> None:
     """One metrics.jsonl row: reward (total, each component), KL, lengths, equal-reward groups, timings, tokens/s."""
     run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
-            **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()}, **stats,
+            **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()},
+            **{f"reward_std/{k}": _nanstd(v) for k, v in scored.components.items()}, **stats,
             completion_len=ro.completion_mask.sum(-1).float().mean(),
             equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), **extra,
             tokens_per_s=float(ro.completion_mask.sum()) / extra["time_generate"])
+
+
+def _nanstd(v: torch.Tensor) -> float:
+    """The sample standard deviation of the values that are not NaN (a component with no opinion gives NaN)."""
+    kept = v[~torch.isnan(v)].double()
+    return float(kept.std()) if kept.numel() > 1 else 0.0
+
+
+def log_samples(run: RunContext, step: int, ro: Rollout, scored: Any, k: int) -> None:
+    """samples.jsonl: the first prompt's K completions, each with its total reward and every component's."""
+    for i in range(min(k, len(ro.prompts))):
+        parts = {name: None if torch.isnan(v[i]) else float(v[i]) for name, v in scored.components.items()}
+        run.log_sample(step, prompt=ro.prompts[i], completion=ro.completions[i], reward=float(scored.total[i]),
+                       rewards=parts)
 
 
 EVAL_METRICS = ("reward", "length_words", "distinct_1", "distinct_2", "kl", "kl_greedy", "ref_perplexity")

@@ -63,7 +63,7 @@ def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Ten
                 ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one micro-batch, already weighted; stats are the micro-batch's token means. `ref_logp` (b, T): the
     reference's log-probs (`reference_logprobs`), needed when rl.kl_coef is not 0."""
-    T = ro.completion_ids.shape[1]
+    T, rl = ro.completion_ids.shape[1], rl.resolved()  # rl.aggregation "auto" → the algorithm's own
     logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, gen.temperature, share=grouped(rl))  # (b, T)
     mask = ro.completion_mask
     loss, _ = pg_loss(logp, adv, mask, rl.aggregation, gen.max_new_tokens)

@@ -175,9 +175,10 @@ def gather_rows(acc: Any) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     return gather
 
 
-def setup_reward(rl: RLSettings) -> CombinedReward:
+def setup_reward(rl: RLSettings, device: Any = None) -> CombinedReward:
+    """Built-ins: indicator, cost_matrix (rl.cost_matrix); or rm:FOLDER (run on `device`), module:fn."""
     registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
-    return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error)
+    return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error, device=device)
 
 
 def penalties(logits: torch.Tensor, ref_logits: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -198,7 +199,7 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     data = setup_data(cfg.data)
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
-    reward = setup_reward(cfg.rl)
+    reward = setup_reward(cfg.rl, run.accelerator.device)
     reference = setup_reference(model, cfg.rl, run.accelerator.device)
     estimator = ESTIMATORS[cfg.rl.estimator]
     opt, ema = cfg.train, EMABaseline(decay=cfg.rl.ema_decay)

@@ -27,7 +27,7 @@ from ..rewards import text as text_rewards
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
 from ..run import RunContext, start_run
 from .common import setup_reference
-from .lm_report import EVAL_METRICS, evaluate, log_train_step, save_policy
+from .lm_report import EVAL_METRICS, evaluate, log_samples, log_train_step, save_policy
 from .pg_update import grouped, kl_in_reward, no_grad_rows, reference_logprobs, update
 from .ppo import PPOSettings, ValueHead, average_gradients, ppo_update
 
@@ -106,13 +106,14 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
     return [min(len(c.split()), 10) / 10 for c in completions]
 
 
-def setup_reward(rl: GenRLSettings) -> CombinedReward:
-    """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER, module:fn."""
+def setup_reward(rl: GenRLSettings, device: Any = None) -> CombinedReward:
+    """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER (run on
+    `device`, the policy's), module:fn."""
     builtins: dict[str, Callable[[], Any]] = {
         "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
         "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
     }
-    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error)
+    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
 
 
 def setup_kl_controller(rl: GenRLSettings) -> Any:
@@ -270,7 +271,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision,
                                                             "kwargs_handlers": [ddp_settings()]})
     model, tok, head, params, optim, ref = setup_policy(cfg, run)
-    reward = setup_reward(rl)
+    reward = setup_reward(rl, run.accelerator.device)
     max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
     ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
@@ -314,7 +315,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
                 log_train_step(run, step, ro, scored, rewards, stats, beta=beta, reward_dropped=dropped, **times,
                                time_update=t3 - t2)
             if rl.sample_every and step % rl.sample_every == 0:
-                run.log_sample(step, prompt=ro.prompts[0], completion=ro.completions[0], reward=float(scored.total[0]))
+                log_samples(run, step, ro, scored, rl.samples_per_prompt)
             if (rl.eval_every and step % rl.eval_every == 0) or step == rl.steps:
                 last_eval = held_out_eval(step)
                 best = keep_if_best(run, model, tok, head, rl, step, last_eval, best)
