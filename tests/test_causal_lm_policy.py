@@ -310,6 +310,7 @@ def test_each_algorithm_runs_with_finite_losses_and_moves_lora(tiny_causal_lm_di
     assert len(train) == 3 and all(math.isfinite(r["loss"]) for r in train)
     assert all(k in train[0] for k in ("reward", "reward/length", "entropy", "completion_len", "time_generate",
                                        "tokens_per_s", "equal_reward_groups"))
+    assert all(r["batch"] == 2 * 3 for r in train)  # P × K
     assert [r for r in rows if r["split"] == "eval"] and out["eval"]["distinct_1"] >= 0
     lora_b = {k: v for k, v in load_file(str(tmp_path / algorithm / "checkpoints" / "final" / "adapter_model.safetensors")).items()
               if "lora_B" in k}
@@ -404,6 +405,16 @@ def test_chat_template_prompts_are_sampled_and_measured_as_templated(policy):
     tok.chat_template = None
     with pytest.raises(ValueError, match="this tokenizer has no chat template"):
         check_prompt_lengths(tok, [PROMPTS[1]], 100, chat_template=True)
+
+
+def test_too_few_prompts_to_hold_out_is_said(tiny_causal_lm_dir, tmp_path, capsys):
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
+    train_rl_generate(run_cfg(tiny_causal_lm_dir, few, tmp_path, "few", "rl.steps=1"), show_progress=False)
+    assert "no more than rl.eval_prompts=2 prompts, so training uses the held-out prompts" in capsys.readouterr().out
+    train_rl_generate(run_cfg(tiny_causal_lm_dir, few, tmp_path, "enough", "rl.steps=1", "rl.eval_prompts=1"),
+                      show_progress=False)
+    assert "held-out prompts too" not in capsys.readouterr().out
 
 
 def test_cli_rl_dispatches_on_policy(tiny_causal_lm_dir, prompts_file, tmp_path, capsys):

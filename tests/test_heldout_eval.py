@@ -128,3 +128,37 @@ def test_the_frozen_reference_is_placed_on_the_accelerator_s_device(tiny_causal_
         assert {p.device.type for p in ref.parameters()} == {"meta"}
         assert not any(p.requires_grad for p in ref.parameters())
     assert {p.device.type for p in model.parameters()} == {"cpu"}  # the policy is left where it was
+
+
+def test_distinct_n_by_hand():
+    from rewardtune.train.lm_report import _distinct
+
+    words = [["a", "b", "a"], ["a", "b"], []]
+    # unigrams: a b a a b → {a, b}: 2 / 5; bigrams: (a b) (b a) (a b) → 2 distinct / 3
+    assert _distinct(words, 1) == pytest.approx(2 / 5) and _distinct(words, 2) == pytest.approx(2 / 3)
+    assert _distinct([[]], 2) == 0.0  # no n-grams at all: 0, not a division by zero
+
+
+def test_greedy_kl_and_perplexity_are_the_reference_model_s_own(tiny_causal_lm_dir, tmp_path):
+    """The evaluation's numbers recomputed another way: the base model without peft scores the greedy completions."""
+    from rewardtune.policies.causal_lm import sample, token_logprobs
+
+    base, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = apply_lora(load_causal_lm(str(tiny_causal_lm_dir))[0], LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
+    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+    gen = GenSettings(max_new_tokens=6, temperature=1.5)  # greedy evaluation: perplexity and KL at temperature 1
+    got = evaluate(run, model, tok, reward, PROMPTS, gen, 0)
+    ro = sample(model, tok, PROMPTS, 1, gen, 100, greedy=True)
+    mask = ro.completion_mask.bool()
+    with torch.no_grad():
+        ref, _ = token_logprobs(base, ro.input_ids, ro.attention_mask, mask.shape[1], 1.0, entropy=False)
+        pol, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, mask.shape[1], 1.0, entropy=False)
+    assert got["ref_perplexity"] == pytest.approx(float(torch.exp(-ref[mask].mean())), rel=1e-4)
+    assert got["kl_greedy"] == pytest.approx(float((pol - ref)[mask].mean()), rel=1e-4, abs=1e-6)
+    assert abs(got["kl_greedy"]) > 1e-3  # the adapter moved the policy: the check is not 0 == 0
+    assert got["length_words"] == pytest.approx(sum(len(c.split()) for c in ro.completions) / len(PROMPTS))

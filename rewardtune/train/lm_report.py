@@ -15,8 +15,9 @@ from .pg_update import reference_logprobs
 
 def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards: torch.Tensor, stats: dict[str, float],
                    beta: float, **extra: Any) -> None:
-    """One metrics.jsonl row: reward (total, each component), KL, lengths, equal-reward groups, timings, tokens/s."""
-    run.log(step, split="train", reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
+    """One metrics.jsonl row: the batch (P·K completions over all processes), reward (total, each component), KL,
+    lengths, equal-reward groups, timings, tokens/s."""
+    run.log(step, split="train", batch=rewards.numel(), reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
             **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()},
             **{f"reward_std/{k}": _nanstd(v) for k, v in scored.components.items()}, **stats,
             completion_len=ro.completion_mask.sum(-1).float().mean(),

@@ -270,6 +270,9 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     train_prompts, held_out = setup_prompts(cfg)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision,
                                                             "kwargs_handlers": [ddp_settings()]})
+    if train_prompts is held_out:  # setup_prompts had none left to train on
+        run.print(f"warning: data.path has no more than rl.eval_prompts={rl.eval_prompts} prompts, so training uses the "
+                  "held-out prompts too and held-out rewards measure training prompts; give data.val_path or more prompts")
     model, tok, head, params, optim, ref = setup_policy(cfg, run)
     reward = setup_reward(rl, run.accelerator.device)
     max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
