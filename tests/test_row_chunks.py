@@ -110,10 +110,11 @@ def test_ppo_logprobs_and_values_equal_the_whole_logits_path(policy):
     head = ValueHead(model.config.hidden_size)
     torch.nn.init.normal_(head.linear.weight)
     T = ro.completion_ids.shape[1]
-    logp, values = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
+    logp, values, ent = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
     with mock.patch.object(ppo_module, "chunkable_head", return_value=None):  # the model's own logits
-        logp2, values2 = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
+        logp2, values2, ent2 = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
     assert torch.allclose(logp, logp2, atol=1e-5) and torch.allclose(values, values2, atol=1e-5)
+    assert torch.allclose(ent, ent2, atol=1e-5) and ent.min() > 0  # the entropy PPO logs, both ways
     assert values.abs().max() > 0
     # The value pass before the update: the same values, in one pass or two rows at a time, without the LM head.
     seen = []
