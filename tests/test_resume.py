@@ -283,8 +283,8 @@ def test_a_reward_failing_mid_run_keeps_the_steps_before_and_resumes_exactly(tin
     FLAKY.update(calls=0, fail_at=None, how=how)
     train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)
     FLAKY.update(calls=0, fail_at=4)  # call 1: the step-0 evaluation; calls 2, 3, 4: steps 1, 2, 3
-    with pytest.raises(RewardError, match=rf"(?s)step 3: .*{match}.*state after step 2 is checkpointed in "
-                                          r".*step-00000002.*resume with --resume"):
+    with pytest.raises(RewardError, match=rf"(?s){match}.*; while scoring step 3; the state after step 2 is checkpointed "
+                                          r"in .*step-00000002.*resume with --resume"):
         train_rl_generate(load_config(GenRLConfig, None, args("failed")), show_progress=False)
     assert [c.name for c in complete_checkpoints(tmp_path / "failed" / "checkpoints")] == ["step-00000002"]
     FLAKY.update(fail_at=None)

@@ -15,7 +15,7 @@ from ..policies.causal_lm import GenSettings, Rollout, token_logprobs
 from ..run import RunContext
 
 if TYPE_CHECKING:
-    from .rl_generate import GenRLSettings
+    from .gen_setup import GenRLSettings
 
 
 def no_grad_rows(rl: GenRLSettings) -> int:

@@ -1,0 +1,206 @@
+"""What a generative-RL run is given and sets up before its first step: its settings, its prompts, the
+policy with its reference and optimiser, the reward, and the checks that fail before any work is done.
+Each step is a function a user can replace without copying the loop (`rl_generate.train_rl_generate`).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal
+
+import torch
+
+from ..algorithms import get_kl_controller
+from ..checkpoint import CheckpointSettings
+from ..config import DataSettings, ModelSettings, doc, nested
+from ..data import load_examples
+from ..models import apply_lora, enable_checkpointing, load_causal_lm
+from ..policies.causal_lm import GenSettings, format_prompts, without_dropout
+from ..prepack import prepack_policy
+from ..rewards import CombinedReward, build_rewards
+from ..rewards import text as text_rewards
+from ..run import RunContext
+from .common import setup_reference
+from .lm_report import EVAL_METRICS
+from .ppo import PPOSettings, ValueHead
+
+
+@dataclass(frozen=True)
+class GenRLSettings:
+    """Algorithm, batch and KL settings for generative RL."""
+
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = doc("grpo", "estimator (ppo: value head + GAE)")
+    prompts_per_step: int = doc(4, "P: prompts per step")
+    samples_per_prompt: int = doc(4, "K: completions per prompt (B = P·K per step)")
+    micro_batch_size: int = doc(0, "rows per forward/backward (0 = B; PPO: its minibatch); never changes the update")
+    inference_batch_size: int = doc(0, "rows per pass without gradient: sampling, reference and PPO value passes, "
+                                       "held-out evaluation (0 = all at once; whole prompt groups); memory only")
+    steps: int = doc(20, "optimiser steps")
+    lr: float = doc(1e-4, "AdamW learning rate (constant)")
+    max_grad_norm: float = doc(1.0, "gradient clipping (0 = off)")
+    aggregation: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = doc(
+        "auto", "how token losses become one number (auto: seq_mean_token_sum for dr_grpo, else seq_mean_token_mean)")
+    baseline: Literal["none", "mean", "ema"] = doc("mean", "reinforce: baseline")
+    kl_coef: float = doc(0.04, "β of the KL to the reference policy (0 = no reference)")
+    kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "per-token KL estimator")
+    kl_mode: Literal["auto", "loss", "reward"] = doc(
+        "auto", "KL as a loss term or a penalty in the reward (auto: reward for ppo, else loss)")
+    kl_target: float = doc(0.0, "adaptive β (Ziegler et al. 2019): the per-token KL to hold; 0 = fixed β")
+    kl_horizon: int = doc(10000, "adaptive β: samples over which β may change by ±20%")
+    rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
+    reward_weights: tuple = doc((), "one weight per reward")
+    reward_normalize: Literal["none", "running", "rank"] = doc("none", "per-reward normalisation before weighting")
+    on_reward_error: Literal["raise", "skip"] = doc(
+        "raise", "a reward that raises or gives NaN: stop showing the sample, or drop that sample (counted)")
+    regex: str = doc("", "pattern for the `regex` reward (1 if the completion matches)")
+    target_length: int = doc(20, "target words for the `length_penalty` reward")
+    eval_every: int = doc(10, "steps between held-out evaluations (0 = only at the end)")
+    eval_prompts: int = doc(16, "held-out prompts evaluated")
+    eval_samples: int = doc(0, "held-out completions per prompt: 0 = one greedy; K = K sampled at gen.temperature "
+                               "(the same draws at every evaluation)")
+    best_metric: str = doc("reward", "held-out metric that picks checkpoints/best: reward, kl (sampled) or kl_greedy, "
+                                     "ref_perplexity, distinct_1, distinct_2, length_words")
+    best_mode: Literal["max", "min"] = doc("max", "whether a larger or a smaller best_metric is better")
+    sample_every: int = doc(5, "steps between samples.jsonl rows")
+    log_every: int = doc(1, "steps between metrics.jsonl rows")
+    mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
+    gradient_checkpointing: bool = doc(False, "keep only each layer's input for the backward pass and recompute the rest "
+                                       "(less memory, one more forward's compute)")
+
+    def resolved(self) -> GenRLSettings:
+        """These settings with `auto` made the algorithm's own choice: Dr. GRPO's per-sequence token sum over a
+        constant length (Liu et al. 2025), PPO's KL penalty in the reward (Ziegler et al. 2019), the others' KL
+        as a loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran."""
+        agg = self.aggregation
+        if agg == "auto":
+            agg = "seq_mean_token_sum" if self.algorithm == "dr_grpo" else "seq_mean_token_mean"
+        mode = self.kl_mode if self.kl_mode != "auto" else "reward" if self.algorithm == "ppo" else "loss"
+        return replace(self, aggregation=agg, kl_mode=mode)
+
+
+@dataclass(frozen=True)
+class GenRLConfig:
+    """`rewardtune rl` with `policy: causal-lm`."""
+
+    model: ModelSettings = nested(lambda: ModelSettings(name="smollm2-135m-instruct"), "causal LM to fine-tune")
+    data: DataSettings = nested(lambda: DataSettings(path="demo-prompts", label_column=""), "prompts")
+    gen: GenSettings = nested(GenSettings, "sampling")
+    rl: GenRLSettings = nested(GenRLSettings, "algorithm, batch, KL, rewards")
+    ppo: PPOSettings = nested(PPOSettings, "PPO epochs, minibatches, clipping, GAE (rl.algorithm=ppo)")
+    ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
+    policy: Literal["causal-lm"] = doc("causal-lm", "what the action is (a completion)")
+    runs_dir: str = doc("runs", "folder holding run folders")
+    name: str = doc("rl-lm", "run folder name")
+    seed: int = doc(0, "global seed")
+
+
+def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
+    """A toy reward for smoke tests: completion length in words, capped at 10, divided by 10."""
+    return [min(len(c.split()), 10) / 10 for c in completions]
+
+
+def setup_reward(rl: GenRLSettings, device: Any = None) -> CombinedReward:
+    """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER (run on
+    `device`, the policy's), module:fn."""
+    builtins: dict[str, Callable[[], Any]] = {
+        "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
+        "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
+    }
+    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
+
+
+def setup_kl_controller(rl: GenRLSettings) -> Any:
+    """β as a controller: fixed, or adaptive towards `kl_target` (its state is checkpointed)."""
+    if rl.kl_target > 0:
+        return get_kl_controller("adaptive", value=rl.kl_coef, target=rl.kl_target, horizon=rl.kl_horizon)
+    return get_kl_controller("fixed", value=rl.kl_coef)
+
+
+def check_settings(rl: GenRLSettings, n_prompts: int, lora: bool = True) -> None:
+    if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:  # ppo and reinforce do not
+        raise ValueError(f"algorithm {rl.algorithm!r} compares samples within a group: "
+                         f"samples_per_prompt must be ≥ 2, got {rl.samples_per_prompt}")
+    negative = [n for n in ("micro_batch_size", "inference_batch_size", "eval_samples") if getattr(rl, n) < 0]
+    if negative:
+        raise ValueError(f"rl.{negative[0]}={getattr(rl, negative[0])} must be ≥ 0 (0 = all rows / greedy)")
+    kl_name = "kl" if rl.eval_samples else "kl_greedy"  # the evaluation logs one of them
+    if rl.best_metric not in EVAL_METRICS or rl.best_metric in ("kl", "kl_greedy") and rl.best_metric != kl_name:
+        valid = [m for m in EVAL_METRICS if m not in ("kl", "kl_greedy")] + [kl_name]
+        raise ValueError(f"rl.best_metric={rl.best_metric!r} is not a held-out metric of this evaluation "
+                         f"(rl.eval_samples={rl.eval_samples}); valid: {', '.join(valid)}")
+    if not lora and not rl.kl_coef and rl.best_metric in ("kl", "kl_greedy", "ref_perplexity"):
+        raise ValueError(f"rl.best_metric={rl.best_metric!r} is measured against the reference policy, which exists "
+                         "with LoRA (model.lora.r > 0: the adapter disabled) or with rl.kl_coef > 0 (a frozen copy)")
+    if n_prompts == 0:
+        raise ValueError("the prompt set is empty")
+
+
+def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_template: bool = False) -> None:
+    """Every prompt as sampling will tokenise it (through the chat template when asked) fits in `max_tokens`."""
+    texts = format_prompts(tok, prompts, chat_template)
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=not chat_template)["input_ids"]]
+    bad = [i for i, n in enumerate(lengths) if n > max_tokens]
+    if bad:
+        how = " with the chat template" if chat_template else ""
+        raise ValueError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens{how} (the context minus "
+                         f"max_new_tokens); first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
+
+
+def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
+    """The longest prompt the context allows (checked for every prompt before any step, not at the step
+    that meets it); and P must split into whole prompt groups per process."""
+    config = run.accelerator.unwrap_model(model).config
+    max_prompt = getattr(config, "max_position_embeddings", 2048) - cfg.gen.max_new_tokens
+    check_prompt_lengths(tok, prompts, max_prompt, cfg.gen.chat_template)
+    world = run.accelerator.num_processes
+    if cfg.rl.prompts_per_step % world:
+        raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
+                         "each process takes whole prompt groups")
+    return max_prompt
+
+
+def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
+    """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`."""
+    rl = cfg.rl
+    prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
+    check_settings(rl, len(prompts), cfg.model.lora.r > 0)  # before the run folder exists: nothing is lost
+    order = list(range(len(prompts)))
+    random.Random(cfg.seed).shuffle(order)
+    if cfg.data.val_path:  # a fixed held-out prompt set
+        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:rl.eval_prompts]
+        return [prompts[i] for i in order], held_out
+    held_out = [prompts[i] for i in order[:rl.eval_prompts]]
+    return [prompts[i] for i in order[rl.eval_prompts:]] or held_out, held_out
+
+
+def ddp_settings() -> Any:
+    """DDP without buffer broadcasts. DDP broadcasts the model's buffers at every forward call, a collective, so
+    processes whose number of forward calls differs (prompt sharing takes two calls, a rollout whose rows all
+    ended after one token takes one) would wait on each other forever. A causal LM's buffers (rotary
+    frequencies) are constants, the same on every process."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return DistributedDataParallelKwargs(broadcast_buffers=False)
+
+
+def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list, Any, Callable[[], Any]]:
+    """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
+    lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
+    model, tok = load_causal_lm(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
+    if cfg.rl.gradient_checkpointing:
+        enable_checkpointing(model)
+    model = apply_lora(model, cfg.model.lora)
+    if cfg.rl.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
+        without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
+    ref = setup_reference(model, cfg.rl, run.accelerator.device)
+    # The value head stays outside DDP (it reads the LM head's inputs after the forward): placed on the device
+    # here, its gradients averaged over processes in ppo_step.
+    head = ValueHead(model.config.hidden_size).to(run.accelerator.device) if cfg.rl.algorithm == "ppo" else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    optim = torch.optim.AdamW(params, lr=cfg.rl.lr)
+    model, optim = run.accelerator.prepare(model, optim)
+    # After prepare: only weights that stay on the CPU are packed. Not under bf16 autocast, whose matmuls do not
+    # use them (held-out evaluation, run without autocast, would then pack copies only for itself).
+    if lora.r > 0 and lora.prepack and cfg.rl.mixed_precision == "no":
+        prepack_policy(run.accelerator.unwrap_model(model), run.print)
+    return model, tok, head, params, optim, ref
