@@ -339,7 +339,11 @@ def apply_lora(model: Any, lora: LoraSettings, task_type: str | None = None) -> 
     ]
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=targets, task_type=task_type)
-    return get_peft_model(model, config)
+    import warnings
+
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` (peft's to fix)
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _task_type(model: Any) -> str:
