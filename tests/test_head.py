@@ -90,6 +90,19 @@ def test_a_model_that_soft_caps_its_logits_keeps_its_own_logits(tmp_path):
         assert torch.allclose(logp, ref, atol=1e-5)
 
 
+def test_the_check_holds_under_a_bf16_autocast_forward(tiny_causal_lm_dir):
+    """accelerate's bf16 mixed precision wraps the prepared model's forward in autocast, and evaluation calls it
+    outside any autocast of its own: the check must still find a plain head (it compares the head's output within
+    that call; a head recomputed in fp32 differed from the bf16 logits and turned the chunked head off for good)."""
+    from rewardtune.policies.head import logits_are_head_outputs
+
+    model, _ = load_causal_lm(str(tiny_causal_lm_dir))
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(300)  # logits of a real model's size: bf16 rounding ≫ 1e-3
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)  # as accelerate patches it
+    assert logits_are_head_outputs(model)
+
+
 def test_bf16_base_weights_give_the_whole_logits_log_probs(tiny_causal_lm_dir):
     """bf16 frozen weights (model.lora.base_dtype=bfloat16): the chunked head computes the bf16 logits the
     model's own head would, then works in float32 as the whole-logits path does."""

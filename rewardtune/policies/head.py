@@ -91,18 +91,26 @@ def head_inputs(head: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def logits_are_head_outputs(model: Any) -> bool:
-    """Whether `model`'s logits are exactly its LM head applied to the head's input (checked once on three
-    tokens, then remembered on the model): false for models that scale or soft-cap the logits after it."""
+    """Whether `model`'s logits are exactly its LM head's output (checked once on three tokens, then remembered on
+    the model): false for models that scale or soft-cap the logits after it.
+
+    The head's output is taken by a hook inside the same forward call, so it was computed under whatever that call
+    ran with (accelerate's bf16 autocast wraps a prepared model's forward): a head recomputed outside it would differ
+    from bf16 logits by their rounding and wrongly send the model down the whole-logits path."""
     inner = getattr(model, "module", model)
     known = getattr(inner, "_rt_plain_head", None)
     if known is None:
         head = inner.get_output_embeddings()
         ids = torch.arange(1, 4, device=head.weight.device)[None]  # (1, 3)
-        with torch.no_grad():
-            with head_inputs(head) as seen:
+        seen: list[torch.Tensor] = []
+        handle = head.register_forward_hook(lambda _m, _args, out: seen.append(out))
+        try:
+            with torch.no_grad():
                 logits = inner(input_ids=ids, logits_to_keep=1).logits  # (1, 1, V)
-            direct = head(seen[-1][:, -1:])  # the same (1, 1, H) input, the same kernel
-        known = bool(torch.allclose(logits.float(), direct.float(), rtol=1e-3, atol=1e-3))
+        finally:
+            handle.remove()
+        direct = seen[-1][:, -1:]  # (1, 1, V): the head's own output in that call
+        known = bool(torch.allclose(logits.float(), direct.float(), rtol=1e-5, atol=1e-5))
         inner._rt_plain_head = known
     return known
 
