@@ -252,12 +252,18 @@ class Checkpointer:
                     f.rename(f.with_name(f"{f.stem}.before-{int(time.time())}.jsonl"))
 
     def step_done(self, step: int, state: Any) -> bool:
-        """Checkpoint when due or asked to stop; True means: stop now (the checkpoint is written)."""
-        stop = self.guard.should_stop(step)
+        """Checkpoint when due or asked to stop; True means: stop now (the checkpoint is written). With several
+        processes they agree first (one small all-reduce per step): a signal may reach them at different steps, and
+        a process that saved while another went on to the next step's collectives would hang both."""
+        stop, acc = self.guard.should_stop(step), self.run.accelerator
+        if acc.num_processes > 1:
+            stop = bool(acc.reduce(torch.tensor([float(stop)], device=acc.device), "sum").item() > 0)
         if stop or (self.settings.every and step % self.settings.every == 0):
             self.save(step, state() if callable(state) else state)
         if stop:
-            why = f"{self.guard.signal_name} received" if self.guard.signal_name else f"ckpt.stop_after={self.settings.stop_after}"
+            why = (f"{self.guard.signal_name} received" if self.guard.signal_name else
+                   f"ckpt.stop_after={self.settings.stop_after}" if self.guard.should_stop(step) else
+                   "another process was asked to stop")
             self.run.print(f"stopped after step {step} ({why}); resume with --resume {self.run.dir}")
         return stop
 

@@ -85,3 +85,26 @@ def test_second_signal_exits_at_once(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 128 + signal.SIGTERM and "second SIGTERM: exiting now" in done.stdout
     assert "not reached" not in done.stdout and time.time() - t < 25
+
+
+def test_processes_agree_to_stop_when_only_one_got_the_signal(tmp_path):
+    """Under several processes a signal may reach one process a step before the others. Each process's step_done
+    sums the flags over processes, so all of them checkpoint and stop at the same step (here: the process that got
+    no signal stops too; the reduction is faked, the other process's flag being 1)."""
+    from types import SimpleNamespace
+
+    from rewardtune.checkpoint import Checkpointer, CheckpointSettings, StopGuard
+
+    reduced = []
+
+    def reduce(t, op):
+        reduced.append((t.tolist(), op))
+        return t + 1  # the other process got the signal
+    acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
+    run = SimpleNamespace(accelerator=acc, dir=tmp_path, print=lambda *a: None)
+    cp = Checkpointer(run, CheckpointSettings(), {}, None, None, StopGuard())
+    saved = []
+    cp.save = lambda step, state: saved.append(step)
+    assert cp.step_done(3, lambda: {}) and saved == [3] and reduced == [([0.0], "sum")]
+    acc.reduce = lambda t, op: t  # nobody got one: go on
+    assert not cp.step_done(4, lambda: {}) and saved == [3]
