@@ -162,3 +162,15 @@ def test_greedy_kl_and_perplexity_are_the_reference_model_s_own(tiny_causal_lm_d
     assert got["kl_greedy"] == pytest.approx(float((pol - ref)[mask].mean()), rel=1e-4, abs=1e-6)
     assert abs(got["kl_greedy"]) > 1e-3  # the adapter moved the policy: the check is not 0 == 0
     assert got["length_words"] == pytest.approx(sum(len(c.split()) for c in ro.completions) / len(PROMPTS))
+
+
+def test_held_out_rewards_are_raw_and_do_not_feed_training_s_normalisation(tiny_causal_lm_dir, tmp_path):
+    from rewardtune.policies.causal_lm import sample
+
+    model, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
+    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "running", "raise")
+    got = evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=6), 0)
+    assert reward.stats == {}  # nothing seen: the running statistics are training's alone
+    ro = sample(model, tok, PROMPTS, 1, GenSettings(max_new_tokens=6), 100, greedy=True)
+    assert got["reward"] == pytest.approx(sum(length_reward([], ro.completions)) / len(PROMPTS))  # raw, not z-scored

@@ -439,3 +439,38 @@ def test_negative_weight_keeps_its_sign_when_others_abstain():
 
     combined = CombinedReward({"good": good, "penalty": penalty}, {"good": 2.0, "penalty": -1.0})
     assert combined(["p0", "p1"], ["c0", "c1"]).total.tolist() == [1.0, -3.0]
+
+
+def _lengths(prompts, completions, **_):
+    return [float(len(c)) for c in completions]
+
+
+def _halves_over_two_processes(normalize):
+    """One process scoring 8 completions, and two simulated processes scoring 4 each with `gather` returning the
+    global batch's values (what the run's accelerator.gather gives): (one process's totals, the two shares')."""
+    texts = ["a", "bbbb", "cc", "ddddddd", "e", "ff", "ggg", "hhhhh"]
+    one = CombinedReward({"len": _lengths}, {"len": 1.0}, normalize)
+    whole = [one([""] * 8, texts).total for _ in range(2)]  # two steps: the running statistics carry over
+    full = torch.tensor(_lengths([], texts))
+    shares = [CombinedReward({"len": _lengths}, {"len": 1.0}, normalize, gather=lambda _t: full, rank=r) for r in (0, 1)]
+    parts = [[shares[r]([""] * 4, texts[4 * r:4 * r + 4]).total for r in (0, 1)] for _ in range(2)]
+    return one, whole, shares, parts
+
+
+@pytest.mark.parametrize("normalize", ["running", "rank"])
+def test_normalisation_over_processes_is_the_global_batch_s(normalize):
+    one, whole, shares, parts = _halves_over_two_processes(normalize)
+    for w, (p0, p1) in zip(whole, parts):
+        assert torch.allclose(torch.cat([p0, p1]), w, atol=1e-6)
+    if normalize == "running":  # every process keeps the same statistics, so a checkpoint of any one resumes all
+        assert shares[0].state_dict() == shares[1].state_dict() == one.state_dict()
+    alone = CombinedReward({"len": _lengths}, {"len": 1.0}, normalize)([""] * 4, ["e", "ff", "ggg", "hhhhh"]).total
+    assert not torch.allclose(alone, whole[0][4:])  # without the gather: the share's own normalisation differs
+
+
+def test_unnormalized_scores_are_raw_and_leave_the_statistics_alone():
+    r = CombinedReward({"len": _lengths, "half": lambda p, c, **_: [0.5] * len(c)}, {"len": 2.0, "half": 1.0}, "running")
+    r([""] * 3, ["a", "bb", "ccc"])  # training sees these
+    before = r.state_dict()
+    raw = r.unnormalized([""] * 2, ["dddd", "e"])
+    assert raw.total.tolist() == [2.0 * 4 + 0.5, 2.0 * 1 + 0.5] and r.state_dict() == before

@@ -142,8 +142,33 @@ class CombinedReward:
     normalize: str = "none"  # "none" | "running" (mean/std over all batches so far) | "rank" (within the batch)
     stats: dict[str, "RunningStats"] = field(default_factory=dict)
     on_error: str = "raise"  # "raise": stop and show the sample; "skip": drop failing samples (see `dropped`)
+    # Several processes, each scoring its own equal share: `gather` returns every process's (B,) values in rank
+    # order, so normalisation sees the global batch (the same statistics everywhere) and this process keeps its
+    # share, number `rank`. None: one process.
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    rank: int = 0
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
+        """Score a training batch: normalised as configured (the running statistics see it)."""
+        return self._score(prompts, completions, columns, self.normalize)
+
+    def unnormalized(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
+        """The weighted sum of the raw values, statistics untouched: what held-out evaluation reports (normalisation
+        is a training device, and held-out samples must not shift training's running statistics)."""
+        return self._score(prompts, completions, columns, "none")
+
+    def _normalized(self, name: str, v: torch.Tensor, mode: str) -> torch.Tensor:
+        """(B,) → (B,), normalised over the global batch when `gather` is set."""
+        if mode == "none":
+            return v
+        norm, st = NORMALIZERS[mode], self.stats.setdefault(name, RunningStats())
+        if self.gather is None:
+            return norm(v, st)
+        B = v.shape[0]
+        return norm(self.gather(v), st)[self.rank * B:(self.rank + 1) * B]
+
+    def _score(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]],
+               mode: str) -> RewardResult:
         comps: dict[str, torch.Tensor] = {}
         dropped = torch.zeros(len(prompts), dtype=torch.bool)
         for name, fn in self.fns.items():
@@ -156,7 +181,7 @@ class CombinedReward:
         if ((w_present == 0) & ~dropped).any():  # checked before the running statistics see this batch
             i = int(((w_present == 0) & ~dropped).nonzero()[0])
             raise RewardError(f"no reward function with a non-zero weight gave a value for {_example(prompts, completions, i)}")
-        normed = {n: NORMALIZERS[self.normalize](v, self.stats.setdefault(n, RunningStats())) for n, v in comps.items()}
+        normed = {n: self._normalized(n, v, mode) for n, v in comps.items()}
         r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
         total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present.clamp(min=1e-12))  # (B,)
         return RewardResult(total.masked_fill(dropped, 0.0), comps, dropped)

@@ -99,14 +99,20 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
     return [min(len(c.split()), 10) / 10 for c in completions]
 
 
-def setup_reward(rl: GenRLSettings, device: Any = None) -> CombinedReward:
+def setup_reward(rl: GenRLSettings, accelerator: Any = None) -> CombinedReward:
     """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER (run on
-    `device`, the policy's), module:fn."""
+    the accelerator's device, the policy's), module:fn. Under several processes, normalisation sees the global
+    batch."""
     builtins: dict[str, Callable[[], Any]] = {
         "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
         "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
     }
-    return build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
+    device = None if accelerator is None else accelerator.device
+    reward = build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        reward.gather = lambda t: accelerator.gather(t.to(accelerator.device)).cpu()
+        reward.rank = accelerator.process_index
+    return reward
 
 
 def setup_kl_controller(rl: GenRLSettings) -> Any:

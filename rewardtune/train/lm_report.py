@@ -62,7 +62,7 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
         torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
         ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows)
-    r = reward(ro.prompts, ro.completions).total
+    r = reward.unnormalized(ro.prompts, ro.completions).total  # raw: comparable across evaluations
     words = [c.split() for c in ro.completions]
     m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
          "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}

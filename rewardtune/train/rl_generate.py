@@ -86,7 +86,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": rl.mixed_precision,
                                                             "kwargs_handlers": [ddp_settings()]})
     model, tok, head, params, optim, ref = setup_policy(cfg, run)
-    reward = setup_reward(rl, run.accelerator.device)
+    reward = setup_reward(rl, run.accelerator)
     max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
     announce(run, rl, reward, train_prompts is held_out)
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
