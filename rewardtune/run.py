@@ -70,6 +70,17 @@ class RunContext:
             print(*args, flush=True)
 
 
+def seed_this_process(run: RunContext) -> None:
+    """Under several processes, a random stream of its own for each (otherwise every process would draw the same
+    dropout masks, sampled actions and completions); one process keeps the run's seed. For a fresh start only: a
+    resumed run restores each process's own saved stream."""
+    acc = run.accelerator
+    if acc.num_processes > 1:
+        import torch
+
+        torch.manual_seed(run.seed + 1_000_003 * acc.process_index)
+
+
 def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
               accelerator_kwargs: dict[str, Any] | None = None, exist_ok: bool = False) -> RunContext:
     """Seed everything, create the Accelerator and the run folder, write the resolved config.

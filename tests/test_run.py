@@ -42,3 +42,20 @@ def test_seed_makes_initialisation_repeatable(tmp_path):
     a = torch.randn(3)
     start_run(DataSettings(), "b", tmp_path, seed=7)
     assert torch.equal(a, torch.randn(3))
+
+
+def test_each_process_gets_its_own_random_stream(tmp_path):
+    from types import SimpleNamespace
+
+    from rewardtune.run import seed_this_process
+
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(0)  # start_run seeds every process alike
+        seed_this_process(SimpleNamespace(seed=0, accelerator=SimpleNamespace(num_processes=2, process_index=rank)))
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    seed_this_process(SimpleNamespace(seed=0, accelerator=SimpleNamespace(num_processes=1, process_index=0)))
+    assert torch.equal(torch.get_rng_state(), state)  # one process: its stream is left as it was

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
-from ..run import RunContext
+from ..run import RunContext, seed_this_process
 
 # One batch → (loss already scaled for backward, rows it holds, stats to log, batch row ids).
 BatchLoss = Callable[[Any], tuple[torch.Tensor, int, dict[str, Any], Any]]
@@ -49,6 +49,8 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
         epoch0, start = saved["epoch"], saved["batch"]
         for k, obj in state.items():
             obj.load_state_dict(saved["algo"][k])
+    else:  # the batch order has its own seed: this changes dropout masks and sampled actions only
+        seed_this_process(run)
 
     def snapshot(epoch: int, batch: int) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "best": res.best, "seen": res.seen, "train_s": res.train_s,

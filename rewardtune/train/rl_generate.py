@@ -19,7 +19,7 @@ from ..algorithms import EMABaseline, get_advantage_fn
 from ..checkpoint import Checkpointer, StopGuard, rng_state
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
-from ..run import RunContext, start_run
+from ..run import RunContext, seed_this_process, start_run
 from .common import setup_reference  # noqa: F401  (re-exported: the reference is a setup step)
 from .gen_setup import (GenRLConfig, GenRLSettings, check_limits, check_prompt_lengths, check_settings,  # noqa: F401
                         ddp_settings, length_reward, setup_kl_controller, setup_policy, setup_prompts, setup_reward)
@@ -97,7 +97,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     held = HeldOut(run, model, tok, head, rl, lambda step: evaluate(
         run, model, tok, reward, held_out, gen, step, max_prompt, rl.inference_batch_size, rl.eval_samples,
         ref if rl.kl_coef else None))
-    start = restore_or_start(cp, algo, held, cfg.seed, rank, world)
+    start = restore_or_start(cp, algo, held)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
     snapshot = lambda: {**held.state_dict(), "algo": {k: obj.state_dict() for k, obj in algo.items()}}  # noqa: E731
 
@@ -143,7 +143,7 @@ def announce(run: RunContext, rl: GenRLSettings, reward: CombinedReward, no_held
               f"aggregation {rl.aggregation}, best by {rl.best_metric}")
 
 
-def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut, seed: int, rank: int, world: int) -> int:
+def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut) -> int:
     """The last step done: from the newest checkpoint (with the algorithm's and the held-out state), or 0 after
     evaluating the starting policy."""
     saved = cp.restore()
@@ -153,8 +153,7 @@ def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut, seed
         held.load_state_dict(saved)
         return saved["step"]
     held.evaluate(0)
-    if world > 1:  # the same seed everywhere would sample the same completions on every process
-        torch.manual_seed(seed + 1_000_003 * rank)
+    seed_this_process(cp.run)  # else every process would sample the same completions
     return 0
 
 
