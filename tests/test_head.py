@@ -115,3 +115,25 @@ def test_bf16_base_weights_give_the_whole_logits_log_probs(tiny_causal_lm_dir):
     assert logp.dtype == torch.float32 and torch.allclose(logp, ref, atol=1e-3)
     logp.sum().backward()  # reaches the float32 adapter through the bf16 head
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_the_backward_pass_runs_under_the_forward_s_autocast():
+    """On CUDA the backward pass runs on another thread, outside the caller's autocast. Simulated on the CPU by
+    calling backward after leaving autocast: the gradient must be the one computed inside it (bf16 recomputation),
+    not an fp32 one."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False)
+    hidden, labels = torch.randn(5, 16, requires_grad=True), torch.randint(0, 300, (5,))
+    grads = []
+    for inside in (True, False):
+        hidden.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, _ = head_mod.chunked_token_logprobs(hidden, head, labels, entropy=False)
+            if inside:
+                logp.sum().backward()
+        if not inside:
+            logp.sum().backward()
+        grads.append(hidden.grad.clone())
+    hidden.grad = None
+    head_mod.chunked_token_logprobs(hidden, head, labels, entropy=False)[0].sum().backward()  # fp32 throughout
+    assert torch.equal(grads[0], grads[1]) and not torch.allclose(grads[1], hidden.grad, atol=1e-4)

@@ -37,6 +37,16 @@ def _chunk_logits(head: torch.nn.Module, h: torch.Tensor, temperature: float) ->
     return z / temperature if temperature != 1.0 else z
 
 
+def _autocast_state(device: str) -> tuple[str, bool, torch.dtype]:
+    """(device type, whether autocast is on there, its dtype) now."""
+    try:
+        return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    except (TypeError, AttributeError):  # torch < 2.4: per-device functions
+        if device == "cpu":
+            return device, torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        return device, torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
 class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
@@ -49,13 +59,21 @@ class _ChunkedLogprobs(torch.autograd.Function):
             logp.append(z.gather(-1, labels[s:s + step, None]).squeeze(-1) - lse)
             ent.append(lse - (torch.softmax(z, dim=-1) * z).sum(-1) if entropy else torch.zeros_like(lse))
         ctx.save_for_backward(hidden, weight, labels)
-        ctx.head, ctx.temperature, ctx.step = head, temperature, step
+        ctx.head, ctx.temperature, ctx.step, ctx.autocast = head, temperature, step, _autocast_state(hidden.device.type)
         out_ent = torch.cat(ent)
         ctx.mark_non_differentiable(out_ent)
         return torch.cat(logp), out_ent  # (N,), (N,)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _grad_ent: Any) -> tuple[Any, ...]:
+        device, enabled, dtype = ctx.autocast
+        # CUDA runs backward passes on its own thread, where the caller's autocast is off: the recomputed logits and
+        # the gradient matmuls must run as the forward's did (torch.amp.custom_bwd does the same).
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _ChunkedLogprobs._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         hidden, weight, labels = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
