@@ -65,8 +65,10 @@ def _pointwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
 
     out = train_sft(SFTConfig(model=cfg.model, data=cfg.data, train=cfg.train, ckpt=cfg.ckpt, runs_dir=cfg.runs_dir,
                               name=cfg.name, seed=cfg.seed), show_progress)
+    from accelerate import PartialState
+
     meta_file = Path(out["run_dir"]) / "checkpoints" / "best" / "rewardtune.json"
-    if meta_file.exists():
+    if meta_file.exists() and PartialState().is_main_process:  # one writer: another process could read it half-written
         meta = json.loads(meta_file.read_text())
         meta |= {"kind": "reward_model", "head": "classifier", "mode": "pointwise",
                  "positive_label": cfg.rm.positive_label or None}
