@@ -185,3 +185,48 @@ def test_a_run_with_row_chunks_and_micro_batches_logs_what_one_pass_logs(tiny_ca
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and len(rows[0]) >= 3
     evals = [r for r in rows[1] if r["split"] == "eval"]  # 4 held-out prompts at 3 rows per pass
     assert len(evals) == 2 and all("kl_greedy" in r for r in evals)
+
+
+def test_ppo_over_two_processes_takes_one_global_token_mean(policy):
+    """Two processes simulated by two threads, each with its own copy of the policy and half the rows, joined by an
+    all-reduce made of a barrier: averaging their gradients (what DDP does) gives one process's gradient over all
+    rows, although their token counts differ (dividing by each process's own count, as before, did not)."""
+    import copy
+    import threading
+
+    model, tok = policy
+    torch.manual_seed(6)
+    ro = sample(model, tok, PROMPTS, 2, GenSettings(max_new_tokens=6), 100)
+    ro.completion_mask[:4, 2:] = 0  # the first process holds far fewer tokens
+    scores, ppo = torch.randn(8), PPOSettings(epochs=1, minibatches=1, vf_coef=0.5)
+    head = ValueHead(model.config.hidden_size)
+
+    def grads(net, value_head, rows, all_sum):
+        ppo_update(lambda loss: loss.backward(), lambda loss: None, net, value_head, ro.rows(rows), scores[rows], None,
+                   0.0, ppo, GenSettings(max_new_tokens=6), all_sum)
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    full = grads(copy.deepcopy(model), copy.deepcopy(head), slice(0, 8), None)
+
+    def two_processes():
+        barrier, box, out = threading.Barrier(2), {}, {}
+
+        def all_sum(t):
+            box[threading.get_ident()] = t
+            barrier.wait()
+            total = sum(box.values())
+            barrier.wait()  # both have read before either writes again
+            return total
+
+        def work(r):
+            out[r] = grads(copy.deepcopy(model), copy.deepcopy(head), slice(4 * r, 4 * r + 4), all_sum)
+        threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {n: (out[0][n] + out[1][n]) / 2 for n in full}
+
+    together = two_processes()
+    for n in full:
+        assert torch.allclose(together[n], full[n], atol=1e-6, rtol=1e-4), n

@@ -93,8 +93,8 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates; the stats are means over them.
     scores (B,).
 
-    `all_sum` (a sum over processes) makes the advantage whitening the global batch's. Each minibatch's
-    gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
+    `all_sum` (a sum over processes) makes the advantage whitening and the token means the global batch's. Each
+    minibatch's gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
     by its share of the minibatch's tokens, so the step is the same (all losses are token means; tested).
     `rows`: rows per pass of the no-gradient value pass (0 = all). The KL (`kl_estimator`) to `ref_logprobs`
     goes into the token rewards (`kl_mode="reward"`) or into each minibatch's loss (`"loss"`)."""
@@ -109,9 +109,13 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     B = mask.shape[0]
     size = -(-B // ppo.minibatches)
     sums: dict[str, float] = {}
+    world = 1 if all_sum is None else int(all_sum(torch.ones((), device=mask.device)))
     for _ in range(ppo.epochs):
         for perm in torch.randperm(B).split(size):
-            tokens = float(mask[perm].sum()) or 1.0
+            # The minibatch's tokens over all processes / their number: DDP averages the processes' gradients, so
+            # each divides by that, not by its own count, for one global token mean (as pg_update.micro_weight).
+            here = mask[perm].sum().float()
+            tokens = (float(here) if all_sum is None else float(all_sum(here)) / world) or 1.0
             stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0,
                      "entropy": 0.0}
             for idx in perm.split(micro_batch_size or len(perm)):
