@@ -320,9 +320,12 @@ class Checkpointer:
         self.run.print(f"step {step}: non-finite loss or gradient (loss {float(loss.detach().float().mean())}, "
                        f"grad norm {float(grad_norm)}), update skipped; batch rows {ids}")
         if self.bad_steps >= self.settings.max_bad_steps:
+            kept = complete_checkpoints(self.run.checkpoints)
+            where = (f"the newest checkpoint, {kept[-1]}, is from before them" if kept else
+                     "no checkpoint was written before them (ckpt.every sets how often one is)")
             raise NonFiniteError(f"{self.bad_steps} consecutive steps with a non-finite loss or gradient (last: step "
-                                 f"{step}); stopped. The last good checkpoint is kept in {self.run.checkpoints}; "
-                                 "lower the learning rate or check the data/rewards of those rows.")
+                                 f"{step}); stopped: {where}. Lower the learning rate or check the data/rewards of "
+                                 "those rows.")
         return False
 
 

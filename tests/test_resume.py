@@ -186,7 +186,8 @@ def test_nan_loss_is_skipped_then_stops_after_too_many(tiny_encoder_dir, labelle
 
     monkeypatch.setattr(sft.F, "cross_entropy", flaky)
     args = classifier_args(tiny_encoder_dir, labelled, tmp_path, "run") + ["ckpt.every=4"]
-    with pytest.raises(NonFiniteError, match="3 consecutive steps.*step 8"):
+    with pytest.raises(NonFiniteError, match=r"3 consecutive steps.*step 8\); stopped: the newest checkpoint, "
+                                             r".*step-00000004, is from before them"):
         train_sft(load_config(SFTConfig, None, args), show_progress=False)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in logged if r["split"] == "skipped"]
