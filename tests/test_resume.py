@@ -296,3 +296,26 @@ def test_a_reward_failing_mid_run_keeps_the_steps_before_and_resumes_exactly(tin
         for k in a[f]:
             assert torch.equal(a[f][k], b[f][k]), (f, k)
     assert rows(tmp_path / "straight") == rows(tmp_path / "failed")
+
+
+def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encoder_dir, labelled, tmp_path):
+    """The shared epoch loop (classifier rl): the reward fails while scoring step 6 (mid-epoch 2, ckpt.every=0); the
+    state after step 5 is checkpointed with its data position and step 6's random state; the resumed run equals a
+    run that never failed."""
+    args = lambda name: classifier_args(tiny_encoder_dir, labelled, tmp_path, name) + [  # noqa: E731
+        "rl.estimator=reinforce", "rl.baseline=ema", "rl.rewards=[test_resume:flaky_reward]"]
+    FLAKY.update(calls=0, fail_at=None, how="nan")
+    train_rl_classifier(load_config(RLClassifierConfig, None, args("straight")), show_progress=False)
+    assert FLAKY["calls"] == 12  # one scoring call per step
+    FLAKY.update(calls=0, fail_at=6)
+    with pytest.raises(RewardError, match=r"(?s)returned nan.*; while scoring step 6; the state after step 5 is "
+                                          r"checkpointed in .*step-00000005"):
+        train_rl_classifier(load_config(RLClassifierConfig, None, args("failed")), show_progress=False)
+    FLAKY.update(fail_at=None)
+    train_rl_classifier(load_config(RLClassifierConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
+    a, b = final_weights(tmp_path / "straight", 12), final_weights(tmp_path / "failed", 12)
+    assert a.keys() == b.keys() and a
+    for f in a:
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+    assert rows(tmp_path / "straight") == rows(tmp_path / "failed")

@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard
+from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
+from ..rewards import RewardError
 from ..run import RunContext, seed_this_process
 
 # One batch → (loss already scaled for backward, rows it holds, stats to log, batch row ids).
@@ -62,7 +63,12 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
             model.train()
             t_epoch, first = time.time(), start if epoch == epoch0 else 0
             for i, batch in enumerate(batches(epoch, first), start=first):
-                loss, rows, stats, ids = batch_loss(batch)
+                began = rng_state()
+                try:
+                    loss, rows, stats, ids = batch_loss(batch)
+                except RewardError as e:  # before this step's update: keep the steps before it, resumable exactly
+                    saved_as = cp.save_before_failure(res.step, lambda: snapshot(epoch, i), began)
+                    raise RewardError(f"{e}; while scoring step {res.step + 1}; {saved_as}") from e
                 norm = run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
                 if cp.ok_to_step(res.step + 1, loss, norm, ids):
                     optim.step()
