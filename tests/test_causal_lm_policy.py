@@ -596,3 +596,31 @@ def test_bf16_base_weights_need_lora_on_a_causal_lm(tiny_causal_lm_dir, tiny_enc
     clf, _ = load_classifier(str(tiny_encoder_dir), 2)
     with pytest.raises(ModelError, match="on a causal LM"):
         apply_lora(clf, LoraSettings(r=4, base_dtype="bfloat16"))
+
+
+def test_train_rows_under_several_processes_report_the_global_batch(tmp_path):
+    """global_batch, with the other process's share faked: the logged rewards, lengths and each component's mean and
+    std are over both shares, the dropped samples are summed, the statistics averaged."""
+    from types import SimpleNamespace
+
+    from rewardtune.run import RunContext
+    from rewardtune.train.lm_report import TrainBatch, log_train_step
+    from rewardtune.train.rl_generate import global_batch
+
+    mine = TrainBatch(torch.tensor([[1.0, 0.0]]), torch.tensor([4, 2]), {"len": torch.tensor([0.5, float("nan")])}, 1)
+    other = TrainBatch(torch.tensor([[1.0, 1.0]]), torch.tensor([6, 8]), {"len": torch.tensor([0.25, 0.75])}, 2)
+    pairs = {id(t): o for t, o in [(mine.rewards, other.rewards), (mine.lengths, other.lengths),
+                                   (mine.components["len"], other.components["len"])]}
+    acc = SimpleNamespace(device=torch.device("cpu"), is_main_process=True,
+                          gather=lambda t: torch.cat([t, pairs[id(t)]]),
+                          reduce=lambda t, op: {"mean": lambda: (t + torch.tensor([0.3])) / 2,
+                                                "sum": lambda: t + torch.tensor([other.dropped])}[op]())
+    run = RunContext(dir=tmp_path, seed=0, accelerator=acc)
+    tb, stats = global_batch(run, mine, {"kl": 0.1})
+    assert tb.rewards.tolist() == [[1.0, 0.0], [1.0, 1.0]] and tb.lengths.tolist() == [4, 2, 6, 8] and tb.dropped == 3
+    assert stats == {"kl": pytest.approx(0.2)}
+    log_train_step(run, 1, tb, stats, beta=0.04, time_generate=2.0)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["batch"] == 4 and row["completion_len"] == 5.0 and row["tokens_per_s"] == 10.0  # 20 tokens / 2 s
+    assert row["reward/len"] == pytest.approx(0.5) and row["reward_std/len"] == pytest.approx(0.25)  # 0.5, .25, .75
+    assert row["reward_dropped"] == 3 and row["equal_reward_groups"] == 0.5

@@ -2,6 +2,7 @@
 saved policy. Split from `rl_generate.py` so that the loop file holds the loop."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -13,16 +14,30 @@ from ..run import RunContext
 from .pg_update import reference_logprobs
 
 
-def log_train_step(run: RunContext, step: int, ro: Rollout, scored: Any, rewards: torch.Tensor, stats: dict[str, float],
-                   beta: float, **extra: Any) -> None:
-    """One metrics.jsonl row: the batch (P·K completions over all processes), reward (total, each component), KL,
-    lengths, equal-reward groups, timings, tokens/s."""
-    run.log(step, split="train", batch=rewards.numel(), reward=rewards.mean(), reward_std=rewards.std(), kl_coef=beta,
-            **{f"reward/{k}": torch.nanmean(v) for k, v in scored.components.items()},
-            **{f"reward_std/{k}": _nanstd(v) for k, v in scored.components.items()}, **stats,
-            completion_len=ro.completion_mask.sum(-1).float().mean(),
-            equal_reward_groups=(rewards.amax(-1) == rewards.amin(-1)).float().mean(), **extra,
-            tokens_per_s=float(ro.completion_mask.sum()) / extra["time_generate"])
+@dataclass
+class TrainBatch:
+    """What a train row reports of one step's completions: this process's, or every process's (`global_batch`)."""
+
+    rewards: torch.Tensor  # (P, K) the rewards the advantages used (normalised as configured)
+    lengths: torch.Tensor  # (B,) completion tokens
+    components: dict[str, torch.Tensor]  # each (B,): a reward function's raw values, NaN where it had no opinion
+    dropped: int  # samples whose reward failed (rl.on_reward_error=skip)
+
+    @classmethod
+    def of(cls, ro: Rollout, scored: Any, rewards: torch.Tensor, dropped: int) -> "TrainBatch":
+        return cls(rewards, ro.completion_mask.sum(-1), scored.components, dropped)
+
+
+def log_train_step(run: RunContext, step: int, tb: TrainBatch, stats: dict[str, float], beta: float,
+                   **extra: Any) -> None:
+    """One metrics.jsonl row: the batch (P·K completions), reward (total, each component), KL, lengths, equal-reward
+    groups, timings, tokens/s."""
+    run.log(step, split="train", batch=tb.rewards.numel(), reward=tb.rewards.mean(), reward_std=tb.rewards.std(),
+            kl_coef=beta, **{f"reward/{k}": torch.nanmean(v) for k, v in tb.components.items()},
+            **{f"reward_std/{k}": _nanstd(v) for k, v in tb.components.items()}, **stats,
+            completion_len=tb.lengths.float().mean(), reward_dropped=tb.dropped,
+            equal_reward_groups=(tb.rewards.amax(-1) == tb.rewards.amin(-1)).float().mean(), **extra,
+            tokens_per_s=float(tb.lengths.sum()) / extra["time_generate"])
 
 
 def _nanstd(v: torch.Tensor) -> float:

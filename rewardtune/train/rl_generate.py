@@ -23,7 +23,7 @@ from ..run import RunContext, seed_this_process, start_run
 from .common import setup_reference  # noqa: F401  (re-exported: the reference is a setup step)
 from .gen_setup import (GenRLConfig, GenRLSettings, check_limits, check_prompt_lengths, check_settings,  # noqa: F401
                         ddp_settings, length_reward, setup_kl_controller, setup_policy, setup_prompts, setup_reward)
-from .lm_report import HeldOut, evaluate, log_samples, log_train_step, save_policy
+from .lm_report import HeldOut, TrainBatch, evaluate, log_samples, log_train_step, save_policy
 from .pg_update import grouped, kl_in_reward, no_grad_rows, reference_logprobs, update
 from .ppo import average_gradients, ppo_update
 
@@ -113,13 +113,13 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             ok = lambda loss, norm: cp.ok_to_step(step, loss, norm, list(range(len(ro.prompts))))  # noqa: E731
             beta = kl_ctl.value
             stats = optimise(run, model, head, optim, params, ref, ro, scored.total, rewards, cfg, ema, beta, ok)
+            tb = TrainBatch.of(ro, scored, rewards, dropped)
             if world > 1:  # log and adapt β on the global batch, so every process keeps the same β
-                rewards, stats = global_batch(run, rewards, stats)
-            kl_ctl.update(stats.get("kl", 0.0), rewards.numel())
+                tb, stats = global_batch(run, tb, stats)
+            kl_ctl.update(stats.get("kl", 0.0), tb.rewards.numel())
             t3 = time.time()
             if step % rl.log_every == 0:
-                log_train_step(run, step, ro, scored, rewards, stats, beta=beta, reward_dropped=dropped, **times,
-                               time_update=t3 - t2)
+                log_train_step(run, step, tb, stats, beta=beta, **times, time_update=t3 - t2)
             if rl.sample_every and step % rl.sample_every == 0:
                 log_samples(run, step, ro, scored, rl.samples_per_prompt)
             if held.due(step):
@@ -175,11 +175,15 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
     return ro, scored, rewards, dropped, {"time_generate": t1 - t0, "time_score": time.time() - t1}
 
 
-def global_batch(run: RunContext, rewards: torch.Tensor, stats: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Every process's rewards (P, K) and the mean of each statistic over processes (one collective each)."""
+def global_batch(run: RunContext, tb: TrainBatch, stats: dict[str, float]) -> tuple[TrainBatch, dict[str, float]]:
+    """Every process's rewards, lengths and reward components in rank order, their dropped samples summed, and each
+    statistic's mean over processes (each process's token means over equal shares of the batch)."""
     acc = run.accelerator
+    gather = lambda t: acc.gather(t.to(acc.device)).cpu()  # noqa: E731
     means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), "mean").tolist()
-    return acc.gather(rewards.to(acc.device)).cpu(), dict(zip(stats, means))
+    dropped = int(acc.reduce(torch.tensor([tb.dropped], device=acc.device), "sum").item())
+    return TrainBatch(gather(tb.rewards), gather(tb.lengths), {k: gather(v) for k, v in tb.components.items()},
+                      dropped), dict(zip(stats, means))
 
 
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
