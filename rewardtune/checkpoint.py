@@ -302,7 +302,10 @@ class Checkpointer:
             return "nothing was checkpointed" if step >= 1 else "no step had completed"
         if not (every and step % every == 0):  # else step's checkpoint exists already
             set_rng_state(*rng)
-            self.save(step, state())
+            try:
+                self.save(step, state())
+            except CheckpointError as e:  # the caller's error stays the one raised; this says why nothing was kept
+                return f"the state after step {step} could not be checkpointed: {e}"
         return (f"the state after step {step} is checkpointed in {root / f'step-{step:08d}'}; fix the cause and "
                 f"resume with --resume {self.run.dir} (ckpt.resume=auto)")
 

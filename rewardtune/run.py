@@ -70,6 +70,11 @@ class RunContext:
             print(*args, flush=True)
 
 
+def gather_to_cpu(accelerator: Any) -> Any:
+    """t → every process's t concatenated in rank order, on the CPU (a collective: every process must call it)."""
+    return lambda t: accelerator.gather(t.to(accelerator.device)).cpu()
+
+
 def seed_this_process(run: RunContext) -> None:
     """Under several processes, a random stream of its own for each (otherwise every process would draw the same
     dropout masks, sampled actions and completions); one process keeps the run's seed. For a fresh start only: a

@@ -525,7 +525,9 @@ def test_ppo_kl_follows_the_estimator_and_mode(policy, kl_mode):
 
 def test_auto_settings_follow_the_algorithm(tiny_causal_lm_dir, prompts_file, tmp_path):
     auto = GenRLSettings().resolved()
-    assert auto.aggregation == "seq_mean_token_mean" and auto.kl_mode == "loss"
+    assert auto.aggregation == "seq_mean_token_mean" and auto.kl_mode == "loss" and auto.kl_estimator == "k3"
+    ppo = GenRLSettings(algorithm="ppo").resolved()
+    assert (ppo.kl_mode, ppo.kl_estimator) == ("reward", "k1")  # Ziegler et al.'s penalty, as PPO always had it
     assert GenRLSettings(algorithm="dr_grpo").resolved().aggregation == "seq_mean_token_sum"  # a constant normaliser
     assert GenRLSettings(algorithm="dr_grpo", aggregation="token_mean").resolved().aggregation == "token_mean"  # as asked
     assert GenRLSettings(algorithm="ppo").resolved().kl_mode == "reward"
@@ -600,7 +602,7 @@ def test_bf16_base_weights_need_lora_on_a_causal_lm(tiny_causal_lm_dir, tiny_enc
 
 def test_train_rows_under_several_processes_report_the_global_batch(tmp_path):
     """global_batch, with the other process's share faked: the logged rewards, lengths and each component's mean and
-    std are over both shares, the dropped samples are summed, the statistics averaged."""
+    std are over both shares, the dropped samples are summed, KL and entropy weighted by tokens, the rest averaged."""
     from types import SimpleNamespace
 
     from rewardtune.run import RunContext
@@ -613,12 +615,11 @@ def test_train_rows_under_several_processes_report_the_global_batch(tmp_path):
                                    (mine.components["len"], other.components["len"])]}
     acc = SimpleNamespace(device=torch.device("cpu"), is_main_process=True,
                           gather=lambda t: torch.cat([t, pairs[id(t)]]),
-                          reduce=lambda t, op: {"mean": lambda: (t + torch.tensor([0.3])) / 2,
-                                                "sum": lambda: t + torch.tensor([other.dropped])}[op]())
-    run = RunContext(dir=tmp_path, seed=0, accelerator=acc)
-    tb, stats = global_batch(run, mine, {"kl": 0.1})
+                          num_processes=2, reduce=lambda t, op: t + torch.tensor([0.3 * 14, 0.5, 14, 2]))
+    run = RunContext(dir=tmp_path, seed=0, accelerator=acc)  # the other share: kl 0.3 over 14 tokens, loss 0.5
+    tb, stats = global_batch(run, mine, {"kl": 0.1, "loss": 0.7})
     assert tb.rewards.tolist() == [[1.0, 0.0], [1.0, 1.0]] and tb.lengths.tolist() == [4, 2, 6, 8] and tb.dropped == 3
-    assert stats == {"kl": pytest.approx(0.2)}
+    assert stats == {"kl": pytest.approx((0.1 * 6 + 0.3 * 14) / 20), "loss": pytest.approx((0.7 + 0.5) / 2)}
     log_train_step(run, 1, tb, stats, beta=0.04, time_generate=2.0)
     row = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert row["batch"] == 4 and row["completion_len"] == 5.0 and row["tokens_per_s"] == 10.0  # 20 tokens / 2 s

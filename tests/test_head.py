@@ -137,3 +137,12 @@ def test_the_backward_pass_runs_under_the_forward_s_autocast():
     hidden.grad = None
     head_mod.chunked_token_logprobs(hidden, head, labels, entropy=False)[0].sum().backward()  # fp32 throughout
     assert torch.equal(grads[0], grads[1]) and not torch.allclose(grads[1], hidden.grad, atol=1e-4)
+
+
+def test_the_check_holds_for_a_model_that_ignores_logits_to_keep(tiny_causal_lm_dir):
+    from rewardtune.policies.head import logits_are_head_outputs
+
+    model, _ = load_causal_lm(str(tiny_causal_lm_dir))
+    forward = model.forward
+    model.forward = lambda **kw: forward(**{k: v for k, v in kw.items() if k != "logits_to_keep"})  # every position
+    assert logits_are_head_outputs(model)

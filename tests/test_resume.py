@@ -319,3 +319,39 @@ def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encod
         for k in a[f]:
             assert torch.equal(a[f][k], b[f][k]), (f, k)
     assert rows(tmp_path / "straight") == rows(tmp_path / "failed")
+
+
+def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(tiny_causal_lm_dir, prompts, tmp_path,
+                                                                                 capsys):
+    """Before STATE_FORMAT 2, PPO put the k1 KL in the reward whatever rl.kl_mode / rl.kl_estimator said, and its
+    config.yaml recorded the old defaults (loss, k3). Such a checkpoint resumes with the k1 penalty in the reward:
+    bit-identical to a run that used it throughout. Its held-out best, kept on the normalised scale, is moved aside."""
+    import yaml
+
+    def args(name):
+        return [f"model.name={tiny_causal_lm_dir}", f"data.path={prompts}", "rl.algorithm=ppo", "rl.prompts_per_step=2",
+                "rl.samples_per_prompt=2", "rl.steps=4", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-3",
+                "rl.kl_coef=0.2", "rl.reward_normalize=running", "gen.max_new_tokens=4", f"runs_dir={tmp_path}",
+                f"name={name}"]
+    train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)  # auto: reward, k1
+    train_rl_generate(load_config(GenRLConfig, None, args("old") + ["ckpt.stop_after=2"]), show_progress=False)
+    run_dir, ckpt = tmp_path / "old", tmp_path / "old" / "checkpoints" / "step-00000002"
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["format"]  # as the old code wrote it
+    (ckpt / "state.json").write_text(json.dumps(state))
+    old_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    old_cfg["rl"].update(kl_mode="loss", kl_estimator="k3")  # the old defaults, which PPO ignored
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old_cfg, sort_keys=False))
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(old_cfg, sort_keys=False))
+    capsys.readouterr()
+    train_rl_generate(load_config(GenRLConfig, run_dir / "config.yaml", ["ckpt.resume=auto", "ckpt.stop_after=0"]),
+                      show_progress=False)
+    out = capsys.readouterr().out
+    assert "this PPO run started when PPO always put the k1 KL in the reward" in out
+    assert "checkpoints/best-normalised-reward" in out and (run_dir / "checkpoints" / "best-normalised-reward").is_dir()
+    a, b = final_weights(tmp_path / "straight", 4), final_weights(run_dir, 4)
+    for f in a:
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+    assert [r for r in rows(tmp_path / "straight") if r["split"] == "train"] == \
+        [r for r in rows(run_dir) if r["split"] == "train"]

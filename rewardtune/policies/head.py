@@ -87,7 +87,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             dz *= grad[s:s + ctx.step, None] / ctx.temperature  # (n, V), through z = W h / τ
             if need_h:
                 grad_h[s:s + ctx.step] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)  # (n, H)
-            if need_w:
+            if need_w:  # (under the forward's autocast, as any autocast layer's weight gradient would be)
                 grad_w += dz.t() @ h.float()  # (V, H)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
 
@@ -128,7 +128,8 @@ def logits_are_head_outputs(model: Any) -> bool:
         finally:
             handle.remove()
         direct = seen[-1][:, -1:]  # (1, 1, V): the head's own output in that call
-        known = bool(torch.allclose(logits.float(), direct.float(), rtol=1e-5, atol=1e-5))
+        # [:, -1:]: a model that ignores logits_to_keep returns every position
+        known = bool(torch.allclose(logits[:, -1:].float(), direct.float(), rtol=1e-5, atol=1e-5))
         inner._rt_plain_head = known
     return known
 

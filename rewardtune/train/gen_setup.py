@@ -19,7 +19,7 @@ from ..policies.causal_lm import GenSettings, format_prompts, without_dropout
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
-from ..run import RunContext
+from ..run import RunContext, gather_to_cpu
 from .common import setup_reference
 from .lm_report import EVAL_METRICS
 from .ppo import PPOSettings, ValueHead
@@ -42,7 +42,7 @@ class GenRLSettings:
         "auto", "how token losses become one number (auto: seq_mean_token_sum for dr_grpo, else seq_mean_token_mean)")
     baseline: Literal["none", "mean", "ema"] = doc("mean", "reinforce: baseline")
     kl_coef: float = doc(0.04, "β of the KL to the reference policy (0 = no reference)")
-    kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "per-token KL estimator")
+    kl_estimator: Literal["auto", "k1", "k2", "k3"] = doc("auto", "per-token KL estimator (auto: k1 for ppo, else k3)")
     kl_mode: Literal["auto", "loss", "reward"] = doc(
         "auto", "KL as a loss term or a penalty in the reward (auto: reward for ppo, else loss)")
     kl_target: float = doc(0.0, "adaptive β (Ziegler et al. 2019): the per-token KL to hold; 0 = fixed β")
@@ -69,13 +69,14 @@ class GenRLSettings:
 
     def resolved(self) -> GenRLSettings:
         """These settings with `auto` made the algorithm's own choice: Dr. GRPO's per-sequence token sum over a
-        constant length (Liu et al. 2025), PPO's KL penalty in the reward (Ziegler et al. 2019), the others' KL
-        as a loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran."""
-        agg = self.aggregation
+        constant length (Liu et al. 2025); PPO's k1 penalty in the reward (Ziegler et al. 2019); the others' k3 as a
+        loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran."""
+        agg, ppo = self.aggregation, self.algorithm == "ppo"
         if agg == "auto":
             agg = "seq_mean_token_sum" if self.algorithm == "dr_grpo" else "seq_mean_token_mean"
-        mode = self.kl_mode if self.kl_mode != "auto" else "reward" if self.algorithm == "ppo" else "loss"
-        return replace(self, aggregation=agg, kl_mode=mode)
+        mode = self.kl_mode if self.kl_mode != "auto" else "reward" if ppo else "loss"
+        estimator = self.kl_estimator if self.kl_estimator != "auto" else "k1" if ppo else "k3"
+        return replace(self, aggregation=agg, kl_mode=mode, kl_estimator=estimator)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def setup_reward(rl: GenRLSettings, accelerator: Any = None) -> CombinedReward:
     device = None if accelerator is None else accelerator.device
     reward = build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
     if accelerator is not None and accelerator.num_processes > 1:
-        reward.gather = lambda t: accelerator.gather(t.to(accelerator.device)).cpu()
+        reward.gather = gather_to_cpu(accelerator)
         reward.rank = accelerator.process_index
     return reward
 

@@ -98,6 +98,8 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     by its share of the minibatch's tokens, so the step is the same (all losses are token means; tested).
     `rows`: rows per pass of the no-gradient value pass (0 = all). The KL (`kl_estimator`) to `ref_logprobs`
     goes into the token rewards (`kl_mode="reward"`) or into each minibatch's loss (`"loss"`)."""
+    if kl_mode not in ("reward", "loss"):
+        raise ValueError(f"kl_mode={kl_mode!r}: expected 'reward' or 'loss' (resolve 'auto' with GenRLSettings.resolved)")
     T, mask = ro.completion_ids.shape[1], ro.completion_mask
     values0 = old_values(model, head, ro, rows)  # (B, T)
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
@@ -116,6 +118,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
             # each divides by that, not by its own count, for one global token mean (as pg_update.micro_weight).
             here = mask[perm].sum().float()
             tokens = (float(here) if all_sum is None else float(all_sum(here)) / world) or 1.0
+            local = float(here) or 1.0  # the logged stats are this process's token means (global_batch combines them)
             stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0,
                      "entropy": 0.0}
             for idx in perm.split(micro_batch_size or len(perm)):
@@ -130,7 +133,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
                 for k, v in (("loss", pl), ("value_loss", vl), ("clip_frac", cst.clip_frac),
                              ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac),
                              ("entropy", masked_mean(ent, m))):
-                    stats[k] += w * float(v.detach())
+                    stats[k] += float(m.sum()) / local * float(v.detach())
             step_fn(torch.tensor(stats["loss"] + stats["value_loss"]))
             sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
     steps = ppo.epochs * len(range(0, B, size))

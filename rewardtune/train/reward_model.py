@@ -67,12 +67,13 @@ def _pointwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
                               name=cfg.name, seed=cfg.seed), show_progress)
     from accelerate import PartialState
 
-    meta_file = Path(out["run_dir"]) / "checkpoints" / "best" / "rewardtune.json"
-    if meta_file.exists() and PartialState().is_main_process:  # one writer: another process could read it half-written
+    meta_file, state = Path(out["run_dir"]) / "checkpoints" / "best" / "rewardtune.json", PartialState()
+    if meta_file.exists() and state.is_main_process:  # one writer: another process could read it half-written
         meta = json.loads(meta_file.read_text())
         meta |= {"kind": "reward_model", "head": "classifier", "mode": "pointwise",
                  "positive_label": cfg.rm.positive_label or None}
         meta_file.write_text(json.dumps(meta, indent=2))
+    state.wait_for_everyone()  # and no process returns before the file says what it holds
     return out
 
 

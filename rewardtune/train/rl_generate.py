@@ -19,7 +19,7 @@ from ..algorithms import EMABaseline, get_advantage_fn
 from ..checkpoint import Checkpointer, StopGuard, rng_state
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
-from ..run import RunContext, seed_this_process, start_run
+from ..run import RunContext, gather_to_cpu, seed_this_process, start_run
 from .common import setup_reference  # noqa: F401  (re-exported: the reference is a setup step)
 from .gen_setup import (GenRLConfig, GenRLSettings, check_limits, check_prompt_lengths, check_settings,  # noqa: F401
                         ddp_settings, length_reward, setup_kl_controller, setup_policy, setup_prompts, setup_reward)
@@ -63,7 +63,7 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
              scores: torch.Tensor, rewards: torch.Tensor, cfg: GenRLConfig, ema: EMABaseline, beta: float,
              ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
     """The update of one step: PPO's epochs, or advantages → one policy-gradient step (KL in loss or reward)."""
-    rl, gen = cfg.rl, cfg.gen
+    rl, gen = cfg.rl.resolved(), cfg.gen
     if head is not None:
         return ppo_step(run, model, head, optim, params, ref, ro, scores, cfg, ok, beta)
     shaped, kl_tok, acc = rewards, None, run.accelerator
@@ -71,7 +71,7 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
         with acc.autocast():  # the LM head runs outside the prepared forward (policies/head.py)
             shaped, kl_tok = kl_in_reward(model, ref, ro, rewards, beta, rl, gen)
     step_rl = replace(rl, kl_coef=0.0 if kl_tok is not None else beta)
-    gather = (lambda r: acc.gather(r.to(acc.device)).cpu()) if acc.num_processes > 1 else None
+    gather = gather_to_cpu(acc) if acc.num_processes > 1 else None
     adv = advantages(shaped, rl, ema, gather, acc.process_index)
     stats = update(run, model, optim, ref, ro, adv.to(ro.logprobs.device), step_rl, gen, ok)
     return stats if kl_tok is None else {**stats, "kl": kl_tok}
@@ -97,9 +97,10 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     held = HeldOut(run, model, tok, head, rl, lambda step: evaluate(
         run, model, tok, reward, held_out, gen, step, max_prompt, rl.inference_batch_size, rl.eval_samples,
         ref if rl.kl_coef else None))
-    start = restore_or_start(cp, algo, held)
+    start, cfg = restore_or_start(cp, algo, held, cfg)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
-    snapshot = lambda: {**held.state_dict(), "algo": {k: obj.state_dict() for k, obj in algo.items()}}  # noqa: E731
+    snapshot = lambda: {**held.state_dict(), "algo": {k: obj.state_dict() for k, obj in algo.items()},  # noqa: E731
+                        "format": STATE_FORMAT}
 
     with guard:
         for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
@@ -143,18 +144,41 @@ def announce(run: RunContext, rl: GenRLSettings, reward: CombinedReward, no_held
               f"aggregation {rl.aggregation}, best by {rl.best_metric}")
 
 
-def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut) -> int:
-    """The last step done: from the newest checkpoint (with the algorithm's and the held-out state), or 0 after
-    evaluating the starting policy."""
+# 2: PPO follows rl.kl_mode and rl.kl_estimator; held-out rewards are raw. Checkpoints without "format" are 1.
+STATE_FORMAT = 2
+
+
+def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut,
+                     cfg: GenRLConfig) -> tuple[int, GenRLConfig]:
+    """The last step done, and the config to go on with: from the newest checkpoint (with the algorithm's and the
+    held-out state), or step 0 after evaluating the starting policy."""
     saved = cp.restore()
-    if saved:
-        for k, obj in algo.items():
-            obj.load_state_dict(saved["algo"][k])
-        held.load_state_dict(saved)
-        return saved["step"]
-    held.evaluate(0)
-    seed_this_process(cp.run)  # else every process would sample the same completions
-    return 0
+    if not saved:
+        held.evaluate(0)
+        seed_this_process(cp.run)  # else every process would sample the same completions
+        return 0, cfg
+    for k, obj in algo.items():
+        obj.load_state_dict(saved["algo"][k])
+    held.load_state_dict(saved)
+    return saved["step"], cfg if saved.get("format", 1) >= STATE_FORMAT else go_on_as_before(cp.run, cfg, held)
+
+
+def go_on_as_before(run: RunContext, cfg: GenRLConfig, held: HeldOut) -> GenRLConfig:
+    """A checkpoint from before STATE_FORMAT 2 resumes as it ran: PPO with the k1 KL in the reward, whatever its
+    config.yaml says (PPO ignored rl.kl_mode and rl.kl_estimator then); held-out rewards, normalised then and raw
+    now, not compared with a best kept on the old scale (that policy is moved aside, not lost)."""
+    rl = cfg.rl
+    if rl.algorithm == "ppo" and (rl.kl_mode, rl.kl_estimator) != ("reward", "k1"):
+        run.print("note: this PPO run started when PPO always put the k1 KL in the reward; it goes on that way")
+        cfg = replace(cfg, rl=replace(rl, kl_mode="reward", kl_estimator="k1"))
+    if rl.reward_normalize != "none" and rl.best_metric == "reward":
+        old = run.checkpoints / "best"
+        if run.is_main and old.is_dir():
+            old.rename(old.with_name("best-normalised-reward"))
+        held.best = float("-inf") if rl.best_mode == "max" else float("inf")
+        run.print("note: held-out rewards were normalised when this run started and are raw now; the best policy so "
+                  "far is in checkpoints/best-normalised-reward, and checkpoints/best starts again")
+    return cfg
 
 
 def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], cfg: GenRLConfig,
@@ -175,15 +199,20 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
     return ro, scored, rewards, dropped, {"time_generate": t1 - t0, "time_score": time.time() - t1}
 
 
+TOKEN_MEANS = ("kl", "entropy")  # statistics that are each process's token means: combined by token counts
+
+
 def global_batch(run: RunContext, tb: TrainBatch, stats: dict[str, float]) -> tuple[TrainBatch, dict[str, float]]:
-    """Every process's rewards, lengths and reward components in rank order, their dropped samples summed, and each
-    statistic's mean over processes (each process's token means over equal shares of the batch)."""
-    acc = run.accelerator
-    gather = lambda t: acc.gather(t.to(acc.device)).cpu()  # noqa: E731
-    means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), "mean").tolist()
-    dropped = int(acc.reduce(torch.tensor([tb.dropped], device=acc.device), "sum").item())
+    """Every process's rewards, lengths and reward components in rank order, their dropped samples summed, and the
+    statistics over processes: KL and entropy weighted by each process's completion tokens (one token mean over
+    all), the others (losses, fractions over equal shares of rows) as plain means."""
+    acc, tokens = run.accelerator, float(tb.lengths.sum())
+    gather = gather_to_cpu(acc)
+    vals = [v * tokens if k in TOKEN_MEANS else v for k, v in stats.items()] + [tokens, float(tb.dropped)]
+    *sums, all_tokens, dropped = acc.reduce(torch.tensor(vals, device=acc.device), "sum").tolist()
+    out = {k: x / max(all_tokens, 1.0) if k in TOKEN_MEANS else x / acc.num_processes for k, x in zip(stats, sums)}
     return TrainBatch(gather(tb.rewards), gather(tb.lengths), {k: gather(v) for k, v in tb.components.items()},
-                      dropped), dict(zip(stats, means))
+                      int(dropped)), out
 
 
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
@@ -204,6 +233,7 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
             optim.zero_grad(set_to_none=True)
     all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
     with acc.autocast():
+        rl = cfg.rl.resolved()  # "auto" → PPO's own choices, for callers that pass an unresolved config
         return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
-                          beta, cfg.ppo, cfg.gen, all_sum, cfg.rl.micro_batch_size, no_grad_rows(cfg.rl),
-                          cfg.rl.kl_estimator, cfg.rl.kl_mode)
+                          beta, cfg.ppo, cfg.gen, all_sum, rl.micro_batch_size, no_grad_rows(rl),
+                          rl.kl_estimator, rl.kl_mode)
