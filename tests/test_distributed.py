@@ -178,6 +178,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(command, lau
     # Same number of optimiser steps and the same learning rate at each of them.
     train1, train2 = _train_rows(runs / "np1"), _train_rows(runs / "np2")
     assert [r["step"] for r in train1] == [r["step"] for r in train2] == list(range(1, STEPS + 1))
+    # The logged loss is over both processes' shares (equal here), so it is the global batch's, as with one process.
+    loss1, loss2 = [r["loss"] for r in train1], [r["loss"] for r in train2]
+    assert loss2 == pytest.approx(loss1, rel=1e-4, abs=1e-6), (loss1, loss2)
     lr1, lr2 = [r["lr"] for r in train1], [r["lr"] for r in train2]
     assert lr2 == pytest.approx(lr1, rel=1e-9), (
         f"learning rates per step: 1 process {lr1}, 2 processes {lr2}; accelerate steps a prepared scheduler "

@@ -59,3 +59,17 @@ def test_each_process_gets_its_own_random_stream(tmp_path):
     state = torch.get_rng_state()
     seed_this_process(SimpleNamespace(seed=0, accelerator=SimpleNamespace(num_processes=1, process_index=0)))
     assert torch.equal(torch.get_rng_state(), state)  # one process: its stream is left as it was
+
+
+def test_epoch_loop_rows_are_over_every_process_s_share(tmp_path):
+    from types import SimpleNamespace
+
+    from rewardtune.train.loop import over_processes
+
+    acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"),
+                          reduce=lambda t, op: t + torch.tensor([0.5, 0.25, 3.0]))  # the other process's numbers
+    row = over_processes(SimpleNamespace(accelerator=acc),
+                         {"loss": torch.tensor(0.7), "accuracy": 0.75, "reward_dropped": torch.tensor(1.0), "note": "x"})
+    assert row == {"loss": pytest.approx(0.6), "accuracy": pytest.approx(0.5), "reward_dropped": 4.0, "note": "x"}
+    one = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1))
+    assert over_processes(one, {"loss": 0.7}) == {"loss": 0.7}

@@ -78,7 +78,8 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
                 res.seen += rows
                 bar.update(1)
                 if res.step % log_every == 0 or res.step == total:
-                    run.log(res.step, epoch=epoch, split="train", loss=loss.detach(), lr=sched.get_last_lr()[0], **stats)
+                    row = over_processes(run, {"loss": loss.detach(), **stats})
+                    run.log(res.step, epoch=epoch, split="train", lr=sched.get_last_lr()[0], **row)
                 last = res.step >= total
                 if not last and cp.step_done(res.step, lambda: snapshot(epoch, i + 1)):
                     res.train_s += time.time() - t_epoch
@@ -93,6 +94,20 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
     bar.close()
     res.checkpoint_save_s = cp.save_s
     return res
+
+
+SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over their shares
+
+
+def over_processes(run: RunContext, values: dict[str, Any]) -> dict[str, Any]:
+    """A train row's numbers over every process's share of the batch (one all-reduce), not the main process's
+    alone: counts summed, the rest averaged (the shares are equal but for an epoch's last, uneven batch)."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return values
+    keys = [k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)]
+    sums = acc.reduce(torch.tensor([float(values[k]) for k in keys], device=acc.device), "sum").tolist()
+    return {**values, **{k: x if k in SUMMED else x / acc.num_processes for k, x in zip(keys, sums)}}
 
 
 def _stopped(res: LoopResult, cp: Checkpointer, bar: Any) -> LoopResult:
