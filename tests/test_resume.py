@@ -355,3 +355,26 @@ def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(
             assert torch.equal(a[f][k], b[f][k]), (f, k)
     assert [r for r in rows(tmp_path / "straight") if r["split"] == "train"] == \
         [r for r in rows(run_dir) if r["split"] == "train"]
+
+
+def test_a_reward_failing_in_held_out_evaluation_is_evaluated_again_on_resume(tiny_causal_lm_dir, prompts, tmp_path):
+    """The reward fails in the evaluation after step 2 (ckpt.every=0): the state after step 2 is checkpointed, the
+    resumed run evaluates step 2 first and goes on; weights and every row equal a run that never failed."""
+    args = lambda name: [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",  # noqa: E731
+                         "rl.prompts_per_step=2", "rl.samples_per_prompt=3", "rl.steps=4", "rl.eval_prompts=2",
+                         "rl.eval_every=2", "rl.lr=1e-2", "rl.rewards=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
+                         f"runs_dir={tmp_path}", f"name={name}"]
+    FLAKY.update(calls=0, fail_at=None, how="nan")
+    train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)
+    FLAKY.update(calls=0, fail_at=4)  # calls: evaluation 0, steps 1, 2, evaluation 2
+    with pytest.raises(RewardError, match=r"(?s)returned nan.*while evaluating after step 2; the state after step 2 is "
+                                          r"checkpointed in .*step-00000002 and a resumed run evaluates it first"):
+        train_rl_generate(load_config(GenRLConfig, None, args("failed")), show_progress=False)
+    FLAKY.update(fail_at=None)
+    train_rl_generate(load_config(GenRLConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
+    a, b = final_weights(tmp_path / "straight", 4), final_weights(tmp_path / "failed", 4)
+    for f in a:
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+    assert rows(tmp_path / "straight") == rows(tmp_path / "failed")
+    assert [r["step"] for r in rows(tmp_path / "failed") if r["split"] == "eval"] == [0, 2, 4]

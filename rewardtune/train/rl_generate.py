@@ -124,7 +124,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             if rl.sample_every and step % rl.sample_every == 0:
                 log_samples(run, step, ro, scored, rl.samples_per_prompt)
             if held.due(step):
-                held.evaluate(step)
+                evaluate_or_rescue(held, cp, step, snapshot)
             if step < rl.steps and cp.step_done(step, snapshot):
                 return {"stopped": True, "signal": guard.signal_name, "run_dir": str(run.dir), "steps": step}
         cp.save(rl.steps, snapshot())
@@ -160,7 +160,24 @@ def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut,
     for k, obj in algo.items():
         obj.load_state_dict(saved["algo"][k])
     held.load_state_dict(saved)
-    return saved["step"], cfg if saved.get("format", 1) >= STATE_FORMAT else go_on_as_before(cp.run, cfg, held)
+    cfg = cfg if saved.get("format", 1) >= STATE_FORMAT else go_on_as_before(cp.run, cfg, held)
+    if saved.get("eval_due") == saved["step"]:  # saved by evaluate_or_rescue: that evaluation first
+        held.evaluate(saved["step"])
+    return saved["step"], cfg
+
+
+def evaluate_or_rescue(held: HeldOut, cp: Checkpointer, step: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+    """The held-out evaluation after step `step`; if its reward fails, the state after the step is checkpointed
+    first, marked so that a resumed run evaluates it before going on (one process only, as save_before_failure)."""
+    try:
+        held.evaluate(step)
+    except RewardError as e:
+        if cp.run.accelerator.num_processes > 1:
+            raise
+        cp.save(step, {**snapshot(), "eval_due": step})
+        raise RewardError(f"{e}; while evaluating after step {step}; the state after step {step} is checkpointed in "
+                          f"{cp.run.checkpoints / f'step-{step:08d}'} and a resumed run evaluates it first: fix the "
+                          f"cause and resume with --resume {cp.run.dir} (ckpt.resume=auto)") from e
 
 
 def go_on_as_before(run: RunContext, cfg: GenRLConfig, held: HeldOut) -> GenRLConfig:
