@@ -43,15 +43,7 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
     state = state or {}
     guard = StopGuard(ckpt.stop_after)
     cp = Checkpointer(run, ckpt, {"model": model}, optim, sched, guard)
-    res, epoch0, start = LoopResult(), 0, 0
-    saved = cp.restore()
-    if saved:
-        res.step, res.best, res.seen, res.train_s = saved["step"], saved["best"], saved["seen"], saved["train_s"]
-        epoch0, start = saved["epoch"], saved["batch"]
-        for k, obj in state.items():
-            obj.load_state_dict(saved["algo"][k])
-    else:  # the batch order has its own seed: this changes dropout masks and sampled actions only
-        seed_this_process(run)
+    res, epoch0, start = _restore_or_start(run, cp, state)
 
     def snapshot(epoch: int, batch: int) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "best": res.best, "seen": res.seen, "train_s": res.train_s,
@@ -63,12 +55,7 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
             model.train()
             t_epoch, first = time.time(), start if epoch == epoch0 else 0
             for i, batch in enumerate(batches(epoch, first), start=first):
-                began = rng_state()
-                try:
-                    loss, rows, stats, ids = batch_loss(batch)
-                except RewardError as e:  # before this step's update: keep the steps before it, resumable exactly
-                    saved_as = cp.save_before_failure(res.step, lambda: snapshot(epoch, i), began)
-                    raise RewardError(f"{e}; while scoring step {res.step + 1}; {saved_as}") from e
+                loss, rows, stats, ids = _loss_or_rescue(batch_loss, batch, cp, res.step, lambda: snapshot(epoch, i))
                 norm = run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
                 if cp.ok_to_step(res.step + 1, loss, norm, ids):
                     optim.step()
@@ -94,6 +81,29 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
     bar.close()
     res.checkpoint_save_s = cp.save_s
     return res
+
+
+def _restore_or_start(run: RunContext, cp: Checkpointer, state: dict[str, Any]) -> tuple[LoopResult, int, int]:
+    """The loop's counters and position (epoch, batch) from the newest checkpoint, with `state`; or a fresh start."""
+    res, saved = LoopResult(), cp.restore()
+    if not saved:
+        seed_this_process(run)  # the batch order has its own seed: this changes dropout masks and sampled actions
+        return res, 0, 0
+    res.step, res.best, res.seen, res.train_s = saved["step"], saved["best"], saved["seen"], saved["train_s"]
+    for k, obj in state.items():
+        obj.load_state_dict(saved["algo"][k])
+    return res, saved["epoch"], saved["batch"]
+
+
+def _loss_or_rescue(batch_loss: BatchLoss, batch: Any, cp: Checkpointer, done: int,
+                    snapshot: Callable[[], dict[str, Any]]) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
+    """The batch's loss (and backward pass). A reward that fails does so before this step's update: the steps before
+    it are kept first (`Checkpointer.save_before_failure`: resumable exactly), and the error says where."""
+    began = rng_state()
+    try:
+        return batch_loss(batch)
+    except RewardError as e:
+        raise RewardError(f"{e}; while scoring step {done + 1}; {cp.save_before_failure(done, snapshot, began)}") from e
 
 
 SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over their shares

@@ -85,6 +85,17 @@ def average_gradients(params: list, mean: Callable[[torch.Tensor], torch.Tensor]
             p.grad = mean(p.grad)
 
 
+def token_advantages(ro: Rollout, scores: torch.Tensor, ref: torch.Tensor, values0: torch.Tensor, beta: float,
+                     kl_estimator: str, ppo: PPOSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE advantages and returns of the rollout's tokens, the score on the last token and β·k_t (`kl_estimator` to
+    `ref`) taken off every token's reward; whitened over the (global) batch if asked.  → (B, T), (B, T)"""
+    mask = ro.completion_mask
+    token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta, kl_estimator)  # (B, T)
+    adv, returns = gae(token_rewards, values0, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)
+    return (masked_whiten(adv, mask, all_sum=all_sum) if ppo.whiten_advantages else adv), returns
+
+
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
                head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
                ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -101,13 +112,10 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     if kl_mode not in ("reward", "loss"):
         raise ValueError(f"kl_mode={kl_mode!r}: expected 'reward' or 'loss' (resolve 'auto' with GenRLSettings.resolved)")
     T, mask = ro.completion_ids.shape[1], ro.completion_mask
-    values0 = old_values(model, head, ro, rows)  # (B, T)
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
-    in_reward = beta if kl_mode == "reward" else 0.0
-    token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, in_reward, kl_estimator)  # (B, T)
-    adv, returns = gae(token_rewards, values0, mask, ppo.gamma, ppo.lam)  # (B, T), (B, T)
-    if ppo.whiten_advantages:
-        adv = masked_whiten(adv, mask, all_sum=all_sum)
+    values0 = old_values(model, head, ro, rows)  # (B, T)
+    adv, returns = token_advantages(ro, scores, ref, values0, beta if kl_mode == "reward" else 0.0, kl_estimator, ppo,
+                                    all_sum)  # (B, T), (B, T)
     B = mask.shape[0]
     size = -(-B // ppo.minibatches)
     sums: dict[str, float] = {}
