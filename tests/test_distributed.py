@@ -276,3 +276,20 @@ def test_classifier_reinforce_baseline_is_global_over_two_real_processes(baselin
     assert res["ema"] == pytest.approx([res["ema"][2]] * 3)
     if baseline == "mean":
         assert res["whole"][1][0] == [-0.375, 0.625]  # kept mean of step 2: (1 + 2 + 0 + 0) / 8
+
+
+def test_an_epoch_ending_in_a_filler_share_logs_over_both_processes(tmp_path, deterministic_encoder_dir, reviews_file):
+    """48 training rows in global batches of 47: the second batch has one row, so the second process holds a
+    weight-0 filler share. Its logged row must neither hang the all-reduce (the same keys on both processes) nor
+    count: the logged loss equals one process's on the same batches, and no row is counted as dropped."""
+    runs = tmp_path / "runs"
+    args = ["rl", *[a.replace(f"train.batch_size={BATCH}", "train.batch_size=47") for a in COMMON],
+            *EXTRA["rl"], f"model.name={deterministic_encoder_dir}", f"data.path={reviews_file}", f"runs_dir={runs}"]
+    procs = {n: _launch("torchrun", n, [str(tmp_path / f"info{n}.json"), *args, f"name=np{n}"], tmp_path / f"log{n}.txt")
+             for n in (1, 2)}
+    for n, p in procs.items():
+        _wait(p, tmp_path / f"log{n}.txt")
+    train1, train2 = _train_rows(runs / "np1"), _train_rows(runs / "np2")
+    assert [r["step"] for r in train2] == [1, 2]
+    assert [r["loss"] for r in train2] == pytest.approx([r["loss"] for r in train1], rel=1e-4, abs=1e-6)
+    assert all(r["reward_dropped"] == 0 for r in train2)

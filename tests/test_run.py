@@ -62,14 +62,28 @@ def test_each_process_gets_its_own_random_stream(tmp_path):
 
 
 def test_epoch_loop_rows_are_over_every_process_s_share(tmp_path):
+    """over_processes with the other process faked. A global batch of 5 rows on 2 processes: shares of 3 and 2 rows,
+    weights 2·3/5 and 2·2/5, so means are row-weighted; a filler share (weight 0, no row of its own) counts for
+    nothing, its dropped dummy row included. Keys go to the all-reduce in sorted order, whatever order they came in."""
     from types import SimpleNamespace
 
     from rewardtune.train.loop import over_processes
 
-    acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"),
-                          reduce=lambda t, op: t + torch.tensor([0.5, 0.25, 3.0]))  # the other process's numbers
-    row = over_processes(SimpleNamespace(accelerator=acc),
-                         {"loss": torch.tensor(0.7), "accuracy": 0.75, "reward_dropped": torch.tensor(1.0), "note": "x"})
-    assert row == {"loss": pytest.approx(0.6), "accuracy": pytest.approx(0.5), "reward_dropped": 4.0, "note": "x"}
+    def row(values, weight, other):  # other: the other process's [accuracy, loss, reward_dropped] and its weight
+        sent = []
+
+        def reduce(t, op):
+            sent.append(t.clone())
+            return t + torch.tensor(other)
+        acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
+        return over_processes(SimpleNamespace(accelerator=acc), values, weight), sent[0]
+
+    mine = {"loss": torch.tensor(0.7), "reward_dropped": torch.tensor(1.0), "accuracy": 0.75, "note": "x"}
+    got, sent = row(mine, 1.2, [0.5 * 0.8, 0.3 * 0.8, 2.0, 0.8])  # mine: 3 rows; the other: 2 rows, accuracy 0.5
+    assert sent.tolist() == pytest.approx([0.75 * 1.2, 0.7 * 1.2, 1.0, 1.2])  # accuracy, loss, reward_dropped, weight
+    assert got == {"loss": pytest.approx((0.7 * 3 + 0.3 * 2) / 5), "accuracy": pytest.approx((0.75 * 3 + 0.5 * 2) / 5),
+                   "reward_dropped": 3.0, "note": "x"}
+    got, _ = row({"loss": 9.0, "reward_dropped": 1.0, "accuracy": 0.0}, 0.0, [1.0 * 2, 0.3 * 2, 0.0, 2.0])  # a filler
+    assert got == {"loss": pytest.approx(0.3), "accuracy": pytest.approx(1.0), "reward_dropped": 0.0}
     one = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1))
     assert over_processes(one, {"loss": 0.7}) == {"loss": 0.7}

@@ -12,7 +12,7 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import torch
 
@@ -133,12 +133,20 @@ def epoch_batches(encoded: list[list[int]], labels: list[int], opt: OptimSetting
         yield batch
 
 
-def shares(order: list[list[int]], rank: int, world: int) -> Iterator[tuple[list[int], list[int], float]]:
+class Share(NamedTuple):
+    """A global batch's rows, this process's rows of it, and its weight world·local/global (0: a filler share)."""
+
+    rows: list[int]
+    shard: list[int]
+    weight: float
+
+
+def shares(order: list[list[int]], rank: int, world: int) -> Iterator[Share]:
     """For each global batch: (its rows, this process's rows rank::world of them, the weight world·local/global).
     A process whose share is empty gets the batch's first row with weight 0 (see `epoch_batches`)."""
     for b in order:
         shard = b[rank::world]
-        yield b, shard or b[:1], world * len(shard) / len(b)
+        yield Share(b, shard or b[:1], world * len(shard) / len(b))
 
 
 def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int]]:

@@ -65,7 +65,7 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
                 res.seen += rows
                 bar.update(1)
                 if res.step % log_every == 0 or res.step == total:
-                    row = over_processes(run, {"loss": loss.detach(), **stats})
+                    row = over_processes(run, {"loss": loss.detach(), **stats}, getattr(batch, "weight", 1.0))
                     run.log(res.step, epoch=epoch, split="train", lr=sched.get_last_lr()[0], **row)
                 last = res.step >= total
                 if not last and cp.step_done(res.step, lambda: snapshot(epoch, i + 1)):
@@ -106,18 +106,22 @@ def _loss_or_rescue(batch_loss: BatchLoss, batch: Any, cp: Checkpointer, done: i
         raise RewardError(f"{e}; while scoring step {done + 1}; {cp.save_before_failure(done, snapshot, began)}") from e
 
 
-SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over their shares
+SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over the global batch
 
 
-def over_processes(run: RunContext, values: dict[str, Any]) -> dict[str, Any]:
-    """A train row's numbers over every process's share of the batch (one all-reduce), not the main process's
-    alone: counts summed, the rest averaged (the shares are equal but for an epoch's last, uneven batch)."""
+def over_processes(run: RunContext, values: dict[str, Any], weight: float = 1.0) -> dict[str, Any]:
+    """A train row's numbers over every process's share of the batch (one all-reduce), not the main process's alone.
+    Each process's numbers count by its share's `weight` (world·local/global rows; 0 for a filler share, which holds
+    no row of its own): means are row-weighted over the global batch, counts summed over real shares. Every process
+    holds the same keys (the trainers' stats depend on the config only), reduced in sorted order."""
     acc = run.accelerator
     if acc.num_processes == 1:
         return values
-    keys = [k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)]
-    sums = acc.reduce(torch.tensor([float(values[k]) for k in keys], device=acc.device), "sum").tolist()
-    return {**values, **{k: x if k in SUMMED else x / acc.num_processes for k, x in zip(keys, sums)}}
+    keys = sorted(k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1))
+    w, real = float(weight), 1.0 if weight > 0 else 0.0
+    vals = [float(values[k]) * (real if k in SUMMED else w) for k in keys] + [w]
+    *sums, total = acc.reduce(torch.tensor(vals, device=acc.device), "sum").tolist()
+    return {**values, **{k: x if k in SUMMED else x / max(total, 1e-12) for k, x in zip(keys, sums)}}
 
 
 def _stopped(res: LoopResult, cp: Checkpointer, bar: Any) -> LoopResult:

@@ -84,8 +84,8 @@ def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torc
     keep = torch.ones(b, dtype=torch.bool) if res.dropped is None else ~res.dropped.reshape(b, k).any(-1)
     keep &= not s.filler
     rewards = res.total.reshape(b, k) * keep[:, None]
-    if not keep.all():
-        comps["reward_dropped"] = torch.tensor(float((~keep).sum()))
+    # Always logged (the same keys on every process: their rows are all-reduced); a filler share drops no real row.
+    comps["reward_dropped"] = torch.tensor(0.0 if s.filler else float((~keep).sum()))
     return rewards.to(s.logits.device), comps, keep.float().to(s.logits.device)
 
 
