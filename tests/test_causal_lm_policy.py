@@ -602,22 +602,29 @@ def test_bf16_base_weights_need_lora_on_a_causal_lm(tiny_causal_lm_dir, tiny_enc
 
 def test_train_rows_under_several_processes_report_the_global_batch(tmp_path):
     """global_batch, with the other process's share faked: the logged rewards, lengths and each component's mean and
-    std are over both shares, the dropped samples are summed, KL and entropy weighted by tokens, the rest averaged."""
+    std are over both shares, the dropped samples summed, the statistics averaged; token_mean_shares turns a token
+    mean into a share whose average over processes is the global token mean."""
     from types import SimpleNamespace
 
     from rewardtune.run import RunContext
     from rewardtune.train.lm_report import TrainBatch, log_train_step
-    from rewardtune.train.rl_generate import global_batch
+    from rewardtune.train.rl_generate import global_batch, token_mean_shares
 
     mine = TrainBatch(torch.tensor([[1.0, 0.0]]), torch.tensor([4, 2]), {"len": torch.tensor([0.5, float("nan")])}, 1)
     other = TrainBatch(torch.tensor([[1.0, 1.0]]), torch.tensor([6, 8]), {"len": torch.tensor([0.25, 0.75])}, 2)
     pairs = {id(t): o for t, o in [(mine.rewards, other.rewards), (mine.lengths, other.lengths),
                                    (mine.components["len"], other.components["len"])]}
-    acc = SimpleNamespace(device=torch.device("cpu"), is_main_process=True,
-                          gather=lambda t: torch.cat([t, pairs[id(t)]]),
-                          num_processes=2, reduce=lambda t, op: t + torch.tensor([0.3 * 14, 0.5, 14, 2]))
-    run = RunContext(dir=tmp_path, seed=0, accelerator=acc)  # the other share: kl 0.3 over 14 tokens, loss 0.5
-    tb, stats = global_batch(run, mine, {"kl": 0.1, "loss": 0.7})
+    acc = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, num_processes=2,
+                          gather=lambda t: torch.cat([t, pairs[id(t)]]))
+    # Token means → shares: this process has 6 tokens, the other 14 (10 per process): kl 0.1 → 0.1·6/10.
+    acc.reduce = lambda t, op: (t + 14.0) / 2
+    shares = token_mean_shares(acc, {"kl": 0.1, "entropy": 2.0, "loss": 0.7}, torch.tensor([[1] * 6]))
+    assert shares == {"kl": pytest.approx(0.06), "entropy": pytest.approx(1.2), "loss": 0.7}
+    # The other process's shares: kl 0.3 over 14 tokens → 0.42, loss 0.5. Their mean: (0.1·6 + 0.3·14) / 20.
+    acc.reduce = lambda t, op: {"mean": lambda: (t + torch.tensor([0.42, 0.5])) / 2,
+                                "sum": lambda: t + float(other.dropped)}[op]()
+    run = RunContext(dir=tmp_path, seed=0, accelerator=acc)
+    tb, stats = global_batch(run, mine, {"kl": shares["kl"], "loss": 0.7})
     assert tb.rewards.tolist() == [[1.0, 0.0], [1.0, 1.0]] and tb.lengths.tolist() == [4, 2, 6, 8] and tb.dropped == 3
     assert stats == {"kl": pytest.approx((0.1 * 6 + 0.3 * 14) / 20), "loss": pytest.approx((0.7 + 0.5) / 2)}
     log_train_step(run, 1, tb, stats, beta=0.04, time_generate=2.0)

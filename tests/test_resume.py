@@ -325,7 +325,8 @@ def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(
                                                                                  capsys):
     """Before STATE_FORMAT 2, PPO put the k1 KL in the reward whatever rl.kl_mode / rl.kl_estimator said, and its
     config.yaml recorded the old defaults (loss, k3). Such a checkpoint resumes with the k1 penalty in the reward:
-    bit-identical to a run that used it throughout. Its held-out best, kept on the normalised scale, is moved aside."""
+    bit-identical to a run that used it throughout, across a second resumption too (config.yaml is rewritten). Its
+    held-out best, kept on the normalised scale, is moved aside."""
     import yaml
 
     def args(name):
@@ -344,11 +345,16 @@ def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(old_cfg, sort_keys=False))
     (ckpt / "config.yaml").write_text(yaml.safe_dump(old_cfg, sort_keys=False))
     capsys.readouterr()
-    train_rl_generate(load_config(GenRLConfig, run_dir / "config.yaml", ["ckpt.resume=auto", "ckpt.stop_after=0"]),
-                      show_progress=False)
+    train_rl_generate(load_config(GenRLConfig, run_dir / "config.yaml", ["ckpt.resume=auto", "ckpt.stop_after=3"]),
+                      show_progress=False)  # resumed, then paused again: the second resumption must keep k1 too
     out = capsys.readouterr().out
     assert "this PPO run started when PPO always put the k1 KL in the reward" in out
     assert "checkpoints/best-normalised-reward" in out and (run_dir / "checkpoints" / "best-normalised-reward").is_dir()
+    assert "kl_mode: reward" in (run_dir / "config.yaml").read_text()  # rewritten, the change recorded
+    assert '"rl.kl_mode": ["loss", "reward"]' in (run_dir / "config_changes.jsonl").read_text()
+    train_rl_generate(load_config(GenRLConfig, run_dir / "config.yaml", ["ckpt.resume=auto", "ckpt.stop_after=0"]),
+                      show_progress=False)
+    assert "PPO always put" not in capsys.readouterr().out  # a format-2 checkpoint: nothing to translate
     a, b = final_weights(tmp_path / "straight", 4), final_weights(run_dir, 4)
     for f in a:
         for k in a[f]:

@@ -43,6 +43,7 @@ def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperat
 def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
                  rl: GenRLSettings, gen: GenSettings) -> tuple[torch.Tensor, float]:
     """r − β·Σ_t k_t(π_old, π_ref) per completion, and the mean per-token KL.  rewards (P, K) → (P, K)."""
+    rl = rl.resolved()  # rl.kl_estimator "auto" → the algorithm's own
     ref_logp = reference_logprobs(model, ref, ro, gen.temperature, no_grad_rows(rl), grouped(rl))  # (B, T)
     k = get_kl_estimator(rl.kl_estimator)(ro.logprobs, ref_logp)  # (B, T)
     seq_kl = masked_sum(k, ro.completion_mask, -1)  # (B,)

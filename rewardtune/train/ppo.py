@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from ..algorithms import (clipped_surrogate, entropy_from_logits, gae, get_kl_estimator, kl_loss, kl_penalized_rewards,
-                          logprobs_from_logits, masked_mean, masked_whiten, value_loss)
+                          logprobs_from_logits, masked_mean, masked_sum, masked_whiten, value_loss)
 from ..config import doc
 from ..policies.causal_lm import GenSettings, Rollout, chunkable_head, completion_logits, position_ids
 from ..policies.head import chunked_token_logprobs
@@ -126,7 +126,6 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
             # each divides by that, not by its own count, for one global token mean (as pg_update.micro_weight).
             here = mask[perm].sum().float()
             tokens = (float(here) if all_sum is None else float(all_sum(here)) / world) or 1.0
-            local = float(here) or 1.0  # the logged stats are this process's token means (global_batch combines them)
             stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0,
                      "entropy": 0.0}
             for idx in perm.split(micro_batch_size or len(perm)):
@@ -141,10 +140,12 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
                 for k, v in (("loss", pl), ("value_loss", vl), ("clip_frac", cst.clip_frac),
                              ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac),
                              ("entropy", masked_mean(ent, m))):
-                    stats[k] += float(m.sum()) / local * float(v.detach())
+                    stats[k] += w * float(v.detach())  # shares: their mean over processes is the token mean
             step_fn(torch.tensor(stats["loss"] + stats["value_loss"]))
             sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
     steps = ppo.epochs * len(range(0, B, size))
     out = {k: v / steps for k, v in sums.items()}  # means over the update's minibatch steps, not the last one's
-    out["kl"] = float(masked_mean(get_kl_estimator(kl_estimator)(ro.logprobs, ref), mask))  # the rollout's
+    per_process = float(mask.sum()) if all_sum is None else float(all_sum(mask.sum().float())) / world
+    kl = get_kl_estimator(kl_estimator)(ro.logprobs, ref)  # (B, T): the rollout's, a share as the stats above
+    out["kl"] = float(masked_sum(kl, mask)) / max(per_process, 1.0)
     return out

@@ -8,6 +8,7 @@ or PPO's epochs (`ppo.py`). What the run sets up before its first step is in `ge
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import replace
 from typing import Any, Callable
@@ -16,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..algorithms import EMABaseline, get_advantage_fn
-from ..checkpoint import Checkpointer, StopGuard, rng_state
+from ..checkpoint import CheckpointError, Checkpointer, StopGuard, rng_state
+from ..config import dump_config
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
 from ..run import RunContext, gather_to_cpu, seed_this_process, start_run
@@ -74,7 +76,8 @@ def optimise(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
     gather = gather_to_cpu(acc) if acc.num_processes > 1 else None
     adv = advantages(shaped, rl, ema, gather, acc.process_index)
     stats = update(run, model, optim, ref, ro, adv.to(ro.logprobs.device), step_rl, gen, ok)
-    return stats if kl_tok is None else {**stats, "kl": kl_tok}
+    stats = stats if kl_tok is None else {**stats, "kl": kl_tok}
+    return token_mean_shares(acc, stats, ro.completion_mask) if acc.num_processes > 1 else stats
 
 
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -88,7 +91,6 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
     model, tok, head, params, optim, ref = setup_policy(cfg, run)
     reward = setup_reward(rl, run.accelerator)
     max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
-    announce(run, rl, reward, train_prompts is held_out)
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
     ema, kl_ctl = EMABaseline(), setup_kl_controller(rl)
     guard = StopGuard(cfg.ckpt.stop_after)
@@ -98,6 +100,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
         run, model, tok, reward, held_out, gen, step, max_prompt, rl.inference_batch_size, rl.eval_samples,
         ref if rl.kl_coef else None))
     start, cfg = restore_or_start(cp, algo, held, cfg)
+    announce(run, cfg.rl, reward, train_prompts is held_out)
     cycle = itertools.islice(itertools.cycle(train_prompts), start * rl.prompts_per_step, None)
     snapshot = lambda: {**held.state_dict(), "algo": {k: obj.state_dict() for k, obj in algo.items()},  # noqa: E731
                         "format": STATE_FORMAT}
@@ -174,27 +177,40 @@ def evaluate_or_rescue(held: HeldOut, cp: Checkpointer, step: int, snapshot: Cal
     except RewardError as e:
         if cp.run.accelerator.num_processes > 1:
             raise
-        cp.save(step, {**snapshot(), "eval_due": step})
+        try:
+            cp.save(step, {**snapshot(), "eval_due": step})
+        except CheckpointError as c:  # the reward's error stays the one raised
+            raise RewardError(f"{e}; while evaluating after step {step}; the state could not be checkpointed: {c}") from e
         raise RewardError(f"{e}; while evaluating after step {step}; the state after step {step} is checkpointed in "
                           f"{cp.run.checkpoints / f'step-{step:08d}'} and a resumed run evaluates it first: fix the "
                           f"cause and resume with --resume {cp.run.dir} (ckpt.resume=auto)") from e
 
 
 def go_on_as_before(run: RunContext, cfg: GenRLConfig, held: HeldOut) -> GenRLConfig:
-    """A checkpoint from before STATE_FORMAT 2 resumes as it ran: PPO with the k1 KL in the reward, whatever its
-    config.yaml says (PPO ignored rl.kl_mode and rl.kl_estimator then); held-out rewards, normalised then and raw
-    now, not compared with a best kept on the old scale (that policy is moved aside, not lost)."""
+    """A checkpoint without a state format (written before this code) resumes as it ran.
+
+    PPO whose config says rl.kl_mode=loss (the old default, which PPO ignored: it always put the k1 KL in the
+    reward) goes on with k1 in the reward, and the run's config.yaml is rewritten to say so (the change recorded in
+    config_changes.jsonl), so later checkpoints and resumptions keep it. Held-out rewards, normalised then and raw
+    now, are not compared with a best kept on the old scale: that policy is moved aside, not lost."""
     rl = cfg.rl
-    if rl.algorithm == "ppo" and (rl.kl_mode, rl.kl_estimator) != ("reward", "k1"):
-        run.print("note: this PPO run started when PPO always put the k1 KL in the reward; it goes on that way")
+    if rl.algorithm == "ppo" and rl.kl_mode == "loss":
         cfg = replace(cfg, rl=replace(rl, kl_mode="reward", kl_estimator="k1"))
+        if run.is_main:
+            (run.dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            with open(run.dir / "config_changes.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"time": time.time(), "why": "PPO from before rl.kl_mode applied to it", "changed": {
+                    "rl.kl_mode": [rl.kl_mode, "reward"], "rl.kl_estimator": [rl.kl_estimator, "k1"]}}) + "\n")
+        run.print("note: this PPO run started when PPO always put the k1 KL in the reward; it goes on that way "
+                  "(config.yaml now says rl.kl_mode=reward, rl.kl_estimator=k1)")
     if rl.reward_normalize != "none" and rl.best_metric == "reward":
-        old = run.checkpoints / "best"
-        if run.is_main and old.is_dir():
-            old.rename(old.with_name("best-normalised-reward"))
+        old, aside = run.checkpoints / "best", run.checkpoints / "best-normalised-reward"
+        if run.is_main and old.is_dir() and not aside.exists():  # (exists: moved by an earlier, aborted resumption)
+            old.rename(aside)
         held.best = float("-inf") if rl.best_mode == "max" else float("inf")
-        run.print("note: held-out rewards were normalised when this run started and are raw now; the best policy so "
-                  "far is in checkpoints/best-normalised-reward, and checkpoints/best starts again")
+        run.print("note: held-out rewards were normalised when this run started and are raw now (its eval_start is on "
+                  "the old scale); the best policy so far is in checkpoints/best-normalised-reward, and "
+                  "checkpoints/best starts again")
     return cfg
 
 
@@ -216,20 +232,24 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
     return ro, scored, rewards, dropped, {"time_generate": t1 - t0, "time_score": time.time() - t1}
 
 
-TOKEN_MEANS = ("kl", "entropy")  # statistics that are each process's token means: combined by token counts
-
-
 def global_batch(run: RunContext, tb: TrainBatch, stats: dict[str, float]) -> tuple[TrainBatch, dict[str, float]]:
-    """Every process's rewards, lengths and reward components in rank order, their dropped samples summed, and the
-    statistics over processes: KL and entropy weighted by each process's completion tokens (one token mean over
-    all), the others (losses, fractions over equal shares of rows) as plain means."""
-    acc, tokens = run.accelerator, float(tb.lengths.sum())
+    """Every process's rewards, lengths and reward components in rank order, their dropped samples summed, and each
+    statistic's mean over processes (each is a share whose mean is the global value: see `token_mean_shares`)."""
+    acc = run.accelerator
     gather = gather_to_cpu(acc)
-    vals = [v * tokens if k in TOKEN_MEANS else v for k, v in stats.items()] + [tokens, float(tb.dropped)]
-    *sums, all_tokens, dropped = acc.reduce(torch.tensor(vals, device=acc.device), "sum").tolist()
-    out = {k: x / max(all_tokens, 1.0) if k in TOKEN_MEANS else x / acc.num_processes for k, x in zip(stats, sums)}
+    means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), "mean").tolist()
+    dropped = int(acc.reduce(torch.tensor([float(tb.dropped)], device=acc.device), "sum").item())
     return TrainBatch(gather(tb.rewards), gather(tb.lengths), {k: gather(v) for k, v in tb.components.items()},
-                      int(dropped)), out
+                      dropped), dict(zip(stats, means))
+
+
+def token_mean_shares(acc: Any, stats: dict[str, float], mask: torch.Tensor,
+                      keys: tuple[str, ...] = ("kl", "entropy")) -> dict[str, float]:
+    """This process's token means (`keys`) as shares of the global token mean: × its tokens / (all tokens /
+    processes), so that their plain mean over processes (`global_batch`) weighs every token alike (a collective)."""
+    here = float(mask.sum())
+    per_process = float(acc.reduce(torch.tensor(here, device=acc.device), "mean"))
+    return {k: v * here / max(per_process, 1.0) if k in keys else v for k, v in stats.items()}
 
 
 def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, ref: Callable[[], Any], ro: Rollout,
