@@ -259,6 +259,16 @@ def test_a_generative_run_from_before_memory_only_keys_existed_resumes(tiny_caus
         train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "rl.lr=0.5"]), show_progress=False)
 
 
+def assert_same_run(straight, other, total):
+    """Bit-identical final weights and the same metrics rows (timings aside)."""
+    a, b = final_weights(straight, total), final_weights(other, total)
+    assert a.keys() == b.keys() and a
+    for f in a:
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+    assert rows(straight) == rows(other)
+
+
 FLAKY = {"calls": 0, "fail_at": None, "how": "nan"}
 
 
@@ -290,12 +300,7 @@ def test_a_reward_failing_mid_run_keeps_the_steps_before_and_resumes_exactly(tin
     assert [c.name for c in complete_checkpoints(tmp_path / "failed" / "checkpoints")] == ["step-00000002"]
     FLAKY.update(fail_at=None)
     train_rl_generate(load_config(GenRLConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
-    a, b = final_weights(tmp_path / "straight", 4), final_weights(tmp_path / "failed", 4)
-    assert a.keys() == b.keys() and a
-    for f in a:
-        for k in a[f]:
-            assert torch.equal(a[f][k], b[f][k]), (f, k)
-    assert rows(tmp_path / "straight") == rows(tmp_path / "failed")
+    assert_same_run(tmp_path / "straight", tmp_path / "failed", 4)
 
 
 def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encoder_dir, labelled, tmp_path):
@@ -313,12 +318,7 @@ def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encod
         train_rl_classifier(load_config(RLClassifierConfig, None, args("failed")), show_progress=False)
     FLAKY.update(fail_at=None)
     train_rl_classifier(load_config(RLClassifierConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
-    a, b = final_weights(tmp_path / "straight", 12), final_weights(tmp_path / "failed", 12)
-    assert a.keys() == b.keys() and a
-    for f in a:
-        for k in a[f]:
-            assert torch.equal(a[f][k], b[f][k]), (f, k)
-    assert rows(tmp_path / "straight") == rows(tmp_path / "failed")
+    assert_same_run(tmp_path / "straight", tmp_path / "failed", 12)
 
 
 def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(tiny_causal_lm_dir, prompts, tmp_path,
@@ -378,9 +378,5 @@ def test_a_reward_failing_in_held_out_evaluation_is_evaluated_again_on_resume(ti
         train_rl_generate(load_config(GenRLConfig, None, args("failed")), show_progress=False)
     FLAKY.update(fail_at=None)
     train_rl_generate(load_config(GenRLConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
-    a, b = final_weights(tmp_path / "straight", 4), final_weights(tmp_path / "failed", 4)
-    for f in a:
-        for k in a[f]:
-            assert torch.equal(a[f][k], b[f][k]), (f, k)
-    assert rows(tmp_path / "straight") == rows(tmp_path / "failed")
+    assert_same_run(tmp_path / "straight", tmp_path / "failed", 4)
     assert [r["step"] for r in rows(tmp_path / "failed") if r["split"] == "eval"] == [0, 2, 4]
