@@ -70,7 +70,10 @@ class GenRLSettings:
     def resolved(self) -> GenRLSettings:
         """These settings with `auto` made the algorithm's own choice: Dr. GRPO's per-sequence token sum over a
         constant length (Liu et al. 2025); PPO's k1 penalty in the reward (Ziegler et al. 2019); the others' k3 as a
-        loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran."""
+        loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran; the
+        functions a user may call directly resolve on entry, which is then free (the same object back)."""
+        if "auto" not in (self.aggregation, self.kl_mode, self.kl_estimator):
+            return self
         agg, ppo = self.aggregation, self.algorithm == "ppo"
         if agg == "auto":
             agg = "seq_mean_token_sum" if self.algorithm == "dr_grpo" else "seq_mean_token_mean"
