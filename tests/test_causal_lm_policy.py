@@ -621,8 +621,7 @@ def test_train_rows_under_several_processes_report_the_global_batch(tmp_path):
     shares = token_mean_shares(acc, {"kl": 0.1, "entropy": 2.0, "loss": 0.7}, torch.tensor([[1] * 6]))
     assert shares == {"kl": pytest.approx(0.06), "entropy": pytest.approx(1.2), "loss": 0.7}
     # The other process's shares: kl 0.3 over 14 tokens → 0.42, loss 0.5. Their mean: (0.1·6 + 0.3·14) / 20.
-    acc.reduce = lambda t, op: {"mean": lambda: (t + torch.tensor([0.42, 0.5])) / 2,
-                                "sum": lambda: t + float(other.dropped)}[op]()
+    acc.reduce = lambda t, op: t + torch.tensor([0.42, 0.5, float(other.dropped), 1.0])  # kl, loss, dropped, weight
     run = RunContext(dir=tmp_path, seed=0, accelerator=acc)
     tb, stats = global_batch(run, mine, {"kl": shares["kl"], "loss": 0.7})
     assert tb.rewards.tolist() == [[1.0, 0.0], [1.0, 1.0]] and tb.lengths.tolist() == [4, 2, 6, 8] and tb.dropped == 3

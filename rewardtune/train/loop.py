@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
 from ..rewards import RewardError
-from ..run import RunContext, seed_this_process
+from ..run import RunContext, over_processes, seed_this_process
 
 # One batch → (loss already scaled for backward, rows it holds, stats to log, batch row ids).
 BatchLoss = Callable[[Any], tuple[torch.Tensor, int, dict[str, Any], Any]]
@@ -104,24 +104,6 @@ def _loss_or_rescue(batch_loss: BatchLoss, batch: Any, cp: Checkpointer, done: i
         return batch_loss(batch)
     except RewardError as e:
         raise RewardError(f"{e}; while scoring step {done + 1}; {cp.save_before_failure(done, snapshot, began)}") from e
-
-
-SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over the global batch
-
-
-def over_processes(run: RunContext, values: dict[str, Any], weight: float = 1.0) -> dict[str, Any]:
-    """A train row's numbers over every process's share of the batch (one all-reduce), not the main process's alone.
-    Each process's numbers count by its share's `weight` (world·local/global rows; 0 for a filler share, which holds
-    no row of its own): means are row-weighted over the global batch, counts summed over real shares. Every process
-    holds the same keys (the trainers' stats depend on the config only), reduced in sorted order."""
-    acc = run.accelerator
-    if acc.num_processes == 1:
-        return values
-    keys = sorted(k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1))
-    w, real = float(weight), 1.0 if weight > 0 else 0.0
-    vals = [float(values[k]) * (real if k in SUMMED else w) for k in keys] + [w]
-    *sums, total = acc.reduce(torch.tensor(vals, device=acc.device), "sum").tolist()
-    return {**values, **{k: x if k in SUMMED else x / max(total, 1e-12) for k, x in zip(keys, sums)}}
 
 
 def _stopped(res: LoopResult, cp: Checkpointer, bar: Any) -> LoopResult:

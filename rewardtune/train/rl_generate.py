@@ -21,7 +21,7 @@ from ..checkpoint import CheckpointError, Checkpointer, StopGuard, rng_state
 from ..config import dump_config
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
-from ..run import RunContext, gather_to_cpu, seed_this_process, start_run
+from ..run import RunContext, gather_to_cpu, over_processes, seed_this_process, start_run
 from .common import setup_reference  # noqa: F401  (re-exported: the reference is a setup step)
 from .gen_setup import (GenRLConfig, GenRLSettings, check_limits, check_prompt_lengths, check_settings,  # noqa: F401
                         ddp_settings, length_reward, setup_kl_controller, setup_policy, setup_prompts, setup_reward)
@@ -235,12 +235,10 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
 def global_batch(run: RunContext, tb: TrainBatch, stats: dict[str, float]) -> tuple[TrainBatch, dict[str, float]]:
     """Every process's rewards, lengths and reward components in rank order, their dropped samples summed, and each
     statistic's mean over processes (each is a share whose mean is the global value: see `token_mean_shares`)."""
-    acc = run.accelerator
-    gather = gather_to_cpu(acc)
-    means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), "mean").tolist()
-    dropped = int(acc.reduce(torch.tensor([float(tb.dropped)], device=acc.device), "sum").item())
+    gather, row = gather_to_cpu(run.accelerator), over_processes(run, {**stats, "reward_dropped": float(tb.dropped)})
+    dropped = int(row.pop("reward_dropped"))
     return TrainBatch(gather(tb.rewards), gather(tb.lengths), {k: gather(v) for k, v in tb.components.items()},
-                      dropped), dict(zip(stats, means))
+                      dropped), row
 
 
 def token_mean_shares(acc: Any, stats: dict[str, float], mask: torch.Tensor,
