@@ -281,26 +281,41 @@ def flaky_reward(prompts, completions, **_):
     return out
 
 
+def fail_then_resume(train, cls, args, tmp_path, fail_at, match, total, how="nan"):
+    """A straight run; the same run with the reward failing at call `fail_at` (a RewardError matching `match`); that
+    run resumed once the reward is fixed, which must equal the straight one. → (the straight run's scoring calls,
+    the failed run's complete checkpoints)."""
+    FLAKY.update(calls=0, fail_at=None, how=how)
+    train(load_config(cls, None, args("straight")), show_progress=False)
+    calls = FLAKY["calls"]
+    FLAKY.update(calls=0, fail_at=fail_at)
+    with pytest.raises(RewardError, match=match):
+        train(load_config(cls, None, args("failed")), show_progress=False)
+    kept = [c.name for c in complete_checkpoints(tmp_path / "failed" / "checkpoints")]
+    FLAKY.update(fail_at=None)
+    train(load_config(cls, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
+    assert_same_run(tmp_path / "straight", tmp_path / "failed", total)
+    return calls, kept
+
+
+def generative_args(model, prompts, root, eval_every):
+    return lambda name: [f"model.name={model}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
+                         "rl.samples_per_prompt=3", "rl.steps=4", "rl.eval_prompts=2", f"rl.eval_every={eval_every}",
+                         "rl.lr=1e-2", "rl.rewards=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
+                         f"runs_dir={root}", f"name={name}"]
+
+
 @pytest.mark.parametrize("how,match", [("nan", "returned nan"), ("short", "returned 5 values for 6")])
 def test_a_reward_failing_mid_run_keeps_the_steps_before_and_resumes_exactly(tiny_causal_lm_dir, prompts, tmp_path,
                                                                               how, match):
     """ckpt.every=0 (no periodic checkpoints): a reward that fails while scoring step 3 must not lose steps 1–2. The
     state after step 2 is checkpointed with the random state of step 3's start, so the resumed run equals a run that
     never failed."""
-    args = lambda name: [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",  # noqa: E731
-                         "rl.prompts_per_step=2", "rl.samples_per_prompt=3", "rl.steps=4", "rl.eval_prompts=2",
-                         "rl.eval_every=0", "rl.lr=1e-2", "rl.rewards=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
-                         f"runs_dir={tmp_path}", f"name={name}"]
-    FLAKY.update(calls=0, fail_at=None, how=how)
-    train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)
-    FLAKY.update(calls=0, fail_at=4)  # call 1: the step-0 evaluation; calls 2, 3, 4: steps 1, 2, 3
-    with pytest.raises(RewardError, match=rf"(?s){match}.*; while scoring step 3; the state after step 2 is checkpointed "
-                                          r"in .*step-00000002.*resume with --resume"):
-        train_rl_generate(load_config(GenRLConfig, None, args("failed")), show_progress=False)
-    assert [c.name for c in complete_checkpoints(tmp_path / "failed" / "checkpoints")] == ["step-00000002"]
-    FLAKY.update(fail_at=None)
-    train_rl_generate(load_config(GenRLConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
-    assert_same_run(tmp_path / "straight", tmp_path / "failed", 4)
+    # calls: 1, the step-0 evaluation; 2, 3, 4: steps 1, 2, 3
+    _, kept = fail_then_resume(train_rl_generate, GenRLConfig, generative_args(tiny_causal_lm_dir, prompts, tmp_path, 0),
+                               tmp_path, 4, rf"(?s){match}.*; while scoring step 3; the state after step 2 is checkpointed "
+                                            r"in .*step-00000002.*resume with --resume", 4, how)
+    assert kept == ["step-00000002"]
 
 
 def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encoder_dir, labelled, tmp_path):
@@ -309,16 +324,10 @@ def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encod
     run that never failed."""
     args = lambda name: classifier_args(tiny_encoder_dir, labelled, tmp_path, name) + [  # noqa: E731
         "rl.estimator=reinforce", "rl.baseline=ema", "rl.rewards=[test_resume:flaky_reward]"]
-    FLAKY.update(calls=0, fail_at=None, how="nan")
-    train_rl_classifier(load_config(RLClassifierConfig, None, args("straight")), show_progress=False)
-    assert FLAKY["calls"] == 12  # one scoring call per step
-    FLAKY.update(calls=0, fail_at=6)
-    with pytest.raises(RewardError, match=r"(?s)returned nan.*; while scoring step 6; the state after step 5 is "
-                                          r"checkpointed in .*step-00000005"):
-        train_rl_classifier(load_config(RLClassifierConfig, None, args("failed")), show_progress=False)
-    FLAKY.update(fail_at=None)
-    train_rl_classifier(load_config(RLClassifierConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
-    assert_same_run(tmp_path / "straight", tmp_path / "failed", 12)
+    calls, _ = fail_then_resume(train_rl_classifier, RLClassifierConfig, args, tmp_path, 6,
+                                r"(?s)returned nan.*; while scoring step 6; the state after step 5 is "
+                                r"checkpointed in .*step-00000005", 12)
+    assert calls == 12  # one scoring call per step
 
 
 def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(tiny_causal_lm_dir, prompts, tmp_path,
@@ -366,17 +375,8 @@ def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(
 def test_a_reward_failing_in_held_out_evaluation_is_evaluated_again_on_resume(tiny_causal_lm_dir, prompts, tmp_path):
     """The reward fails in the evaluation after step 2 (ckpt.every=0): the state after step 2 is checkpointed, the
     resumed run evaluates step 2 first and goes on; weights and every row equal a run that never failed."""
-    args = lambda name: [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",  # noqa: E731
-                         "rl.prompts_per_step=2", "rl.samples_per_prompt=3", "rl.steps=4", "rl.eval_prompts=2",
-                         "rl.eval_every=2", "rl.lr=1e-2", "rl.rewards=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
-                         f"runs_dir={tmp_path}", f"name={name}"]
-    FLAKY.update(calls=0, fail_at=None, how="nan")
-    train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)
-    FLAKY.update(calls=0, fail_at=4)  # calls: evaluation 0, steps 1, 2, evaluation 2
-    with pytest.raises(RewardError, match=r"(?s)returned nan.*while evaluating after step 2; the state after step 2 is "
-                                          r"checkpointed in .*step-00000002 and a resumed run evaluates it first"):
-        train_rl_generate(load_config(GenRLConfig, None, args("failed")), show_progress=False)
-    FLAKY.update(fail_at=None)
-    train_rl_generate(load_config(GenRLConfig, None, args("failed") + ["ckpt.resume=auto"]), show_progress=False)
-    assert_same_run(tmp_path / "straight", tmp_path / "failed", 4)
+    # calls: evaluation 0, steps 1, 2, evaluation 2
+    fail_then_resume(train_rl_generate, GenRLConfig, generative_args(tiny_causal_lm_dir, prompts, tmp_path, 2), tmp_path,
+                     4, r"(?s)returned nan.*while evaluating after step 2; the state after step 2 is "
+                        r"checkpointed in .*step-00000002 and a resumed run evaluates it first", 4)
     assert [r["step"] for r in rows(tmp_path / "failed") if r["split"] == "eval"] == [0, 2, 4]
