@@ -293,3 +293,31 @@ def test_an_epoch_ending_in_a_filler_share_logs_over_both_processes(tmp_path, de
     assert [r["step"] for r in train2] == [1, 2]
     assert [r["loss"] for r in train2] == pytest.approx([r["loss"] for r in train1], rel=1e-4, abs=1e-6)
     assert all(r["reward_dropped"] == 0 for r in train2)
+
+
+def test_generative_rl_gradient_over_two_processes_is_one_process_gradient(tiny_causal_lm_dir, tmp_path):
+    """The gradient an update steps with (after DDP's all-reduce) is the same with 1 and 2 processes, for
+    token_mean (a global token count), the per-sequence mean and PPO, with micro-batches (tests/gen_ddp_worker.py);
+    and micro-batches add no all-reduce: only a step's last micro-batch synchronises (DDP's no_sync)."""
+    res = {}
+    for n in (1, 2):
+        out, log = tmp_path / f"out{n}.json", tmp_path / f"log{n}.txt"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               str(REPO / "tests" / "gen_ddp_worker.py"), str(out), str(tiny_causal_lm_dir), str(tmp_path / f"runs{n}")]
+        with open(log, "w", encoding="utf-8") as fh:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            proc.log_file = fh  # type: ignore[attr-defined]
+            _wait(proc, log)
+        res[n] = json.loads(out.read_text())
+    assert res[1]["world"] == 1 and res[2]["world"] == 2
+    one, two = res[1]["cases"], res[2]["cases"]
+    for case in one:
+        g1, g2 = one[case]["grads"], two[case]["grads"]
+        assert sorted(g1) == sorted(g2) and len(g1) >= 8, case  # the LoRA matrices (and PPO's value head)
+        for k in g1:
+            a, b = torch.tensor(g1[k]), torch.tensor(g2[k])
+            assert a.abs().max() > 1e-4, (case, k)  # a gradient that could be wrong
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (case, k, float((a - b).abs().max()))
+    calls = {case: two[case]["allreduce_calls"] for case in two}
+    assert calls["token_mean"] >= 1 and len(set(calls.values())) == 1, calls  # 4 / 2 / 4 micro-batches: one sync each

@@ -6,6 +6,7 @@ aggregation's denominator, so the summed gradient equals the full-batch gradient
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -79,9 +80,12 @@ def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Ten
 
 
 def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, ref: Callable[[], Any], ro: Rollout,
-                         adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings, tokens: float | None = None) -> dict[str, float]:
+                         adv: torch.Tensor, rl: GenRLSettings, gen: GenSettings, tokens: float | None = None,
+                         no_sync: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
     """Backward over the rollout in micro-batches; the summed gradient is the full batch's (`tokens`: see
-    micro_weight), and so are the stats (token means over the whole rollout, whatever the micro-batches)."""
+    micro_weight), and so are the stats (token means over the whole rollout, whatever the micro-batches).
+    `no_sync` (the accelerator's, for a DDP model) holds back the all-reduce of every micro-batch but the last:
+    DDP would otherwise average the gradients over processes once per micro-batch instead of once per step."""
     B, rl = ro.completion_ids.shape[0], rl.resolved()  # rl.aggregation "auto" → the algorithm's own
     mb = rl.micro_batch_size or B
     sums: dict[str, float] = {}
@@ -91,11 +95,13 @@ def accumulate_gradients(backward: Callable[[torch.Tensor], None], model: Any, r
     # transient memory does not sit on top of the graph.
     ref_logp = (reference_logprobs(model, ref, ro, gen.temperature, no_grad_rows(rl), grouped(rl))
                 if rl.kl_coef else None)  # (B, T)
-    for s in range(0, B, mb):
+    starts = range(0, B, mb)
+    for s in starts:
         rows = slice(s, s + mb)
-        loss, stats = policy_loss(model, ro.rows(rows), adv[rows], ro.completion_mask, rl, gen, tokens,
-                                  None if ref_logp is None else ref_logp[rows])
-        backward(loss)
+        with nullcontext() if s == starts[-1] else no_sync():  # the forward too: DDP prepares its all-reduce there
+            loss, stats = policy_loss(model, ro.rows(rows), adv[rows], ro.completion_mask, rl, gen, tokens,
+                                      None if ref_logp is None else ref_logp[rows])
+            backward(loss)
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
         share = float(ro.completion_mask[rows].sum()) / all_tokens  # the stats are token means: weigh by tokens
         for k, v in stats.items():
@@ -110,7 +116,7 @@ def update(run: RunContext, model: Any, optim: Any, ref: Callable[[], Any], ro: 
     if acc.num_processes > 1 and rl.aggregation == "token_mean":  # global tokens / processes, the same everywhere
         tokens = float(acc.reduce(ro.completion_mask.sum().float().to(acc.device), "mean"))
     with acc.autocast():  # bf16 mixed precision: the chunked LM head runs outside the prepared forward
-        stats = accumulate_gradients(acc.backward, model, ref, ro, adv, rl, gen, tokens)
+        stats = accumulate_gradients(acc.backward, model, ref, ro, adv, rl, gen, tokens, lambda: acc.no_sync(model))
     norm = run.accelerator.clip_grad_norm_(model.parameters(), rl.max_grad_norm or float("inf"))
     stats["grad_norm"] = float(norm)
     if ok(torch.tensor(stats["loss"]), norm):

@@ -7,6 +7,7 @@ advantages; each minibatch minimises the clipped surrogate plus `vf_coef` × the
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -96,11 +97,37 @@ def token_advantages(ro: Rollout, scores: torch.Tensor, ref: torch.Tensor, value
     return (masked_whiten(adv, mask, all_sum=all_sum) if ppo.whiten_advantages else adv), returns
 
 
+@dataclass
+class Targets:
+    """What every minibatch of one rollout is fitted to, fixed before the first update.  All (B, T)."""
+
+    adv: torch.Tensor  # token advantages
+    returns: torch.Tensor  # the value head's targets
+    values0: torch.Tensor  # the values before the update (the value clip's centre)
+    ref: torch.Tensor  # the reference's log-probs (the rollout's own when there is no reference)
+
+
+def micro_batch_loss(model: Any, head: ValueHead, ro: Rollout, idx: torch.Tensor, fit: Targets, gen: GenSettings,
+                     ppo: PPOSettings, kl_coef: float, kl_estimator: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Rows `idx`: the clipped surrogate + vf_coef × the clipped value loss (+ kl_coef × the KL estimator, with the
+    KL in the loss), each a token mean; and their stats (no gradient)."""
+    T, m = ro.completion_ids.shape[1], ro.completion_mask[idx]
+    logp, values, ent = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
+                                            gen.temperature)  # (b, T) each
+    pl, cst = clipped_surrogate(logp, ro.logprobs[idx], fit.adv[idx], m, ppo.clip_eps)
+    vl, vst = value_loss(values, fit.values0[idx], fit.returns[idx], m, ppo.value_clip or None)
+    if kl_coef:  # the current policy's KL, a token mean like the surrogate
+        pl = pl + kl_loss(logp, fit.ref[idx], m, kl_coef, kl_estimator, "token_mean")[0]
+    stats = {"loss": pl, "value_loss": vl, "clip_frac": cst.clip_frac, "approx_kl": cst.approx_kl,
+             "value_clip_frac": vst.clip_frac, "entropy": masked_mean(ent, m)}
+    return pl + ppo.vf_coef * vl, {k: v.detach() for k, v in stats.items()}
+
+
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
                head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
                ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
                micro_batch_size: int = 0, rows: int = 0, kl_estimator: str = "k1",
-               kl_mode: str = "reward") -> dict[str, float]:
+               kl_mode: str = "reward", no_sync: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates; the stats are means over them.
     scores (B,).
 
@@ -108,14 +135,16 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     minibatch's gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
     by its share of the minibatch's tokens, so the step is the same (all losses are token means; tested).
     `rows`: rows per pass of the no-gradient value pass (0 = all). The KL (`kl_estimator`) to `ref_logprobs`
-    goes into the token rewards (`kl_mode="reward"`) or into each minibatch's loss (`"loss"`)."""
+    goes into the token rewards (`kl_mode="reward"`) or into each minibatch's loss (`"loss"`). `no_sync`: DDP's
+    all-reduce held back for every micro-batch of a minibatch but the last (as pg_update.accumulate_gradients)."""
     if kl_mode not in ("reward", "loss"):
         raise ValueError(f"kl_mode={kl_mode!r}: expected 'reward' or 'loss' (resolve 'auto' with GenRLSettings.resolved)")
-    T, mask = ro.completion_ids.shape[1], ro.completion_mask
+    mask = ro.completion_mask
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
     values0 = old_values(model, head, ro, rows)  # (B, T)
     adv, returns = token_advantages(ro, scores, ref, values0, beta if kl_mode == "reward" else 0.0, kl_estimator, ppo,
                                     all_sum)  # (B, T), (B, T)
+    fit, kl_coef = Targets(adv, returns, values0, ref), beta if kl_mode == "loss" else 0.0
     B = mask.shape[0]
     size = -(-B // ppo.minibatches)
     sums: dict[str, float] = {}
@@ -126,21 +155,15 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
             # each divides by that, not by its own count, for one global token mean (as pg_update.micro_weight).
             here = mask[perm].sum().float()
             tokens = (float(here) if all_sum is None else float(all_sum(here)) / world) or 1.0
-            stats = {"loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "value_clip_frac": 0.0,
-                     "entropy": 0.0}
-            for idx in perm.split(micro_batch_size or len(perm)):
-                logp, values, ent = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
-                                                        gen.temperature)  # (b, T) each
-                m, w = mask[idx], float(mask[idx].sum()) / tokens  # w: this micro-batch's share of the tokens
-                pl, cst = clipped_surrogate(logp, ro.logprobs[idx], adv[idx], m, ppo.clip_eps)
-                vl, vst = value_loss(values, values0[idx], returns[idx], m, ppo.value_clip or None)
-                if beta and kl_mode == "loss":  # the current policy's KL, a token mean like the surrogate
-                    pl = pl + kl_loss(logp, ref[idx], m, beta, kl_estimator, "token_mean")[0]
-                backward(w * (pl + ppo.vf_coef * vl))
-                for k, v in (("loss", pl), ("value_loss", vl), ("clip_frac", cst.clip_frac),
-                             ("approx_kl", cst.approx_kl), ("value_clip_frac", vst.clip_frac),
-                             ("entropy", masked_mean(ent, m))):
-                    stats[k] += w * float(v.detach())  # shares: their mean over processes is the token mean
+            stats = dict.fromkeys(("loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy"), 0.0)
+            micro = perm.split(micro_batch_size or len(perm))
+            for i, idx in enumerate(micro):
+                w = float(mask[idx].sum()) / tokens  # this micro-batch's share of the minibatch's tokens
+                with nullcontext() if i == len(micro) - 1 else no_sync():
+                    loss, mst = micro_batch_loss(model, head, ro, idx, fit, gen, ppo, kl_coef, kl_estimator)
+                    backward(w * loss)
+                for k, v in mst.items():
+                    stats[k] += w * float(v)  # shares: their mean over processes is the token mean
             step_fn(torch.tensor(stats["loss"] + stats["value_loss"]))
             sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
     steps = ppo.epochs * len(range(0, B, size))

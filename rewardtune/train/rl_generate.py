@@ -271,4 +271,4 @@ def ppo_step(run: RunContext, model: Any, head: Any, optim: Any, params: list, r
         rl = cfg.rl.resolved()  # "auto" → PPO's own choices, for callers that pass an unresolved config
         return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp,
                           beta, cfg.ppo, cfg.gen, all_sum, rl.micro_batch_size, no_grad_rows(rl),
-                          rl.kl_estimator, rl.kl_mode)
+                          rl.kl_estimator, rl.kl_mode, lambda: acc.no_sync(model))
