@@ -295,11 +295,12 @@ class Checkpointer:
     def save_before_failure(self, step: int, state: Callable[[], dict[str, Any]], rng: Any) -> str:
         """A step failed before it changed the model or wrote a log row (its reward raised while scoring): checkpoint
         the state after `step` with the random state `rng` (`rng_state()` taken when the failed step began), so a
-        resumed run repeats the failed step exactly. Returns a sentence for the error message. One process only:
-        the failing process cannot make the others join the save's collectives."""
+        resumed run repeats the failed step exactly. Returns a sentence for the error message. With several
+        processes every one must get here (the save has collectives): the trainers' rewards fail on every process
+        together (`CombinedReward.failed_on`), and each process restores its own random state."""
         every, root = self.settings.every, self.run.checkpoints
-        if step < 1 or self.run.accelerator.num_processes > 1:
-            return "nothing was checkpointed" if step >= 1 else "no step had completed"
+        if step < 1:
+            return "no step had completed"
         if not (every and step % every == 0):  # else step's checkpoint exists already
             set_rng_state(*rng)
             try:

@@ -75,6 +75,16 @@ def gather_to_cpu(accelerator: Any) -> Any:
     return lambda t: accelerator.gather(t.to(accelerator.device)).cpu()
 
 
+def failed_ranks(accelerator: Any) -> Any:
+    """failed → the ranks of the processes that passed True, in order (a collective: every process must call it)."""
+    import torch
+
+    def failed_on(failed: bool) -> list[int]:
+        flags = accelerator.gather(torch.tensor([float(failed)], device=accelerator.device)).tolist()
+        return [rank for rank, f in enumerate(flags) if f]
+    return failed_on
+
+
 SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over the global batch
 
 

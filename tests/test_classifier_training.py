@@ -219,6 +219,29 @@ def test_reinforce_label_baselines_over_processes_are_the_global_batch_s(baselin
         assert one.value == two[0].value == two[1].value == pytest.approx(0.9 * 0.625 + 0.1 * 0.375)
 
 
+@pytest.mark.parametrize("baseline", ["rloo", "none", "mean"])
+def test_reinforce_on_a_later_process_gets_an_advantage_for_each_of_its_rows(baseline):
+    """Process 1 of 2 (simulated gather): RLOO and no baseline need no gather, and must not take process 1's rows
+    out of its own rows alone (they did: an empty advantage, and the run crashed under torchrun)."""
+    from rewardtune.algorithms import EMABaseline
+    from rewardtune.rewards import build_rewards
+    from rewardtune.rewards.rules import indicator
+    from rewardtune.train.rl_classifier import RLSettings, Step, sampled
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, requires_grad=True)  # (b, A)
+    reward = build_rewards(["indicator"], registry={"indicator": lambda: indicator})
+    other = torch.zeros(4, 9)  # process 0's 4 rows: K = 8 rewards and the kept flag
+
+    def gather(t: torch.Tensor) -> list[torch.Tensor]:
+        return [other, t]
+    s = Step(logits, ["a", "b", "c"], ["pos", "neg", "pos"], ["neg", "pos"], reward,
+             RLSettings(estimator="reinforce", baseline=baseline, samples=8), EMABaseline(), gather=gather, rank=1)
+    loss, stats = sampled(s)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad is not None and float(stats["adv_abs"]) > 0
+
+
 def test_reinforce_logs_the_advantage_size_and_how_often_samples_agree():
     """Its loss is ≈0 by construction, so the log must show what moves: all K samples of a near-certain
     policy agree (RLOO then gives them zero advantage); a uniform policy's samples disagree."""

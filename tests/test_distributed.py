@@ -117,7 +117,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(launcher: str, nproc: int, args: list[str], log: Path) -> subprocess.Popen:
+def _launch(launcher: str, nproc: int, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     if nproc == 1:
         cmd = [sys.executable, str(WORKER)]
     elif launcher == "torchrun":  # --standalone: a local rendezvous on a free port
@@ -128,7 +128,7 @@ def _launch(launcher: str, nproc: int, args: list[str], log: Path) -> subprocess
                "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
                f"--main_process_port={_free_port()}", str(WORKER)]
     fh = open(log, "w", encoding="utf-8")
-    proc = subprocess.Popen(cmd + args, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd + args, cwd=REPO, env={**_env(), **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
                             start_new_session=True)
     proc.log_file = fh  # type: ignore[attr-defined]
     return proc
@@ -321,3 +321,63 @@ def test_generative_rl_gradient_over_two_processes_is_one_process_gradient(tiny_
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (case, k, float((a - b).abs().max()))
     calls = {case: two[case]["allreduce_calls"] for case in two}
     assert calls["token_mean"] >= 1 and len(set(calls.values())) == 1, calls  # 4 / 2 / 4 micro-batches: one sync each
+
+
+def test_a_reward_failing_on_one_process_stops_both_with_a_checkpoint_that_resumes_exactly(tiny_causal_lm_dir, tmp_path):
+    """Generative RL on 2 processes, ckpt.every=0: the reward returns NaN on process 1 only, while scoring step 2
+    (tests/rank_reward.py). Both processes stop at once (before, process 0 waited forever in the next gather), both
+    save the state after step 1 with their random states of step 2's start, and the run resumed with a working
+    reward ends with the adapter and train rows of a run that never failed."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the film was {w}"}) + "\n" for w in WORDS[:12]))
+    runs = tmp_path / "runs"
+    args = lambda name: ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4",  # noqa: E731
+                         f"data.path={prompts}", "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=3",
+                         "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-2", "rl.rewards=[rank_reward:words]",
+                         "gen.max_new_tokens=4", f"runs_dir={runs}", f"name={name}"]
+    logs = {n: tmp_path / f"{n}.txt" for n in ("straight", "failed", "resumed")}
+    _wait(_launch("torchrun", 2, [str(tmp_path / "i1.json"), *args("straight")], logs["straight"]), logs["straight"])
+    # calls on each process: 1, the step-0 evaluation; 2, 3: steps 1, 2
+    failed = _launch("torchrun", 2, [str(tmp_path / "i2.json"), *args("failed")], logs["failed"],
+                     {"FAIL_RANK": "1", "FAIL_AT": "3"})
+    failed.wait(timeout=TIMEOUT_S)
+    failed.log_file.close()
+    out = logs["failed"].read_text()
+    assert failed.returncode != 0
+    assert "returned nan" in out and "the reward failed on process 1" in out, out[-4000:]
+    assert out.count("while scoring step 2; the state after step 1 is checkpointed") == 2, out[-4000:]
+    step1 = runs / "failed" / "checkpoints" / "step-00000001"
+    assert (step1 / "rng-0.json").exists() and (step1 / "rng-1.json").exists()
+    _wait(_launch("torchrun", 2, [str(tmp_path / "i3.json"), *args("failed"), "ckpt.resume=auto"], logs["resumed"]),
+          logs["resumed"])
+    untimed = lambda name: [{k: v for k, v in r.items() if not k.startswith(("time", "tokens_per_s"))}  # noqa: E731
+                            for r in _train_rows(runs / name)]
+    assert untimed("failed") == untimed("straight") and len(untimed("straight")) == 3
+    final = lambda name: _adapter(runs / name / "checkpoints" / "final")  # noqa: E731
+    a, b = final("straight"), final("failed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _adapter(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_a_classifier_reward_failing_on_one_process_stops_both_with_a_checkpoint(tmp_path, deterministic_encoder_dir,
+                                                                                 reviews_file):
+    """The shared epoch loop (classifier rl) on 2 processes: the reward returns NaN on process 1 only, while scoring
+    step 3; both processes stop and save the state after step 2 (each with its own random state)."""
+    runs = tmp_path / "runs"
+    args = ["rl", *COMMON, "rl.estimator=reinforce", "rl.rewards=[rank_reward:words]",
+            f"model.name={deterministic_encoder_dir}", f"data.path={reviews_file}", f"runs_dir={runs}", "name=cls"]
+    proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], tmp_path / "log.txt",
+                   {"FAIL_RANK": "1", "FAIL_AT": "3"})
+    proc.wait(timeout=TIMEOUT_S)
+    proc.log_file.close()
+    out = (tmp_path / "log.txt").read_text()
+    assert proc.returncode != 0
+    assert "returned nan" in out and "the reward failed on process 1" in out, out[-4000:]
+    assert out.count("while scoring step 3; the state after step 2 is checkpointed") == 2, out[-4000:]
+    step2 = runs / "cls" / "checkpoints" / "step-00000002"
+    assert (step2 / "rng-0.json").exists() and (step2 / "rng-1.json").exists()

@@ -147,6 +147,9 @@ class CombinedReward:
     # share, number `rank`. None: one process.
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
     rank: int = 0
+    # Several processes: `failed_on(this process failed)` → the ranks whose scoring failed (a collective). Every
+    # process then raises at the same call, so none waits forever in a later collective for one that stopped.
+    failed_on: Callable[[bool], list[int]] | None = None
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
         """Score a training batch: normalised as configured (the running statistics see it)."""
@@ -169,6 +172,22 @@ class CombinedReward:
 
     def _score(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]],
                mode: str) -> RewardResult:
+        try:
+            comps, dropped, w_present = self._raw(prompts, completions, columns)
+        except RewardError as e:
+            self._agree(e)
+            raise
+        self._agree(None)  # before normalising, whose gather is a collective
+        w = torch.tensor([self.weights[n] for n in comps])  # (F,)
+        normed = {n: self._normalized(n, v, mode) for n, v in comps.items()}
+        r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
+        total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present.clamp(min=1e-12))  # (B,)
+        return RewardResult(total.masked_fill(dropped, 0.0), comps, dropped)
+
+    def _raw(self, prompts: list[str], completions: list[str],
+             columns: dict[str, list[Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Each function's raw (B,) values (NaN: no opinion or dropped), the dropped samples (B,), and the |weight|
+        of the functions present on each sample (B,); raises RewardError before any statistic sees the batch."""
         comps: dict[str, torch.Tensor] = {}
         dropped = torch.zeros(len(prompts), dtype=torch.bool)
         for name, fn in self.fns.items():
@@ -176,15 +195,22 @@ class CombinedReward:
             dropped |= bad
             comps[name] = torch.tensor([math.nan if v is None else v for v in vals], dtype=torch.float32)
         w = torch.tensor([self.weights[n] for n in comps])  # (F,)
-        present = ~torch.isnan(torch.stack(list(comps.values()), dim=-1))  # (B, F); normalising keeps NaN as NaN
+        present = ~torch.isnan(torch.stack(list(comps.values()), dim=-1))  # (B, F)
         w_present = (present * w.abs()).sum(-1)  # (B,)
-        if ((w_present == 0) & ~dropped).any():  # checked before the running statistics see this batch
+        if ((w_present == 0) & ~dropped).any():
             i = int(((w_present == 0) & ~dropped).nonzero()[0])
             raise RewardError(f"no reward function with a non-zero weight gave a value for {_example(prompts, completions, i)}")
-        normed = {n: self._normalized(n, v, mode) for n, v in comps.items()}
-        r = torch.stack(list(normed.values()), dim=-1)  # (B, F)
-        total = torch.nan_to_num(r * w).sum(-1) * (w.abs().sum() / w_present.clamp(min=1e-12))  # (B,)
-        return RewardResult(total.masked_fill(dropped, 0.0), comps, dropped)
+        return comps, dropped, w_present
+
+    def _agree(self, error: RewardError | None) -> None:
+        """Several processes: if scoring failed on another process, fail here too, saying where (this process's own
+        error is raised by the caller)."""
+        if self.failed_on is None:
+            return
+        ranks = self.failed_on(error is not None)
+        if error is None and ranks:
+            raise RewardError(f"the reward failed on process {', '.join(map(str, ranks))} (its error is in its output); "
+                              f"process {self.rank} stops with it")
 
     def _call(self, name: str, fn: Callable[..., Any], prompts: list[str], completions: list[str],
               columns: dict[str, list[Any]]) -> tuple[list[float | None], torch.Tensor]:

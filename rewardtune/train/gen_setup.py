@@ -19,7 +19,7 @@ from ..policies.causal_lm import GenSettings, format_prompts, without_dropout
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
-from ..run import RunContext, gather_to_cpu
+from ..run import RunContext, failed_ranks, gather_to_cpu
 from .common import setup_reference
 from .lm_report import EVAL_METRICS
 from .ppo import PPOSettings, ValueHead
@@ -106,7 +106,7 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
 def setup_reward(rl: GenRLSettings, accelerator: Any = None) -> CombinedReward:
     """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER (run on
     the accelerator's device, the policy's), module:fn. Under several processes, normalisation sees the global
-    batch."""
+    batch, and a reward that fails on one process fails on all, at the same call (they checkpoint and stop together)."""
     builtins: dict[str, Callable[[], Any]] = {
         "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
         "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
@@ -114,8 +114,8 @@ def setup_reward(rl: GenRLSettings, accelerator: Any = None) -> CombinedReward:
     device = None if accelerator is None else accelerator.device
     reward = build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
     if accelerator is not None and accelerator.num_processes > 1:
-        reward.gather = gather_to_cpu(accelerator)
-        reward.rank = accelerator.process_index
+        reward.gather, reward.rank = gather_to_cpu(accelerator), accelerator.process_index
+        reward.failed_on = failed_ranks(accelerator)  # a reward failing on one process stops them all
     return reward
 
 

@@ -14,7 +14,7 @@ from ..algorithms import (EMABaseline, entropy_from_logits, expected_reward_loss
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
-from ..run import start_run
+from ..run import failed_ranks, start_run
 from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, setup_reference, steps_per_epoch)
 from .loop import train_epochs
@@ -129,7 +129,7 @@ def label_advantages(rewards: torch.Tensor, keep: torch.Tensor, rl: RLSettings, 
     adv = torch.zeros_like(full)
     if kept.any():
         adv[kept] = rloo(full[kept]) if rl.baseline == "rloo" else reinforce(full[kept], rl.baseline, ema)
-    start = sum(p.shape[0] for p in parts[:rank])
+    start = sum(p.shape[0] for p in parts[:rank]) if gather is not None else 0  # without it: this process's rows only
     return adv[start:start + rewards.shape[0]].to(rewards.device)
 
 
@@ -200,6 +200,8 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     data = setup_data(cfg.data)
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     reward = setup_reward(cfg.rl, run.accelerator.device)
+    if run.accelerator.num_processes > 1:  # a reward failing on one process stops them all, at the same step
+        reward.failed_on = failed_ranks(run.accelerator)
     reference = setup_reference(model, cfg.rl, run.accelerator.device)
     estimator = ESTIMATORS[cfg.rl.estimator]
     opt, ema = cfg.train, EMABaseline(decay=cfg.rl.ema_decay)

@@ -171,12 +171,10 @@ def restore_or_start(cp: Checkpointer, algo: dict[str, Any], held: HeldOut,
 
 def evaluate_or_rescue(held: HeldOut, cp: Checkpointer, step: int, snapshot: Callable[[], dict[str, Any]]) -> None:
     """The held-out evaluation after step `step`; if its reward fails, the state after the step is checkpointed
-    first, marked so that a resumed run evaluates it before going on (one process only, as save_before_failure)."""
+    first, marked so that a resumed run evaluates it before going on (every process: see save_before_failure)."""
     try:
         held.evaluate(step)
     except RewardError as e:
-        if cp.run.accelerator.num_processes > 1:
-            raise
         try:
             cp.save(step, {**snapshot(), "eval_due": step})
         except CheckpointError as c:  # the reward's error stays the one raised
