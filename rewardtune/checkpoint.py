@@ -268,29 +268,52 @@ class Checkpointer:
         return stop
 
     def save(self, step: int, state: dict[str, Any]) -> None:
-        run, acc = self.run, self.run.accelerator
-        root = run.checkpoints
-        t = time.perf_counter()
-        try:
-            if run.is_main:
-                shutil.rmtree(tmp_folder(root, step), ignore_errors=True)
-                tmp_folder(root, step).mkdir(parents=True)
-            acc.wait_for_everyone()
-            save_rng(tmp_folder(root, step), acc.process_index)
-            acc.wait_for_everyone()
-            if run.is_main:
-                lines = {n: _count_lines(run.dir / n) for n in ("metrics.jsonl", "samples.jsonl")}
-                config_text = (run.dir / "config.yaml").read_text(encoding="utf-8")
-                save_checkpoint(root, step, self._unwrapped(), self.optim, self.sched, {**state, "log_lines": lines},
-                                config_text, self.settings.keep_last)
-        except OSError as e:  # disk full, folder gone read-only: the previous checkpoint is untouched
-            shutil.rmtree(tmp_folder(root, step), ignore_errors=True)
-            kept = complete_checkpoints(root)
-            raise CheckpointError(f"could not write the checkpoint of step {step} in {root} ({e}); "
-                                  f"{'the previous one, ' + kept[-1].name + ', is intact' if kept else 'no earlier checkpoint exists'}"
-                                  "; free space and resume with --resume") from e
-        acc.wait_for_everyone()
+        """Write the checkpoint of `step` (every process calls this: each writes its random state, the main process
+        the rest). A write that fails (disk full, read-only) leaves the previous checkpoint intact, and every
+        process raises CheckpointError, at the same point: between the parts, the processes agree on whether all
+        went well (`_all_wrote`), where a plain barrier would leave the others waiting for the one that failed."""
+        run, root = self.run, self.run.checkpoints
+        t, tmp = time.perf_counter(), tmp_folder(root, step)
+
+        def prepare() -> None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+        def write() -> None:
+            lines = {n: _count_lines(run.dir / n) for n in ("metrics.jsonl", "samples.jsonl")}
+            config_text = (run.dir / "config.yaml").read_text(encoding="utf-8")
+            save_checkpoint(root, step, self._unwrapped(), self.optim, self.sched, {**state, "log_lines": lines},
+                            config_text, self.settings.keep_last)
+        self._all_wrote(step, prepare if run.is_main else None)
+        self._all_wrote(step, lambda: save_rng(tmp, run.accelerator.process_index))
+        self._all_wrote(step, write if run.is_main else None)
         self.save_s.append(time.perf_counter() - t)
+
+    def _all_wrote(self, step: int, part: Callable[[], None] | None) -> None:
+        """Run this process's `part` of the save (None: nothing to do here); raise CheckpointError on every process if
+        it failed on any (a collective under several processes)."""
+        from .run import failed_ranks
+
+        error: Exception | None = None
+        try:
+            if part is not None:
+                part()
+        except Exception as e:  # (any: the other processes must not wait for this one)
+            error = e
+        acc = self.run.accelerator
+        failed = failed_ranks(acc)(error is not None) if acc.num_processes > 1 else [0] * (error is not None)
+        if not failed:
+            return
+        root = self.run.checkpoints
+        if self.run.is_main:
+            shutil.rmtree(tmp_folder(root, step), ignore_errors=True)
+        if error is not None and not isinstance(error, OSError):
+            raise error  # a bug, not the disk: its own traceback
+        kept = complete_checkpoints(root)
+        why = str(error) if error else f"it failed on process {', '.join(map(str, failed))}"
+        raise CheckpointError(f"could not write the checkpoint of step {step} in {root} ({why}); "
+                              f"{'the previous one, ' + kept[-1].name + ', is intact' if kept else 'no earlier checkpoint exists'}"
+                              "; free space and resume with --resume") from error
 
     def save_before_failure(self, step: int, state: Callable[[], dict[str, Any]], rng: Any) -> str:
         """A step failed before it changed the model or wrote a log row (its reward raised while scoring): checkpoint

@@ -106,6 +106,16 @@ def byte_level_policy():
     return LlamaForCausalLM(cfg), tok
 
 
+def test_stop_strings_with_a_tokenizer_they_cannot_read_fail_clearly(tiny_causal_lm_dir):
+    """A word-level tokenizer: transformers' StopStringCriteria fails inside with "substring not found"; the error
+    names the setting and what to do instead."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir), AutoTokenizer.from_pretrained(tiny_causal_lm_dir)
+    with pytest.raises(ValueError, match=r"gen.stop_strings=\['the'\]: .*cannot read this tokenizer's vocabulary.*EOS"):
+        sample(model, tok, PROMPTS[:1], 1, GenSettings(max_new_tokens=4, stop_strings=("the",)), 100)
+
+
 def test_stop_strings_end_the_completion():
     model, tok = byte_level_policy()
     gen = GenSettings(max_new_tokens=8)

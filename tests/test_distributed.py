@@ -381,3 +381,23 @@ def test_a_classifier_reward_failing_on_one_process_stops_both_with_a_checkpoint
     assert out.count("while scoring step 3; the state after step 2 is checkpointed") == 2, out[-4000:]
     step2 = runs / "cls" / "checkpoints" / "step-00000002"
     assert (step2 / "rng-0.json").exists() and (step2 / "rng-1.json").exists()
+
+
+def test_a_checkpoint_write_failing_on_one_process_fails_on_both(tmp_path):
+    """Disk full on one process while saving: every process raises CheckpointError at once, saying which failed,
+    and the next save goes through on both (tests/ckpt_worker.py). Before, the other process waited at the save's
+    next barrier until the test's timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "ckpt_worker.py"), str(tmp_path / "out"), str(tmp_path / "runs")]
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log_file = fh  # type: ignore[attr-defined]
+        _wait(proc, tmp_path / "log.txt")
+    said = [json.loads((tmp_path / f"out-{r}.json").read_text()) for r in (0, 1)]
+    assert "No space left on device" in said[1]["1"] and "it failed on process 1" in said[0]["1"]
+    assert "No space left on device" in said[0]["2"] and "it failed on process 0" in said[1]["2"]
+    assert all("no earlier checkpoint exists" in s[k] for s in said for k in ("1", "2"))
+    assert said[0]["3"] == said[1]["3"] == "saved"
+    step3 = tmp_path / "runs" / "ckpt" / "checkpoints" / "step-00000003"
+    assert (step3 / "COMPLETE").exists() and (step3 / "rng-1.json").exists()
+    assert not list((tmp_path / "runs" / "ckpt" / "checkpoints").glob("*.tmp"))  # the failed saves left nothing

@@ -194,7 +194,13 @@ def stop_check(tok: Any, gen: GenSettings) -> Any:
 
     made, key = tok.__dict__.setdefault("_rt_stop_criteria", {}), tuple(gen.stop_strings)
     if key not in made:  # building one reads the whole vocabulary: 80 ms for SmolLM2's 49k tokens
-        made[key] = StopStringCriteria(tok, list(key))
+        try:
+            made[key] = StopStringCriteria(tok, list(key))
+        except ValueError as e:  # it reads each token's string through the tokenizer's own prefix convention
+            raise ValueError(f"gen.stop_strings={list(key)}: transformers' StopStringCriteria cannot read this "
+                             f"tokenizer's vocabulary ({type(tok).__name__}: {e}); stop strings need a tokenizer whose "
+                             "tokens decode to their text (BPE / SentencePiece); end completions with EOS instead, "
+                             "or leave gen.stop_strings empty") from e
     criterion = made[key]
     return lambda ids: criterion(ids, None)
 
