@@ -307,13 +307,13 @@ class Checkpointer:
         root = self.run.checkpoints
         if self.run.is_main:
             shutil.rmtree(tmp_folder(root, step), ignore_errors=True)
-        if error is not None and not isinstance(error, OSError):
-            raise error  # a bug, not the disk: its own traceback
         kept = complete_checkpoints(root)
-        why = str(error) if error else f"it failed on process {', '.join(map(str, failed))}"
+        # A full disk is an OSError from Python's own writes, but a SafetensorError or a RuntimeError from
+        # safetensors' and torch.save's: every error is reported with its type, and chained for its traceback.
+        why = f"{type(error).__name__}: {error}" if error else f"it failed on process {', '.join(map(str, failed))}"
         raise CheckpointError(f"could not write the checkpoint of step {step} in {root} ({why}); "
                               f"{'the previous one, ' + kept[-1].name + ', is intact' if kept else 'no earlier checkpoint exists'}"
-                              "; free space and resume with --resume") from error
+                              "; if the disk is full, free space and resume with --resume") from error
 
     def save_before_failure(self, step: int, state: Callable[[], dict[str, Any]], rng: Any) -> str:
         """A step failed before it changed the model or wrote a log row (its reward raised while scoring): checkpoint

@@ -111,8 +111,11 @@ def test_stop_strings_with_a_tokenizer_they_cannot_read_fail_clearly(tiny_causal
     names the setting and what to do instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rewardtune.config import ConfigError
+
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir), AutoTokenizer.from_pretrained(tiny_causal_lm_dir)
-    with pytest.raises(ValueError, match=r"gen.stop_strings=\['the'\]: .*cannot read this tokenizer's vocabulary.*EOS"):
+    with pytest.raises(ConfigError, match=r"gen.stop_strings=\['the'\]: .*failed with this tokenizer.*substring not "
+                                          r"found.*EOS"):
         sample(model, tok, PROMPTS[:1], 1, GenSettings(max_new_tokens=4, stop_strings=("the",)), 100)
 
 
@@ -451,6 +454,10 @@ def test_cli_rl_dispatches_on_policy(tiny_causal_lm_dir, prompts_file, tmp_path,
     assert (tmp_path / "cli" / "checkpoints" / "final").is_dir()
     assert main(["rl", "policy=robot"]) == 2
     assert "policy 'robot' is not one of: classifier, causal-lm" in capsys.readouterr().err
+    # stop strings the tokenizer cannot handle: one clear line, before the first evaluation or step
+    assert main(args[:-1] + ["name=stops", "gen.stop_strings=[the]"]) == 2
+    assert "rewardtune: error: gen.stop_strings=['the']: " in capsys.readouterr().err
+    assert not (tmp_path / "stops" / "metrics.jsonl").exists()
 
 
 def test_ppo_runs_and_trains_lora_and_value_head(tiny_causal_lm_dir, prompts_file, tmp_path):

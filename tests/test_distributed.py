@@ -145,6 +145,20 @@ def _wait(proc: subprocess.Popen, log: Path) -> None:
     assert proc.returncode == 0, f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-6000:]}"
 
 
+def _wait_failed(proc: subprocess.Popen, log: Path) -> str:
+    """Wait for a launch that must fail, killing it (and its workers) if it hangs instead; → its output."""
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        pytest.fail(f"{proc.args} hung for {TIMEOUT_S} s instead of failing:\n{log.read_text()[-4000:]}")
+    finally:
+        proc.log_file.close()  # type: ignore[attr-defined]
+    assert proc.returncode != 0, f"{proc.args} should have failed:\n{log.read_text()[-4000:]}"
+    return log.read_text()
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -237,9 +251,7 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
 
     bad = _launch("torchrun", 2, [str(tmp_path / "info3.json"), *args[:-2], "rl.prompts_per_step=3", "name=odd"],
                   tmp_path / "log3.txt")
-    bad.wait(timeout=TIMEOUT_S)
-    bad.log_file.close()
-    assert bad.returncode != 0 and "multiple of the 2 processes" in (tmp_path / "log3.txt").read_text()
+    assert "multiple of the 2 processes" in _wait_failed(bad, tmp_path / "log3.txt")
 
 
 def test_ppo_value_heads_stay_equal_over_two_real_processes(tiny_causal_lm_dir, tmp_path):
@@ -340,10 +352,7 @@ def test_a_reward_failing_on_one_process_stops_both_with_a_checkpoint_that_resum
     # calls on each process: 1, the step-0 evaluation; 2, 3: steps 1, 2
     failed = _launch("torchrun", 2, [str(tmp_path / "i2.json"), *args("failed")], logs["failed"],
                      {"FAIL_RANK": "1", "FAIL_AT": "3"})
-    failed.wait(timeout=TIMEOUT_S)
-    failed.log_file.close()
-    out = logs["failed"].read_text()
-    assert failed.returncode != 0
+    out = _wait_failed(failed, logs["failed"])
     assert "returned nan" in out and "the reward failed on process 1" in out, out[-4000:]
     assert out.count("while scoring step 2; the state after step 1 is checkpointed") == 2, out[-4000:]
     step1 = runs / "failed" / "checkpoints" / "step-00000001"
@@ -373,10 +382,7 @@ def test_a_classifier_reward_failing_on_one_process_stops_both_with_a_checkpoint
             f"model.name={deterministic_encoder_dir}", f"data.path={reviews_file}", f"runs_dir={runs}", "name=cls"]
     proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], tmp_path / "log.txt",
                    {"FAIL_RANK": "1", "FAIL_AT": "3"})
-    proc.wait(timeout=TIMEOUT_S)
-    proc.log_file.close()
-    out = (tmp_path / "log.txt").read_text()
-    assert proc.returncode != 0
+    out = _wait_failed(proc, tmp_path / "log.txt")
     assert "returned nan" in out and "the reward failed on process 1" in out, out[-4000:]
     assert out.count("while scoring step 3; the state after step 2 is checkpointed") == 2, out[-4000:]
     step2 = runs / "cls" / "checkpoints" / "step-00000002"

@@ -47,6 +47,24 @@ def test_skip_still_refuses_a_wrong_count():
         comb(["p", "p"], ["a", "b"])
 
 
+def test_odd_values_are_checked_in_both_modes():
+    """A generator is read once (skip mode read it twice: nothing left for the NaN check, and a crash); an int too
+    large for a float is inf (dropped by skip, refused by raise; it raised OverflowError from inside the check); a
+    tensor of several values is refused in both modes (it raised RuntimeError, or in skip mode crashed)."""
+    gen = lambda p, c, **_: (float(len(x)) if x != "b" else math.nan for x in c)  # noqa: E731
+    res = CombinedReward({"gen": gen}, {"gen": 1.0}, on_error="skip")(["p"] * 3, ["aa", "b", "ccc"])
+    assert res.dropped.tolist() == [False, True, False] and res.total.tolist() == [2.0, 0.0, 3.0]
+    huge = lambda p, c, **_: [10**400 if x == "b" else 1 for x in c]  # noqa: E731
+    res = CombinedReward({"huge": huge}, {"huge": 1.0}, on_error="skip")(["p"] * 2, ["a", "b"])
+    assert res.dropped.tolist() == [False, True]
+    with pytest.raises(RewardError, match=r"'huge' returned inf on .*completion='b'"):
+        CombinedReward({"huge": huge}, {"huge": 1.0})(["p"] * 2, ["a", "b"])
+    pair = lambda p, c, **_: [torch.tensor([1.0, 2.0]) for _ in c]  # noqa: E731
+    for mode in ("raise", "skip"):
+        with pytest.raises(RewardError, match=r"'pair' returned tensor\(\[1\., 2\.\]\)"):
+            CombinedReward({"pair": pair}, {"pair": 1.0}, on_error=mode)(["p"], ["a"])
+
+
 def test_generative_rl_skips_failed_samples_and_counts_them(tiny_causal_lm_dir, tmp_path):
     from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
 

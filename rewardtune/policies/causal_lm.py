@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..algorithms import entropy_from_logits, logprobs_from_logits
-from ..config import doc
+from ..config import ConfigError, doc
 from . import decode
 from .head import chunked_token_logprobs, head_inputs, logits_are_head_outputs
 from .sampling import TokenSampler, draw_uniforms
@@ -196,11 +196,11 @@ def stop_check(tok: Any, gen: GenSettings) -> Any:
     if key not in made:  # building one reads the whole vocabulary: 80 ms for SmolLM2's 49k tokens
         try:
             made[key] = StopStringCriteria(tok, list(key))
-        except ValueError as e:  # it reads each token's string through the tokenizer's own prefix convention
-            raise ValueError(f"gen.stop_strings={list(key)}: transformers' StopStringCriteria cannot read this "
-                             f"tokenizer's vocabulary ({type(tok).__name__}: {e}); stop strings need a tokenizer whose "
-                             "tokens decode to their text (BPE / SentencePiece); end completions with EOS instead, "
-                             "or leave gen.stop_strings empty") from e
+        except ValueError as e:  # e.g. it reads each token's string through the tokenizer's own prefix convention
+            raise ConfigError(f"gen.stop_strings={list(key)}: transformers' StopStringCriteria, which ends completions "
+                              f"at them, failed with this tokenizer ({type(tok).__name__}): {e}. It needs a tokenizer "
+                              "whose tokens decode to their text (BPE, SentencePiece); otherwise end completions with "
+                              "EOS and leave gen.stop_strings empty") from e
     criterion = made[key]
     return lambda ids: criterion(ids, None)
 

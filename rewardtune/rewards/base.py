@@ -43,12 +43,21 @@ def _example(prompts: Sequence[str], completions: Sequence[str], i: int) -> str:
     return f"example {i}: prompt={prompts[i][:200]!r}, completion={completions[i][:200]!r}"
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "__float__") and not isinstance(v, str)
+def _float(v: Any) -> float | None:
+    """One reward value as a float: inf for a number too large for one (a huge int), None when it is not one number
+    (a string, a tensor of several values)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
-def check_rewards(name: str, values: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[float | None]:
-    """Validate one function's output: a list of len(prompts) finite floats or None."""
+def check_rewards(name: str, values: Any, prompts: Sequence[str], completions: Sequence[str],
+                  nonfinite: bool = False) -> list[float | None]:
+    """Validate one function's output: a list of len(prompts) finite floats or None. `nonfinite`: NaN and inf are
+    returned (on_reward_error=skip drops those samples) instead of raising."""
     try:
         values = list(values)
     except TypeError:
@@ -61,11 +70,10 @@ def check_rewards(name: str, values: Any, prompts: Sequence[str], completions: S
         if v is None:
             out.append(None)
             continue
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise RewardError(f"reward {name!r} returned {v!r} on {_example(prompts, completions, i)}") from None
-        if not math.isfinite(f):
+        f = _float(v)
+        if f is None:
+            raise RewardError(f"reward {name!r} returned {v!r} on {_example(prompts, completions, i)}")
+        if not math.isfinite(f) and not nonfinite:
             raise RewardError(f"reward {name!r} returned {f} on {_example(prompts, completions, i)}")
         out.append(f)
     return out
@@ -174,7 +182,7 @@ class CombinedReward:
                mode: str) -> RewardResult:
         try:
             comps, dropped, w_present = self._raw(prompts, completions, columns)
-        except RewardError as e:
+        except Exception as e:  # a RewardError, or values that break the checks themselves: every process stops
             self._agree(e)
             raise
         self._agree(None)  # before normalising, whose gather is a collective
@@ -202,7 +210,7 @@ class CombinedReward:
             raise RewardError(f"no reward function with a non-zero weight gave a value for {_example(prompts, completions, i)}")
         return comps, dropped, w_present
 
-    def _agree(self, error: RewardError | None) -> None:
+    def _agree(self, error: Exception | None) -> None:
         """Several processes: if scoring failed on another process, fail here too, saying where (this process's own
         error is raised by the caller)."""
         if self.failed_on is None:
@@ -225,10 +233,9 @@ class CombinedReward:
             return self._one_by_one(name, fn, prompts, completions, columns)
         if self.on_error != "skip":
             return check_rewards(name, raw, prompts, completions), torch.zeros(len(prompts), dtype=torch.bool)
-        check_rewards(name, [0.0 if _is_number(v) else v for v in raw] if isinstance(raw, list) else raw,
-                      prompts, completions)  # the count and types must still be right
-        bad = torch.tensor([_is_number(v) and not math.isfinite(float(v)) for v in raw], dtype=torch.bool)
-        return [None if b else (None if v is None else float(v)) for v, b in zip(raw, bad.tolist())], bad
+        vals = check_rewards(name, raw, prompts, completions, nonfinite=True)  # the count and types must be right
+        bad = torch.tensor([v is not None and not math.isfinite(v) for v in vals], dtype=torch.bool)
+        return [None if b else v for v, b in zip(vals, bad.tolist())], bad
 
     def _one_by_one(self, name: str, fn: Callable[..., Any], prompts: list[str], completions: list[str],
                     columns: dict[str, list[Any]]) -> tuple[list[float | None], torch.Tensor]:

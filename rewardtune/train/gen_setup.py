@@ -15,7 +15,7 @@ from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
-from ..policies.causal_lm import GenSettings, format_prompts, without_dropout
+from ..policies.causal_lm import GenSettings, format_prompts, stop_check, without_dropout
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
@@ -158,10 +158,12 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_tem
 
 def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
     """The longest prompt the context allows (checked for every prompt before any step, not at the step
-    that meets it); and P must split into whole prompt groups per process."""
+    that meets it); the stop strings' criterion can be built for this tokenizer; and P must split into whole
+    prompt groups per process."""
     config = run.accelerator.unwrap_model(model).config
     max_prompt = getattr(config, "max_position_embeddings", 2048) - cfg.gen.max_new_tokens
     check_prompt_lengths(tok, prompts, max_prompt, cfg.gen.chat_template)
+    stop_check(tok, cfg.gen)  # stop strings this tokenizer cannot handle: the config's error, before any step
     world = run.accelerator.num_processes
     if cfg.rl.prompts_per_step % world:
         raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
