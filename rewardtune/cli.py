@@ -333,18 +333,24 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError, NonFiniteError
     from .rewards import RewardError
 
-    had_group = _process_group_up()
+    had_group, done = _process_group_up(), False
     try:
         args.func(args)
+        done = True
     except (ConfigError, DataError, ModelError, FileExistsError, RewardError, NonFiniteError, CheckpointError) as e:
         print(f"rewardtune: error: {e}", file=sys.stderr)
         return 2
     finally:
         if not had_group and _process_group_up():  # the group this command formed (torchrun, accelerate launch)
             # Left to interpreter shutdown, gloo's threads can abort a finished run ("terminate called
-            # without an active exception", exit code -6) after it succeeded.
+            # without an active exception", exit code -6) after it succeeded. After a success every process
+            # waits for the others first: one tearing its group down while another still talks to it aborted
+            # a finished run too (seen once in ~10 runs of the 2-process tests). After an error, no wait: the
+            # others may never get here.
             import torch.distributed as dist
 
+            if done:
+                dist.barrier()
             dist.destroy_process_group()
     return 0
 
