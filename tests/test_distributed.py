@@ -407,3 +407,26 @@ def test_a_checkpoint_write_failing_on_one_process_fails_on_both(tmp_path):
     step3 = tmp_path / "runs" / "ckpt" / "checkpoints" / "step-00000003"
     assert (step3 / "COMPLETE").exists() and (step3 / "rng-1.json").exists()
     assert not list((tmp_path / "runs" / "ckpt" / "checkpoints").glob("*.tmp"))  # the failed saves left nothing
+
+
+def test_held_out_evaluation_over_two_processes_equals_one_process(tiny_causal_lm_dir, tmp_path):
+    """Each process evaluates its share of the held-out prompts (2 and 3 of 5) with the draws one process would give
+    them; the metrics, over both shares, equal one process's, greedy and sampled (tests/eval_worker.py)."""
+    res = {}
+    for n in (1, 2):
+        out, log = tmp_path / f"out{n}.json", tmp_path / f"log{n}.txt"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               str(REPO / "tests" / "eval_worker.py"), str(out), str(tiny_causal_lm_dir), str(tmp_path / f"runs{n}")]
+        with open(log, "w", encoding="utf-8") as fh:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            proc.log_file = fh  # type: ignore[attr-defined]
+            _wait(proc, log)
+        res[n] = json.loads(out.read_text())
+    assert res[1]["world"] == 1 and res[2]["world"] == 2
+    assert res[1]["decoded"] == [[5, 10]] and res[2]["decoded"] == [[2, 4], [3, 6]]  # greedy, 2 samples: the shares
+    for decoding in ("samples0", "samples2"):
+        one, two = res[1]["metrics"][decoding], res[2]["metrics"][decoding]
+        assert one.keys() == two.keys() and ("kl_greedy" in one or "kl" in one), one
+        assert abs(one.get("kl", one.get("kl_greedy"))) > 1e-4  # a KL that could be summed wrongly
+        assert two == pytest.approx(one, rel=1e-5, abs=1e-6), (decoding, one, two)

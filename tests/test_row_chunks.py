@@ -57,6 +57,22 @@ def test_sampling_in_row_chunks_samples_what_one_pass_samples(policy, fast_decod
     assert len({tuple(r) for r in out[0].completion_ids[:3].tolist()}) > 1
 
 
+@pytest.mark.parametrize("rows", [0, 3])
+def test_a_share_of_the_prompts_samples_their_rows_of_the_whole(policy, rows):
+    """`sample(only=...)`, a process's share of a held-out set: the rows of those prompts as sampling all of them
+    gives (the same draws), decoded alone; with row chunks too."""
+    model, tok = policy
+    gen = GenSettings(max_new_tokens=8, temperature=1.5)
+    torch.manual_seed(5)
+    whole = sample(model, tok, PROMPTS, 3, gen, 100)
+    torch.manual_seed(5)
+    part = sample(model, tok, PROMPTS, 3, gen, 100, rows=rows, only=slice(1, 3))
+    assert part.prompts == [p for p in PROMPTS[1:3] for _ in range(3)]
+    T = part.completion_ids.shape[1]
+    assert torch.equal(part.completion_ids, whole.completion_ids[3:9, :T]) and not whole.completion_mask[3:9, T:].any()
+    assert torch.allclose(part.logprobs, whole.logprobs[3:9, :T], atol=1e-5) and part.completions == whole.completions[3:9]
+
+
 def test_chunked_rollout_pads_completions_that_ended_early(policy):
     model, tok = policy
     eos = tok.eos_token_id

@@ -112,7 +112,7 @@ def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> t
 
 @torch.no_grad()
 def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSettings, max_prompt_tokens: int,
-           greedy: bool = False, share_prompt: bool = True, rows: int = 0) -> Rollout:
+           greedy: bool = False, share_prompt: bool = True, rows: int = 0, only: slice | None = None) -> Rollout:
     """K completions for each of P prompts (rows ordered prompt-major: p0k0, p0k1, ..., p1k0, ...).
 
     `greedy=True` decodes greedily (evaluation); log-probs are then under the untempered policy.
@@ -121,6 +121,7 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     `rows`: decode at most this many rows at once (whole prompts, at least one; 0 = all), which bounds the
     KV cache. Memory only: every row's uniform draws are fixed before decoding (`draw_uniforms`), so a row
     gets the same tokens whichever rows share its pass, up to float rounding (tested).
+    `only`: decode these prompts only (a process's share of a held-out set), with the draws all `prompts` would get.
     """
     texts = format_prompts(tok, prompts, gen.chat_template)
     enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=not gen.chat_template)
@@ -134,9 +135,11 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], k: int, gen: GenSetting
     try:
         P, device = len(prompts), next(model.parameters()).device
         u = None if greedy else draw_uniforms(gen.max_new_tokens, P * k, device)  # (T, B)
-        per = max(1, rows // k) if rows else P  # prompts per pass
-        parts = [_sample(model, tok, prompts[s:s + per], {n: t[s:s + per] for n, t in enc.items()}, k, gen, greedy,
-                         share_prompt, None if u is None else u[:, s * k:(s + per) * k]) for s in range(0, P, per)]
+        lo, hi = (only.start, only.stop) if only is not None else (0, P)
+        per = max(1, rows // k) if rows else hi - lo  # prompts per pass
+        parts = [_sample(model, tok, prompts[s:min(s + per, hi)], {n: t[s:min(s + per, hi)] for n, t in enc.items()}, k,
+                         gen, greedy, share_prompt, None if u is None else u[:, s * k:min(s + per, hi) * k])
+                 for s in range(lo, hi, per)]
         return parts[0] if len(parts) == 1 else concat_rollouts(parts, tok.pad_token_id)
     finally:
         model.train(was_training)

@@ -2,12 +2,13 @@
 saved policy. Split from `rl_generate.py` so that the loop file holds the loop."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from ..algorithms import kl_k3, masked_mean
+from ..algorithms import kl_k3, masked_sum
 from ..policies.causal_lm import GenSettings, Rollout, sample
 from ..rewards import CombinedReward
 from ..run import RunContext
@@ -69,18 +70,21 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     as `setup_reference` makes; none without either) the KL per token on those tokens (`kl_greedy`: Σ(log π − log π_ref)/n;
     or `kl`, sampled: the k3 estimate of KL(π‖π_ref) between the policy and the reference at gen's temperature,
     unbiased when neither top-k nor top-p truncates the sampling) and their perplexity under the reference,
-    exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all)."""
-    net, greedy = run.accelerator.unwrap_model(model), samples == 0
+    exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all). Under several processes each
+    evaluates a contiguous share of the prompts, with the draws one process would give them, and the metrics are
+    over every share (the same on every process)."""
+    net, greedy, acc = run.accelerator.unwrap_model(model), samples == 0, run.accelerator
     device, k = next(net.parameters()).device, samples or 1
     rows = max(k, rows // k * k) if rows else 0  # whole prompt groups per pass
+    world = acc.num_processes if len(prompts) >= acc.num_processes else 1  # (fewer prompts: each process does all)
+    share = slice(acc.process_index * len(prompts) // world, (acc.process_index + 1) * len(prompts) // world) \
+        if world > 1 else None
     accel = device.type != "cpu"  # its generator is forked (and restored) too: the draws are made on the device
     with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
         torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
-        ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows)
-    r = reward.unnormalized(ro.prompts, ro.completions).total  # raw: comparable across evaluations
-    words = [c.split() for c in ro.completions]
-    m = {"reward": float(r.mean()), "length_words": sum(map(len, words)) / len(words),
-         "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
+        ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows, only=share)
+    part = {"prompts": ro.prompts, "completions": ro.completions,  # rewards raw: comparable across evaluations
+            "rewards": reward.unnormalized(ro.prompts, ro.completions).total.tolist()}
     ref = net.disable_adapter if hasattr(net, "disable_adapter") else reference
     if ref is not None:
         mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature
@@ -88,13 +92,36 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
         # Greedy tokens are not samples of π: their log-ratio is reported as it is. Sampled tokens give k3, an
         # unbiased estimate of KL(π‖π_ref) that is never negative (k1 can be, on few samples).
         kl = ro.logprobs - ref_logp if greedy else kl_k3(ro.logprobs, ref_logp)  # (B, T)
-        m["kl_greedy" if greedy else "kl"] = float(masked_mean(kl, mask))
         if temperature != 1.0:  # the perplexity is the reference model's own, untempered
             ref_logp = reference_logprobs(net, ref, ro, 1.0, rows)
-        m["ref_perplexity"] = float(torch.exp(-masked_mean(ref_logp, mask)))
+        part |= {"tokens": float(mask.sum()), "kl": float(masked_sum(kl, mask)), "ref": float(masked_sum(ref_logp, mask))}
+    m = _eval_metrics(_gather_shares(acc, part) if world > 1 else part, greedy)
     run.log(step, split="eval", decoding="greedy" if greedy else f"sampled x{samples}", **m)
     for i in range(min(3, len(ro.prompts))):
-        run.log_sample(step, split="eval", prompt=ro.prompts[i], completion=ro.completions[i], reward=float(r[i]))
+        run.log_sample(step, split="eval", prompt=ro.prompts[i], completion=ro.completions[i],
+                       reward=part["rewards"][i])
+    return m
+
+
+def _gather_shares(acc: Any, part: dict[str, Any]) -> dict[str, Any]:
+    """Every process's share of an evaluation in rank order: lists concatenated, numbers summed (a collective)."""
+    from accelerate.utils import gather_object
+
+    shares = gather_object([part])  # one dict per process, in rank order
+    return {key: [x for sh in shares for x in sh[key]] if isinstance(v, list) else sum(sh[key] for sh in shares)
+            for key, v in part.items()}
+
+
+def _eval_metrics(whole: dict[str, Any], greedy: bool) -> dict[str, float]:
+    """The held-out metrics of all completions: reward, length and distinct-n; KL per token and the reference's
+    perplexity when the reference was measured."""
+    words = [c.split() for c in whole["completions"]]
+    m = {"reward": sum(whole["rewards"]) / len(whole["rewards"]), "length_words": sum(map(len, words)) / len(words),
+         "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
+    if "tokens" in whole:
+        n = max(whole["tokens"], 1.0)
+        m["kl_greedy" if greedy else "kl"] = whole["kl"] / n
+        m["ref_perplexity"] = math.exp(-whole["ref"] / n)
     return m
 
 
