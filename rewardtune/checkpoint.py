@@ -210,6 +210,14 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps with a NaN or infinite loss or gradient."""
 
 
+def _write_error(e: Exception) -> bool:
+    """Whether `e` is a failed write (a full disk, a folder gone read-only): an OSError from Python's own writes, a
+    SafetensorError from safetensors', a RuntimeError from torch.save's."""
+    from safetensors import SafetensorError
+
+    return isinstance(e, (OSError, SafetensorError, RuntimeError))
+
+
 class Checkpointer:
     """What a training loop needs for exact resumption, in four calls.
 
@@ -307,9 +315,9 @@ class Checkpointer:
         root = self.run.checkpoints
         if self.run.is_main:
             shutil.rmtree(tmp_folder(root, step), ignore_errors=True)
+        if error is not None and not _write_error(error):
+            raise error  # a bug, not the disk: its own traceback (the other processes raise CheckpointError)
         kept = complete_checkpoints(root)
-        # A full disk is an OSError from Python's own writes, but a SafetensorError or a RuntimeError from
-        # safetensors' and torch.save's: every error is reported with its type, and chained for its traceback.
         why = f"{type(error).__name__}: {error}" if error else f"it failed on process {', '.join(map(str, failed))}"
         raise CheckpointError(f"could not write the checkpoint of step {step} in {root} ({why}); "
                               f"{'the previous one, ' + kept[-1].name + ', is intact' if kept else 'no earlier checkpoint exists'}"

@@ -53,6 +53,7 @@ RUN = [  # (resume check?, command line)
     (False, f"rl {GEN} rl.algorithm=grpo rl.gradient_checkpointing=true rl.micro_batch_size=2"),
 ]
 TIMING = ("time", "tokens_per_s", "train_s", "train_examples_per_s")
+TIMEOUT_S = 300  # a launch that takes longer has hung (gloo waits 30 min)
 
 
 def build(work: Path) -> None:
@@ -93,7 +94,13 @@ def launch(work: Path, line: str, name: str, *extra: str) -> tuple[int, float]:
            f"runs_dir={work / 'runs'}", f"name={name}", *extra]
     t = time.time()
     with open(work / f"log-{name}{'-'.join(('',) + extra)}.txt".replace("=", "_"), "w", encoding="utf-8") as fh:
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600).returncode
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # a hang: the launcher and its workers (their own session) go
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            rc = -9
     return rc, time.time() - t
 
 
@@ -104,7 +111,10 @@ def same_run(a: Path, b: Path) -> str:
 
     from rewardtune.checkpoint import complete_checkpoints
 
-    ca, cb = complete_checkpoints(a / "checkpoints")[-1], complete_checkpoints(b / "checkpoints")[-1]
+    kept = complete_checkpoints(a / "checkpoints"), complete_checkpoints(b / "checkpoints")
+    if not (kept[0] and kept[1]):
+        return "no complete checkpoint"
+    ca, cb = kept[0][-1], kept[1][-1]
     if ca.name != cb.name:
         return f"newest checkpoints {ca.name} vs {cb.name}"
     for f in sorted(ca.glob("*.safetensors")):
@@ -131,7 +141,7 @@ def main() -> int:
             continue
         name = f"c{i}"
         rc, s = launch(work, line, name)
-        verdict = "ok" if rc == 0 else f"exit {rc}"
+        verdict = "ok" if rc == 0 else "hung, killed" if rc == -9 else f"exit {rc}"
         if args.resume and rc == 0:
             stopped, _ = launch(work, line, f"{name}-b", "ckpt.stop_after=1")
             resumed, _ = launch(work, line, f"{name}-b", "ckpt.resume=auto")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rewardtune.checkpoint import complete_checkpoints
+from rewardtune import checkpoint
+from rewardtune.checkpoint import CheckpointError, complete_checkpoints
 from rewardtune.config import ConfigError, load_config
 from rewardtune.rewards import RewardError
 from rewardtune.train.reward_model import RMConfig, train_reward_model
@@ -193,6 +194,29 @@ def test_nan_loss_is_skipped_then_stops_after_too_many(tiny_encoder_dir, labelle
     skipped = [r for r in logged if r["split"] == "skipped"]
     assert [r["step"] for r in skipped] == [3, 6, 7, 8] and len(skipped[0]["batch_ids"]) == 8
     assert [c.name for c in complete_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000004"]
+
+
+@pytest.mark.parametrize("error,kind", [(RuntimeError("PytorchStreamWriter failed writing file"), CheckpointError),
+                                        (TypeError("cannot pickle 'generator' object"), TypeError)])
+def test_a_failed_checkpoint_write_is_a_checkpoint_error_and_a_bug_is_itself(tmp_path, monkeypatch, error, kind):
+    """torch.save's and safetensors' disk-full errors are not OSError: a RuntimeError from a write is reported as a
+    CheckpointError (with its type), while a bug such as a TypeError keeps its own type and traceback."""
+    from rewardtune.checkpoint import CheckpointSettings, Checkpointer, StopGuard
+    from rewardtune.run import start_run
+    from rewardtune.train.rl_generate import GenRLConfig
+
+    cfg = load_config(GenRLConfig, None, [f"runs_dir={tmp_path}", "name=w", "data.path=demo-prompts"])
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
+    model = torch.nn.Linear(2, 2)
+    cp = Checkpointer(run, CheckpointSettings(), {"model": model}, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                      StopGuard(0))
+
+    def fails(*_, **__):
+        raise error
+    monkeypatch.setattr(checkpoint, "save_checkpoint", fails)
+    with pytest.raises(kind, match=f"{type(error).__name__}: {error}" if kind is CheckpointError else str(error)):
+        cp.save(1, {"step": 1})
+    assert not list((tmp_path / "w" / "checkpoints").glob("*.tmp"))
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tiny_encoder_dir, labelled, tmp_path, monkeypatch):

@@ -65,6 +65,20 @@ def test_odd_values_are_checked_in_both_modes():
             CombinedReward({"pair": pair}, {"pair": 1.0}, on_error=mode)(["p"], ["a"])
 
 
+def test_a_reward_breaking_the_checks_themselves_is_a_reward_error():
+    """A generator that raises while it is read (inside check_rewards): a RewardError naming the cause, the one
+    error type the trainers' rescue catches (under several processes every process must take the same way out);
+    a huge negative int is -inf."""
+    def breaks(p, c, **_):
+        yield 1.0
+        raise ValueError("lost the connection")
+    for mode in ("raise", "skip"):
+        with pytest.raises(RewardError, match=r"scoring raised ValueError: lost the connection \(batch of 2"):
+            CombinedReward({"breaks": breaks}, {"breaks": 1.0}, on_error=mode)(["p"] * 2, ["a", "b"])
+    with pytest.raises(RewardError, match=r"'low' returned -inf"):
+        CombinedReward({"low": lambda p, c, **_: [-10**400]}, {"low": 1.0})(["p"], ["a"])
+
+
 def test_generative_rl_skips_failed_samples_and_counts_them(tiny_causal_lm_dir, tmp_path):
     from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
 

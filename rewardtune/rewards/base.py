@@ -49,7 +49,7 @@ def _float(v: Any) -> float | None:
     try:
         return float(v)
     except OverflowError:
-        return math.inf
+        return -math.inf if v < 0 else math.inf
     except (TypeError, ValueError, RuntimeError):
         return None
 
@@ -184,7 +184,11 @@ class CombinedReward:
             comps, dropped, w_present = self._raw(prompts, completions, columns)
         except Exception as e:  # a RewardError, or values that break the checks themselves: every process stops
             self._agree(e)
-            raise
+            if isinstance(e, RewardError):
+                raise
+            # one error type on every process, so that each takes the same way out (the trainers' rescue catches it)
+            raise RewardError(f"scoring raised {type(e).__name__}: {e} (batch of {len(prompts)}, first "
+                              f"{_example(prompts, completions, 0)})") from e
         self._agree(None)  # before normalising, whose gather is a collective
         w = torch.tensor([self.weights[n] for n in comps])  # (F,)
         normed = {n: self._normalized(n, v, mode) for n, v in comps.items()}
