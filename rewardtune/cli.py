@@ -25,6 +25,9 @@ class QuickstartConfig:
     epochs: int = doc(4, "epochs of each classifier stage")
     lr: float = doc(1e-4, "learning rate of each classifier stage")
     gen_steps: int = doc(8, "steps of the generative RL stage (0 = skip it)")
+    gen_lr: float = doc(1e-3, "learning rate of the generative RL stage (LoRA)")
+    gen_eval_prompts: int = doc(16, "held-out prompts of the generative RL stage")
+    gen_eval_samples: int = doc(4, "completions sampled per held-out prompt, same draws before and after (0 = one greedy)")
     runs_dir: str = doc("runs", "where run folders are created")
     name: str = doc("", "run name; empty = quickstart-<timestamp>")
     seed: int = doc(0, "global seed")
@@ -125,11 +128,15 @@ def _quickstart_generation(cfg: QuickstartConfig, run: Any, reward_model_dir: An
               f"classifier ({reward_model_dir}), {cfg.gen_steps} steps of 4 prompts x 4 samples")
     out = train_rl_generate(load_config(GenRLConfig, None, [
         f"model.name={cfg.policy}", "model.lora.r=16", "model.lora.alpha=32", f"data.path={cfg.prompts}",
-        f"rl.rewards=[rm:{reward_model_dir}]", f"rl.steps={cfg.gen_steps}", "rl.eval_every=0", "rl.eval_prompts=8",
-        "rl.lr=3e-4", f"gen.max_new_tokens={cfg.max_new_tokens}", f"runs_dir={run.dir}", "name=rl-lm",
-        f"seed={cfg.seed}"]))
+        f"rl.rewards=[rm:{reward_model_dir}]", f"rl.steps={cfg.gen_steps}", "rl.eval_every=0",
+        f"rl.eval_prompts={cfg.gen_eval_prompts}", f"rl.eval_samples={cfg.gen_eval_samples}", f"rl.lr={cfg.gen_lr}",
+        f"gen.max_new_tokens={cfg.max_new_tokens}", f"runs_dir={run.dir}", "name=rl-lm", f"seed={cfg.seed}"]))
     run.log(2, gen_reward_start=out["eval_start"]["reward"], gen_reward_end=out["eval"]["reward"])
-    run.print(f"held-out reward (greedy, 8 prompts): {out['eval_start']['reward']:.3f} before -> "
+    # Sampled with the same draws before and after, a held-out set of 16 x 4 completions moves with the policy,
+    # not with which prompts or tokens happened to be drawn (one greedy completion of 8 prompts did not).
+    how = (f"{cfg.gen_eval_samples} sampled" if cfg.gen_eval_samples else "greedy") + \
+        f" x {cfg.gen_eval_prompts} prompts"
+    run.print(f"held-out reward ({how}): {out['eval_start']['reward']:.3f} before -> "
               f"{out['eval']['reward']:.3f} after; samples in {out['run_dir']}/samples.jsonl")
 
 

