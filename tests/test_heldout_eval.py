@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -51,6 +52,23 @@ def test_sampled_evaluation_uses_the_same_draws_and_leaves_training_randomness_a
     assert [r["decoding"] for r in rows] == ["sampled x3", "sampled x3", "greedy"]
     samples = [json.loads(line) for line in (run.dir / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples[:3]] == [PROMPTS[0]] * 3  # 3 samples of the first prompt
+
+
+def test_tempered_evaluation_takes_one_reference_pass(tiny_causal_lm_dir, tmp_path):
+    """At τ ≠ 1 the KL needs log π_ref at τ and the perplexity at 1: both come from one reference pass."""
+    from rewardtune.train import lm_report
+
+    model = apply_lora(load_causal_lm(str(tiny_causal_lm_dir))[0], LoraSettings(r=4, alpha=8))
+    tok = load_causal_lm(str(tiny_causal_lm_dir))[1]
+    run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
+    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+    seen = []
+    real = lm_report.reference_logprobs_at
+    with mock.patch.object(lm_report, "reference_logprobs_at", lambda *a: seen.append(a[3]) or real(*a)):
+        evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4, temperature=1.5), 0, samples=2)
+        evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4, temperature=1.5), 0)  # greedy
+        evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4), 0, samples=2)
+    assert seen == [(1.5, 1.0), (1.0,), (1.0,)]
 
 
 @pytest.mark.parametrize("metric,mode,extra", [("length_words", "min", "rl.reward_weights=[-1.0]"),  # shorter pays

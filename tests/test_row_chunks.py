@@ -3,6 +3,7 @@ row chunks (`rl.inference_batch_size`), and PPO's micro-batches (`rl.micro_batch
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from unittest import mock
 
 import pytest
@@ -11,9 +12,9 @@ import torch
 from rewardtune.config import LoraSettings, load_config
 from rewardtune.models import apply_lora, load_causal_lm
 from rewardtune.policies import causal_lm
-from rewardtune.policies.causal_lm import GenSettings, sample, token_logprobs
+from rewardtune.policies.causal_lm import GenSettings, sample, token_logprobs, token_logprobs_at
 from rewardtune.train import ppo as ppo_module
-from rewardtune.train.pg_update import no_grad_rows, reference_logprobs
+from rewardtune.train.pg_update import no_grad_rows, reference_logprobs, reference_logprobs_at
 from rewardtune.policies.causal_lm import completion_logits
 from rewardtune.train.ppo import PPOSettings, ValueHead, average_gradients, logprobs_and_values, old_values, ppo_update
 from rewardtune.train.rl_generate import GenRLConfig, GenRLSettings, setup_reference, train_rl_generate
@@ -101,8 +102,8 @@ def test_reference_pass_in_row_chunks_equals_one_pass(policy):
     ref = setup_reference(model, GenRLSettings())
     whole = reference_logprobs(model, ref, ro, 1.0)
     seen = []
-    with mock.patch("rewardtune.train.pg_update.token_logprobs",
-                    side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or token_logprobs(*a, **k)):
+    with mock.patch("rewardtune.train.pg_update.token_logprobs_at",
+                    side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or token_logprobs_at(*a, **k)):
         chunked = reference_logprobs(model, ref, ro, 1.0, rows=no_grad_rows(GenRLSettings(samples_per_prompt=3,
                                                                                           inference_batch_size=7)))
     assert seen == [6, 6]  # 7 rows rounded down to whole groups of 3
@@ -112,6 +113,32 @@ def test_reference_pass_in_row_chunks_equals_one_pass(policy):
     policy_logp, _ = token_logprobs(model, ro.input_ids, ro.attention_mask, 6, entropy=False)
     m = ro.completion_mask.bool()
     assert torch.allclose(chunked[m], base[m], atol=1e-5) and not torch.allclose(chunked[m], policy_logp[m], atol=1e-3)
+
+
+@pytest.mark.parametrize("chunked_head", [True, False])
+def test_reference_at_two_temperatures_is_one_pass_equal_to_two(policy, chunked_head):
+    """Held-out evaluation at τ ≠ 1 needs log π_ref at τ (the KL) and at 1 (the perplexity): one body pass."""
+    model, tok = policy
+    torch.manual_seed(3)
+    ro = sample(model, tok, PROMPTS, 2, GenSettings(max_new_tokens=5, temperature=1.5), 100)
+    ref = setup_reference(model, GenRLSettings())
+    calls = []
+    hook = model.get_base_model().model.register_forward_hook(lambda *a: calls.append(1))  # the decoder body
+    whole_logits = mock.patch.object(causal_lm, "chunkable_head", return_value=None)  # the path without the chunked head
+    with nullcontext() if chunked_head else whole_logits:
+        reference_logprobs(model, ref, ro, 1.0)  # the first call also probes the head once (logits_are_head_outputs)
+        calls[:] = []
+        apart = [reference_logprobs(model, ref, ro, t) for t in (1.5, 1.0)]
+        n_apart, calls[:] = len(calls), []
+        both = reference_logprobs_at(model, ref, ro, (1.5, 1.0))
+        n_both = len(calls)
+        with model.disable_adapter():  # each is token_logprobs' result at its temperature, bit for bit
+            direct = [token_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1], t,
+                                     entropy=False)[0] for t in (1.5, 1.0)]
+    hook.remove()
+    assert n_apart == 2 * n_both and n_both  # half the body passes
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(apart, both, direct))
+    assert not torch.allclose(both[0], both[1])
 
 
 def test_no_grad_rows_are_whole_prompt_groups():

@@ -357,3 +357,16 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
         return logp, None
     with torch.no_grad():
         return logp, entropy_from_logits(logits)
+
+
+def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
+                      temperatures: Sequence[float], share: bool = True) -> list[torch.Tensor]:
+    """log π(token) at each of `temperatures` (no entropy) from one pass of the model's body, which is what
+    costs: the LM head alone runs once per temperature. Each equals `token_logprobs` at that temperature.
+    ids (B, L) → [(B, T)] one per temperature."""
+    head, labels = chunkable_head(model), ids[:, -n_completion:]
+    if head is not None:
+        hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share=share)  # (B, T, H)
+        return [chunked_token_logprobs(hidden, head, labels, t, entropy=False)[0] for t in temperatures]
+    logits = completion_logits(model, ids, mask, n_completion, share=share).float()  # (B, T, V)
+    return [logprobs_from_logits(logits / t if t != 1.0 else logits, labels) for t in temperatures]

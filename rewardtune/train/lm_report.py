@@ -12,7 +12,7 @@ from ..algorithms import kl_k3, masked_sum
 from ..policies.causal_lm import GenSettings, Rollout, sample
 from ..rewards import CombinedReward
 from ..run import RunContext
-from .pg_update import reference_logprobs
+from .pg_update import reference_logprobs_at
 
 
 @dataclass
@@ -88,12 +88,13 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     ref = net.disable_adapter if hasattr(net, "disable_adapter") else reference
     if ref is not None:
         mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature
-        ref_logp = reference_logprobs(net, ref, ro, temperature, rows)  # (B, T) as π was sampled
+        # As π was sampled, and (for the perplexity, the reference model's own) untempered: one reference pass.
+        temps = (temperature,) if temperature == 1.0 else (temperature, 1.0)
+        ref_at = reference_logprobs_at(net, ref, ro, temps, rows)  # (B, T) per temperature
         # Greedy tokens are not samples of π: their log-ratio is reported as it is. Sampled tokens give k3, an
         # unbiased estimate of KL(π‖π_ref) that is never negative (k1 can be, on few samples).
-        kl = ro.logprobs - ref_logp if greedy else kl_k3(ro.logprobs, ref_logp)  # (B, T)
-        if temperature != 1.0:  # the perplexity is the reference model's own, untempered
-            ref_logp = reference_logprobs(net, ref, ro, 1.0, rows)
+        kl = ro.logprobs - ref_at[0] if greedy else kl_k3(ro.logprobs, ref_at[0])  # (B, T)
+        ref_logp = ref_at[-1]  # (B, T) at temperature 1
         part |= {"tokens": float(mask.sum()), "kl": float(masked_sum(kl, mask)), "ref": float(masked_sum(ref_logp, mask))}
     m = _eval_metrics(_gather_shares(acc, part) if world > 1 else part, greedy)
     run.log(step, split="eval", decoding="greedy" if greedy else f"sampled x{samples}", **m)

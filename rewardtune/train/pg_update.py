@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..algorithms import get_kl_estimator, kl_loss, masked_mean, masked_sum, pg_loss
-from ..policies.causal_lm import GenSettings, Rollout, token_logprobs
+from ..policies.causal_lm import GenSettings, Rollout, token_logprobs, token_logprobs_at
 from ..run import RunContext
 
 if TYPE_CHECKING:
@@ -34,11 +34,18 @@ def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperat
                        rows: int = 0, share: bool = True) -> torch.Tensor:
     """log π_ref of the rollout's completion tokens (no gradient), `rows` rows per pass (0 = all: memory
     only, each row's result does not depend on the others'); `share`: see `completion_logits`.  (B, L) → (B, T)."""
+    return reference_logprobs_at(model, ref, ro, (temperature,), rows, share)[0]
+
+
+def reference_logprobs_at(model: Any, ref: Callable[[], Any], ro: Rollout, temperatures: tuple[float, ...],
+                          rows: int = 0, share: bool = True) -> list[torch.Tensor]:
+    """`reference_logprobs` at each of `temperatures`, from one pass of the reference.  (B, L) → [(B, T)]."""
     T = ro.completion_ids.shape[1]
     with torch.no_grad(), ref() as ref_model:
         net = model if ref_model is None else ref_model
-        return torch.cat([token_logprobs(net, r.input_ids, r.attention_mask, T, temperature, entropy=False,
-                                         share=share)[0] for r in ro.chunks(rows)])  # pieces (b, T)
+        pieces = [token_logprobs_at(net, r.input_ids, r.attention_mask, T, temperatures, share)
+                  for r in ro.chunks(rows)]  # per chunk: one (b, T) per temperature
+    return [torch.cat([piece[i] for piece in pieces]) for i in range(len(temperatures))]
 
 
 def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
