@@ -61,7 +61,11 @@ def evaluate_classifier(model: Any, tokenizer: Any, texts: Sequence[str], labels
                         label_names: Sequence[str], max_length: int, truncation: str = "head",
                         batch_size: int = 64, device: Any = "cpu") -> Report:
     """Predict `texts` and compare with `labels`."""
-    probs = predict(model, tokenizer, texts, max_length, truncation, batch_size, device)
+    return report(predict(model, tokenizer, texts, max_length, truncation, batch_size, device), labels, label_names)
+
+
+def report(probs: torch.Tensor, labels: Sequence[int], label_names: Sequence[str]) -> Report:
+    """The report of class probabilities (N, A) against the gold labels (N,)."""
     pred = probs.argmax(-1).tolist()
     metrics, text, cm = classification_metrics(labels, pred, label_names)
     if len(label_names) == 2 and len(set(labels)) == 2:  # ranking quality of P(label 1), as a reward uses it

@@ -263,3 +263,46 @@ def test_reinforce_logs_the_advantage_size_and_how_often_samples_agree():
             # RLOO over 8 samples of which k are right: |adv| is 1 − (k−1)/7 for those, k/7 for the others, so the
             # row's mean |adv| is 2k(8−k)/56 ≥ 14/56 = 0.25 whenever 0 < k < 8
             assert float(stats["adv_abs"]) >= 0.25
+
+
+@pytest.mark.parametrize("n", [5, 1])
+def test_validation_over_processes_predicts_a_share_each_and_reports_on_all(tiny_encoder_dir, n):
+    """Two simulated processes: each predicts a contiguous share (2 and 3 of 5 examples) and the main process
+    reports on both, as one process does on all; with fewer examples than processes the main one does all."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from rewardtune.data import Examples
+    from rewardtune.eval import evaluate_classifier
+    from rewardtune.models import load_classifier
+    from rewardtune.train import common
+
+    torch.manual_seed(0)
+    model, tok = load_classifier(str(tiny_encoder_dir), 2, {0: "neg", 1: "pos"})
+    ex = Examples(["good fun", "the plot was dull", "bad", "loved it, best film", "so slow"][:n], [1, 0, 0, 1, 0][:n],
+                  ["neg", "pos"])
+    opt = common.OptimSettings(max_length=16, eval_batch_size=2)
+    one = evaluate_classifier(model, tok, ex.texts, ex.labels, ex.label_names, 16, batch_size=2)
+
+    def process(rank, others):
+        """`evaluate` on process `rank` of 2; the fake gather gives `others` with this process's share at `rank`."""
+        acc = SimpleNamespace(num_processes=2, process_index=rank, device="cpu", unwrap_model=lambda m: m)
+        run = SimpleNamespace(accelerator=acc, is_main=rank == 0)
+        seen, mine, real = [], [], common.predict
+
+        def gather(objs):
+            mine.append(objs[0])
+            return [objs[0] if r == rank else o for r, o in enumerate(others)]
+        with mock.patch.object(common, "predict", lambda m, t, texts, *a: seen.append(list(texts)) or real(m, t, texts, *a)), \
+                mock.patch("accelerate.utils.gather_object", gather):
+            return common.evaluate(run, model, tok, ex, ex.label_names, opt), seen, mine
+
+    rep1, seen1, share1 = process(1, [torch.empty(0, 2), None])  # first: its share is what process 0's gather gets
+    rep0, seen0, _ = process(0, [None, *share1])
+    assert rep1 is None  # only the main process reports
+    if n == 5:
+        assert seen0 == [ex.texts[:2]] and seen1 == [ex.texts[2:]]
+    else:  # one example: process 1 predicts nothing and gathers nothing; process 0 predicts it
+        assert seen0 == [ex.texts] and seen1 == [] and share1 == []
+    assert rep0.metrics == one.metrics and rep0.predictions == one.predictions
+    assert torch.allclose(torch.tensor(rep0.probabilities), torch.tensor(one.probabilities), atol=1e-6)

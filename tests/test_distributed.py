@@ -165,9 +165,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def _train_rows(run_dir: Path) -> list[dict]:
+def _train_rows(run_dir: Path, split: str = "train") -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r.get("split") == "train"]
+    return [r for r in rows if r.get("split") == split]
 
 
 @pytest.mark.parametrize("command,launcher", [("sft", "torchrun"), ("rl", "torchrun"), ("rl", "accelerate"),
@@ -199,6 +199,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(command, lau
     assert lr2 == pytest.approx(lr1, rel=1e-9), (
         f"learning rates per step: 1 process {lr1}, 2 processes {lr2}; accelerate steps a prepared scheduler "
         "num_processes times per call unless Accelerator(step_scheduler_with_optimizer=False)")
+
+    # The validation report (the classifiers': each process predicts a share) is one process's.
+    val1, val2 = _train_rows(runs / "np1", "val"), _train_rows(runs / "np2", "val")
+    assert len(val1) == len(val2) == 1 and val1[0].keys() == val2[0].keys()
+    numbers = [{k: v for k, v in rows[0].items() if isinstance(v, float)} for rows in (val1, val2)]
+    assert numbers[0] and numbers[1] == pytest.approx(numbers[0], rel=1e-4, abs=1e-5), (val1, val2)
 
     # The best checkpoint is the final weights: one epoch, evaluated once at its end.
     for n in (1, 2):

@@ -19,7 +19,7 @@ import torch
 from ..batching import batch_order, encode, iterate
 from ..config import DataSettings, ModelSettings, doc
 from ..data import Examples, load_examples, split
-from ..eval import Report, evaluate_classifier, format_confusion
+from ..eval import Report, evaluate_classifier, format_confusion, predict, report
 from ..dropout import use_fast_dropout
 from ..models import apply_lora, load_classifier
 from ..run import RunContext
@@ -153,11 +153,23 @@ def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int
     return encode(tok, ex.texts, opt.max_length, opt.truncation)
 
 
-def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str], opt: OptimSettings) -> Report:
-    """Classification report on `ex` (main process; others skip and wait)."""
-    net = run.accelerator.unwrap_model(model)
-    return evaluate_classifier(net, tok, ex.texts, ex.labels, label_names, opt.max_length, opt.truncation,
-                               opt.eval_batch_size, run.accelerator.device)
+def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str],
+             opt: OptimSettings) -> Report | None:
+    """Classification report on `ex` for the main process (the others get None). Under several processes each
+    predicts a contiguous share of the examples and the main process reports on every share in order (a
+    collective: every process calls it); with fewer examples than processes the main process predicts them all."""
+    acc, n = run.accelerator, len(ex.texts)
+    world = acc.num_processes if n >= acc.num_processes else 1
+    if world == 1 and not run.is_main:
+        return None
+    lo, hi = (acc.process_index * n // world, (acc.process_index + 1) * n // world) if world > 1 else (0, n)
+    probs = predict(acc.unwrap_model(model), tok, ex.texts[lo:hi], opt.max_length, opt.truncation,
+                    opt.eval_batch_size, acc.device)  # (hi - lo, A)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        probs = torch.cat(gather_object([probs]))  # (n, A), in rank order
+    return report(probs, ex.labels, label_names) if run.is_main else None
 
 
 def save_classifier(run: RunContext, model: Any, tok: Any, folder: Path, meta: dict[str, Any]) -> None:
@@ -180,8 +192,8 @@ def save_classifier(run: RunContext, model: Any, tok: Any, folder: Path, meta: d
 def report_and_keep_best(run: RunContext, model: Any, tok: Any, data: ClassifierData, opt: OptimSettings,
                          step: int, epoch: int, best: float | None, meta: dict[str, Any]) -> float | None:
     """Evaluate on val, log and print the report, save `checkpoints/best` if the metric improved."""
-    if run.is_main:
-        rep = evaluate(run, model, tok, data.val, data.label_names, opt)
+    rep = evaluate(run, model, tok, data.val, data.label_names, opt)  # on every process: each predicts a share
+    if rep is not None:
         score = rep.metrics.get(opt.best_metric)
         if score is None:
             raise KeyError(f"best_metric {opt.best_metric!r} is not reported; choose one of: {', '.join(rep.metrics)}")
