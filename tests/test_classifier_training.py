@@ -306,3 +306,32 @@ def test_validation_over_processes_predicts_a_share_each_and_reports_on_all(tiny
         assert seen0 == [ex.texts] and seen1 == [] and share1 == []
     assert rep0.metrics == one.metrics and rep0.predictions == one.predictions
     assert torch.allclose(torch.tensor(rep0.probabilities), torch.tensor(one.probabilities), atol=1e-6)
+
+
+@pytest.mark.parametrize("world,n", [(1, 5), (2, 5), (3, 5), (3, 2)])
+def test_over_shares_gives_the_main_process_every_row_once_in_order(world, n):
+    """Simulated processes (rank by rank; the fake gather hands back what each computed): with n ≥ world each
+    computes a contiguous share (3 of 5: rows 0, 1-2, 3-4); with fewer rows the main process computes them all."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from rewardtune.train.common import over_shares
+
+    calls, shares = {r: [] for r in range(world)}, {}
+
+    def gather(rank, mine):  # this process's share is kept; every share known so far comes back, in rank order
+        shares[rank] = mine
+        return [shares.get(r, torch.empty(0)) for r in range(world)]
+
+    def on(rank):
+        run = SimpleNamespace(accelerator=SimpleNamespace(num_processes=world, process_index=rank), is_main=rank == 0)
+        with mock.patch("accelerate.utils.gather_object", lambda objs: gather(rank, objs[0])):
+            return over_shares(run, n, lambda rows: calls[rank].append(rows) or torch.arange(n)[rows].float())
+
+    others = [on(r) for r in range(1, world)]  # every other process first: its share, then None
+    main = on(0)  # the main process last: its gather sees every share
+    assert all(o is None for o in others) and torch.equal(main, torch.arange(n).float())
+    if n >= world:
+        assert [calls[r] for r in range(world)] == [[slice(r * n // world, (r + 1) * n // world)] for r in range(world)]
+    else:
+        assert calls[0] == [slice(0, n)] and not any(calls[r] for r in range(1, world)) and not shares

@@ -153,23 +153,29 @@ def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int
     return encode(tok, ex.texts, opt.max_length, opt.truncation)
 
 
+def over_shares(run: RunContext, n: int, values: Callable[[slice], torch.Tensor]) -> torch.Tensor | None:
+    """`values(rows)` of all n rows (N, ...) on the main process, None on the others. Under several processes each
+    computes a contiguous share and the main process gets every share in rank order (a collective: every process
+    calls it); with fewer rows than processes the main process computes them all."""
+    acc = run.accelerator
+    world = acc.num_processes if n >= acc.num_processes else 1
+    if world == 1:
+        return values(slice(0, n)) if run.is_main else None
+    from accelerate.utils import gather_object
+
+    rank = acc.process_index
+    whole = torch.cat(gather_object([values(slice(rank * n // world, (rank + 1) * n // world)).cpu()]))
+    return whole if run.is_main else None
+
+
 def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str],
              opt: OptimSettings) -> Report | None:
-    """Classification report on `ex` for the main process (the others get None). Under several processes each
-    predicts a contiguous share of the examples and the main process reports on every share in order (a
-    collective: every process calls it); with fewer examples than processes the main process predicts them all."""
-    acc, n = run.accelerator, len(ex.texts)
-    world = acc.num_processes if n >= acc.num_processes else 1
-    if world == 1 and not run.is_main:
-        return None
-    lo, hi = (acc.process_index * n // world, (acc.process_index + 1) * n // world) if world > 1 else (0, n)
-    probs = predict(acc.unwrap_model(model), tok, ex.texts[lo:hi], opt.max_length, opt.truncation,
-                    opt.eval_batch_size, acc.device)  # (hi - lo, A)
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        probs = torch.cat(gather_object([probs]))  # (n, A), in rank order
-    return report(probs, ex.labels, label_names) if run.is_main else None
+    """Classification report on `ex` for the main process (None on the others; each predicts a share: see
+    `over_shares`)."""
+    net, device = run.accelerator.unwrap_model(model), run.accelerator.device
+    probs = over_shares(run, len(ex.texts), lambda rows: predict(
+        net, tok, ex.texts[rows], opt.max_length, opt.truncation, opt.eval_batch_size, device))  # (N, A)
+    return None if probs is None else report(probs, ex.labels, label_names)
 
 
 def save_classifier(run: RunContext, model: Any, tok: Any, folder: Path, meta: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
 from ..run import RunContext, start_run
-from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer, shares
+from .common import (OptimSettings, accelerator_kwargs, over_shares, save_classifier, setup_model, setup_optimizer,
+                     shares)
 from .loop import train_epochs
 
 
@@ -162,9 +163,14 @@ def _scores(model: Any, tok: Any, prompts: list[str], texts: list[str], max_leng
     return model(**enc).logits[:, 0].float()  # (b,)
 
 
-@torch.no_grad()
 def evaluate_pairs(model: Any, tok: Any, pairs: Pairs, max_length: int, device: Any, batch_size: int = 64) -> dict[str, float]:
     """Pairwise accuracy (chosen scored above rejected) and mean margin r_c - r_r."""
+    return margin_metrics(pair_margins(model, tok, pairs, max_length, device, batch_size), pairs)
+
+
+@torch.no_grad()
+def pair_margins(model: Any, tok: Any, pairs: Pairs, max_length: int, device: Any, batch_size: int = 64) -> torch.Tensor:
+    """r(chosen) − r(rejected) of each pair.  → (N,)"""
     was = model.training
     model.eval()
     diffs = []
@@ -173,20 +179,34 @@ def evaluate_pairs(model: Any, tok: Any, pairs: Pairs, max_length: int, device: 
         diffs.append(_scores(model, tok, p, pairs.chosen[s:s + batch_size], max_length, device)
                      - _scores(model, tok, p, pairs.rejected[s:s + batch_size], max_length, device))
     model.train(was)
-    d = torch.cat(diffs)
+    return torch.cat(diffs).cpu() if diffs else torch.empty(0)
+
+
+def margin_metrics(d: torch.Tensor, pairs: Pairs) -> dict[str, float]:
+    """Pairwise accuracy and mean margin of the margins d (N,)."""
     return {"pairwise_accuracy": float((d > 0).float().mean()), "mean_margin": float(d.mean())}
 
 
-@torch.no_grad()
 def evaluate_scored(model: Any, tok: Any, rows: Scored, max_length: int, device: Any, batch_size: int = 64) -> dict[str, float]:
     """Pearson and Spearman correlation and MSE between predicted and true scores."""
-    from scipy.stats import pearsonr, spearmanr
+    return score_metrics(predicted_scores(model, tok, rows, max_length, device, batch_size), rows)
 
+
+@torch.no_grad()
+def predicted_scores(model: Any, tok: Any, rows: Scored, max_length: int, device: Any, batch_size: int = 64) -> torch.Tensor:
+    """The model's score of each row.  → (N,)"""
     was = model.training
     model.eval()
-    pred = torch.cat([_scores(model, tok, rows.prompts[s:s + batch_size], rows.texts[s:s + batch_size], max_length, device)
-                      for s in range(0, len(rows), batch_size)]).cpu()
+    pred = [_scores(model, tok, rows.prompts[s:s + batch_size], rows.texts[s:s + batch_size], max_length, device)
+            for s in range(0, len(rows), batch_size)]
     model.train(was)
+    return torch.cat(pred).cpu() if pred else torch.empty(0)
+
+
+def score_metrics(pred: torch.Tensor, rows: Scored) -> dict[str, float]:
+    """Pearson and Spearman correlation and MSE of predicted scores (N,) against the rows' true scores."""
+    from scipy.stats import pearsonr, spearmanr
+
     y = torch.tensor(rows.scores)
     constant = bool(pred.std() == 0 or y.std() == 0)  # correlation undefined: report 0, not NaN
     return {"pearson": 0.0 if constant else float(pearsonr(pred, y)[0]),
@@ -199,7 +219,8 @@ class ScalarTask:
 
     load: Callable[[Table, DataSettings, RMSettings], Any]
     loss: Callable[..., tuple[torch.Tensor, dict]]
-    evaluate: Callable[..., dict[str, float]]
+    values: Callable[..., torch.Tensor]  # (model, tok, rows, max_length, device) → one number per row (N,)
+    metrics: Callable[[torch.Tensor, Any], dict[str, float]]  # (those numbers, the rows) → validation metrics
     metric: str
 
 
@@ -282,8 +303,11 @@ def _split_rows(items: Any, data: DataSettings) -> tuple[Any, Any]:
 
 def _eval_and_keep(run: RunContext, model: Any, tok: Any, val: Any, opt: OptimSettings, step: int, epoch: int,
                    best: float | None, meta: dict[str, Any], task: "ScalarTask") -> float | None:
-    if run.is_main:
-        m = task.evaluate(run.accelerator.unwrap_model(model), tok, val, opt.max_length, run.accelerator.device)
+    net, device, everything = run.accelerator.unwrap_model(model), run.accelerator.device, range(len(val))
+    v = over_shares(run, len(val), lambda rows: task.values(net, tok, val.subset(everything[rows]), opt.max_length,
+                                                             device))  # (N,) on the main process: each did a share
+    if v is not None:
+        m = task.metrics(v, val)
         run.log(step, epoch=epoch, split="val", **m)
         run.print(f"epoch {epoch} step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
         if best is None or m[task.metric] > best:
@@ -294,5 +318,5 @@ def _eval_and_keep(run: RunContext, model: Any, tok: Any, val: Any, opt: OptimSe
 
 
 
-TASKS = {"pairwise": ScalarTask(load_pairs, _pairwise_loss, evaluate_pairs, "pairwise_accuracy"),
-         "regression": ScalarTask(load_scored, _regression_loss, evaluate_scored, "pearson")}
+TASKS = {"pairwise": ScalarTask(load_pairs, _pairwise_loss, pair_margins, margin_metrics, "pairwise_accuracy"),
+         "regression": ScalarTask(load_scored, _regression_loss, predicted_scores, score_metrics, "pearson")}
