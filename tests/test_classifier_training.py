@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from rewardtune.cli import main
-from rewardtune.config import load_config
+from rewardtune.config import ConfigError, load_config
 from rewardtune.rewards import RewardError
 from rewardtune.train.rl_classifier import RLClassifierConfig, train_rl_classifier
 from rewardtune.train.sft import SFTConfig, train_sft
@@ -151,6 +151,19 @@ def test_bad_reward_function_stops_with_a_clear_error_and_keeps_the_run_folder(
         train_rl_classifier(cfg, show_progress=False)
     assert f"test_classifier_training:{fn}" in str(e.value)
     assert (tmp_path / "bad" / "config.yaml").exists()  # nothing written before is lost
+
+
+@pytest.mark.parametrize("train", [train_sft, train_rl_classifier])
+def test_a_best_metric_the_report_lacks_fails_before_training(tiny_encoder_dir, toy_data, tmp_path, train):
+    config = SFTConfig if train is train_sft else RLClassifierConfig
+    with pytest.raises(ConfigError, match=r"train.best_metric='acc' .* choose one of: accuracy, macro_precision, .*"
+                                          r"pos_f1, auc"):
+        train(load_config(config, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "bad", "train.best_metric=acc")))
+    rows = (tmp_path / "bad" / "metrics.jsonl")
+    assert not rows.exists() or '"train"' not in rows.read_text()  # no step was taken
+    out = train(load_config(config, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "f1", "train.best_metric=pos_f1",
+                                                    "train.epochs=1")), show_progress=False)
+    assert 0 <= out["best"] <= 1
 
 
 def test_label_outside_label_set_is_named(tiny_encoder_dir, toy_data, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 import torch
 
 from ..batching import batch_order, encode, iterate
-from ..config import DataSettings, ModelSettings, doc
+from ..config import ConfigError, DataSettings, ModelSettings, doc
 from ..data import Examples, load_examples, split
 from ..eval import Report, evaluate_classifier, format_confusion, predict, report
 from ..dropout import use_fast_dropout
@@ -72,6 +72,17 @@ def setup_data(data: DataSettings) -> ClassifierData:
                  split(train, data.max_examples / len(train), data.seed, data.stratify)[1])
     test = load(data.test_path, labels) if data.test_path else None
     return ClassifierData(train, val, test, list(full.label_names))
+
+
+def check_best_metric(opt: OptimSettings, data: ClassifierData) -> None:
+    """train.best_metric must be one the validation report carries (before any training, not after an epoch)."""
+    labels = data.val.labels
+    if not labels:  # nothing to validate on: the evaluation itself says so
+        return
+    names = report(torch.eye(len(data.label_names))[labels], labels, data.label_names).metrics  # one-hot: instant
+    if opt.best_metric not in names:
+        raise ConfigError(f"train.best_metric={opt.best_metric!r} is not in the validation report; choose one of: "
+                          f"{', '.join(names)}")
 
 
 def setup_model(model: ModelSettings, label_names: list[str], opt: OptimSettings | None = None) -> tuple[Any, Any]:

@@ -15,7 +15,7 @@ from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..run import failed_ranks, start_run
-from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, setup_reference, steps_per_epoch)
 from .loop import train_epochs
 
@@ -198,6 +198,7 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     """Run RL on a classifier; returns the best validation score and the run folder."""
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     data = setup_data(cfg.data)
+    check_best_metric(cfg.train, data)
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     reward = setup_reward(cfg.rl, run.accelerator.device)
     if run.accelerator.num_processes > 1:  # a reward failing on one process stops them all, at the same step

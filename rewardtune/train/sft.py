@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..run import start_run
-from .common import (OptimSettings, accelerator_kwargs, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
+from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
 from .loop import train_epochs
 
@@ -35,6 +35,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run SFT; returns the best validation score, last metrics and the run folder."""
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     data = setup_data(cfg.data)
+    check_best_metric(cfg.train, data)
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     opt = cfg.train
     total = steps_per_epoch(len(data.train), opt) * opt.epochs
