@@ -135,7 +135,7 @@ def _quickstart_generation(cfg: QuickstartConfig, run: Any, reward_model_dir: An
     # Sampled with the same draws before and after, a held-out set of 16 x 4 completions moves with the policy,
     # not with which prompts or tokens happened to be drawn (one greedy completion of 8 prompts did not).
     how = (f"{cfg.gen_eval_samples} sampled" if cfg.gen_eval_samples else "greedy") + \
-        f" x {cfg.gen_eval_prompts} prompts"
+        f" x {out['held_out_prompts']} prompts"  # a prompts file may hold fewer than gen_eval_prompts
     run.print(f"held-out reward ({how}): {out['eval_start']['reward']:.3f} before -> "
               f"{out['eval']['reward']:.3f} after; samples in {out['run_dir']}/samples.jsonl")
 

@@ -159,8 +159,7 @@ def test_a_best_metric_the_report_lacks_fails_before_training(tiny_encoder_dir, 
     with pytest.raises(ConfigError, match=r"train.best_metric='acc' .* choose one of: accuracy, macro_precision, .*"
                                           r"pos_f1, auc"):
         train(load_config(config, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "bad", "train.best_metric=acc")))
-    rows = (tmp_path / "bad" / "metrics.jsonl")
-    assert not rows.exists() or '"train"' not in rows.read_text()  # no step was taken
+    assert not (tmp_path / "bad").exists()  # before the run folder: the corrected command may reuse the name
     out = train(load_config(config, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "f1", "train.best_metric=pos_f1",
                                                     "train.epochs=1")), show_progress=False)
     assert 0 <= out["best"] <= 1
@@ -348,3 +347,30 @@ def test_over_shares_gives_the_main_process_every_row_once_in_order(world, n):
         assert [calls[r] for r in range(world)] == [[slice(r * n // world, (r + 1) * n // world)] for r in range(world)]
     else:
         assert calls[0] == [slice(0, n)] and not any(calls[r] for r in range(1, world)) and not shares
+
+
+def test_over_shares_raises_on_every_process_when_one_fails():
+    """Process 1's share raises: it re-raises its own error after the gather, and process 0 (which got a share
+    back from itself and an error text from process 1) raises too, naming process 1; neither waits forever."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from rewardtune.train.common import over_shares
+
+    def values(rank):
+        def f(rows):
+            if rank == 1:
+                raise MemoryError("share too large")
+            return torch.zeros(rows.stop - rows.start)
+        return f
+
+    def on(rank, gathered):
+        run = SimpleNamespace(accelerator=SimpleNamespace(num_processes=2, process_index=rank), is_main=rank == 0)
+        with mock.patch("accelerate.utils.gather_object", lambda objs: [objs[0] if r == rank else g
+                                                                         for r, g in enumerate(gathered)]):
+            return over_shares(run, 4, values(rank))
+
+    with pytest.raises(MemoryError, match="share too large"):
+        on(1, [torch.zeros(2), None])
+    with pytest.raises(RuntimeError, match="process 1 failed while computing its share: MemoryError: share too large"):
+        on(0, [None, "MemoryError: share too large"])

@@ -200,7 +200,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(command, lau
         f"learning rates per step: 1 process {lr1}, 2 processes {lr2}; accelerate steps a prepared scheduler "
         "num_processes times per call unless Accelerator(step_scheduler_with_optimizer=False)")
 
-    # The validation report (the classifiers': each process predicts a share) is one process's.
+    # The validation rows (each process predicts a share: the classifiers' report, the reward model's metrics) are
+    # one process's.
     val1, val2 = _train_rows(runs / "np1", "val"), _train_rows(runs / "np2", "val")
     assert len(val1) == len(val2) == 1 and val1[0].keys() == val2[0].keys()
     numbers = [{k: v for k, v in rows[0].items() if isinstance(v, float)} for rows in (val1, val2)]

@@ -182,6 +182,34 @@ def test_greedy_kl_and_perplexity_are_the_reference_model_s_own(tiny_causal_lm_d
     assert got["length_words"] == pytest.approx(sum(len(c.split()) for c in ro.completions) / len(PROMPTS))
 
 
+def test_sampled_kl_and_perplexity_at_a_temperature_are_the_reference_model_s_own(tiny_causal_lm_dir, tmp_path):
+    """Sampled at τ = 1.5: the KL is k3 against the base model at τ (as π was sampled), the perplexity the base
+    model's own at 1; recomputed from the same draws with the base model without peft."""
+    from rewardtune.algorithms import kl_k3
+    from rewardtune.policies.causal_lm import sample, token_logprobs
+    from rewardtune.train.lm_report import EVAL_SEED_OFFSET
+
+    base, tok = load_causal_lm(str(tiny_causal_lm_dir))
+    model = apply_lora(load_causal_lm(str(tiny_causal_lm_dir))[0], LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
+    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+    gen = GenSettings(max_new_tokens=6, temperature=1.5)
+    got = evaluate(run, model, tok, reward, PROMPTS, gen, 0, samples=2)
+    torch.manual_seed(run.seed + EVAL_SEED_OFFSET)  # the evaluation's draws
+    ro = sample(model, tok, PROMPTS, 2, gen, 10**9)
+    mask = ro.completion_mask.bool()
+    with torch.no_grad():
+        ref_t, _ = token_logprobs(base, ro.input_ids, ro.attention_mask, mask.shape[1], 1.5, entropy=False)
+        ref_1, _ = token_logprobs(base, ro.input_ids, ro.attention_mask, mask.shape[1], 1.0, entropy=False)
+    assert got["ref_perplexity"] == pytest.approx(float(torch.exp(-ref_1[mask].mean())), rel=1e-4)
+    assert got["kl"] == pytest.approx(float(kl_k3(ro.logprobs, ref_t)[mask].mean()), rel=1e-4, abs=1e-6)
+    assert got["kl"] > 1e-3 and float((ref_t - ref_1)[mask].abs().max()) > 1e-2  # τ matters here
+
+
 def test_held_out_rewards_are_raw_and_do_not_feed_training_s_normalisation(tiny_causal_lm_dir, tmp_path):
     from rewardtune.policies.causal_lm import sample
 

@@ -124,6 +124,7 @@ def test_reference_at_two_temperatures_is_one_pass_equal_to_two(policy, chunked_
     ref = setup_reference(model, GenRLSettings())
     calls = []
     hook = model.get_base_model().model.register_forward_hook(lambda *a: calls.append(1))  # the decoder body
+    assert causal_lm.chunkable_head(model) is not None  # the tiny model takes the chunked head unless told not to
     whole_logits = mock.patch.object(causal_lm, "chunkable_head", return_value=None)  # the path without the chunked head
     with nullcontext() if chunked_head else whole_logits:
         reference_logprobs(model, ref, ro, 1.0)  # the first call also probes the head once (logits_are_head_outputs)

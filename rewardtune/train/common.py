@@ -167,16 +167,27 @@ def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int
 def over_shares(run: RunContext, n: int, values: Callable[[slice], torch.Tensor]) -> torch.Tensor | None:
     """`values(rows)` of all n rows (N, ...) on the main process, None on the others. Under several processes each
     computes a contiguous share and the main process gets every share in rank order (a collective: every process
-    calls it); with fewer rows than processes the main process computes them all."""
+    calls it; an error on one raises on all); with fewer rows than processes the main process computes them all.
+    For DDP: under FSDP/ZeRO-3 a forward call is itself a collective, and shares of different sizes make different
+    numbers of them."""
     acc = run.accelerator
     world = acc.num_processes if n >= acc.num_processes else 1
     if world == 1:
         return values(slice(0, n)) if run.is_main else None
     from accelerate.utils import gather_object
 
-    rank = acc.process_index
-    whole = torch.cat(gather_object([values(slice(rank * n // world, (rank + 1) * n // world)).cpu()]))
-    return whole if run.is_main else None
+    rank, error = acc.process_index, None
+    try:
+        mine: Any = values(slice(rank * n // world, (rank + 1) * n // world)).cpu()
+    except Exception as e:  # every process must still reach the gather, or the others wait there until a timeout
+        mine, error = f"{type(e).__name__}: {e}", e
+    parts = gather_object([mine])  # shares, or what went wrong (str), in rank order
+    failed = [r for r, part in enumerate(parts) if isinstance(part, str)]
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"process {failed[0]} failed while computing its share: {parts[failed[0]]}")
+    return torch.cat(parts) if run.is_main else None
 
 
 def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str],

@@ -196,9 +196,9 @@ def penalties(logits: torch.Tensor, ref_logits: torch.Tensor | None, rl: RLSetti
 
 def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run RL on a classifier; returns the best validation score and the run folder."""
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
-    data = setup_data(cfg.data)
+    data = setup_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
     check_best_metric(cfg.train, data)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     reward = setup_reward(cfg.rl, run.accelerator.device)
     if run.accelerator.num_processes > 1:  # a reward failing on one process stops them all, at the same step

@@ -133,7 +133,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
         cp.save(rl.steps, snapshot())
     save_policy(run, model, tok, head)
     return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": held.first, "eval": held.last,
-            "best": {rl.best_metric: held.best}, "checkpoint_save_s": cp.save_s}
+            "held_out_prompts": len(held_out), "best": {rl.best_metric: held.best}, "checkpoint_save_s": cp.save_s}
 
 
 def announce(run: RunContext, rl: GenRLSettings, reward: CombinedReward, no_held_out: bool) -> None:

@@ -33,9 +33,9 @@ class SFTConfig:
 
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run SFT; returns the best validation score, last metrics and the run folder."""
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
-    data = setup_data(cfg.data)
+    data = setup_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
     check_best_metric(cfg.train, data)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     opt = cfg.train
     total = steps_per_epoch(len(data.train), opt) * opt.epochs
