@@ -148,9 +148,10 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     resume_from = None
     if resume == "auto" and (run_dir / "config.yaml").exists():
         resume_from = _check_resume(run_dir, config)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not exist_ok and accelerator.is_main_process:
+    elif run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:  # every process: none waits for the others
         raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name, "
                               "or continue it with ckpt.resume=auto (`--resume RUN_DIR`)")
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes there
     if accelerator.is_main_process:
         _check_writable(run_dir)
         (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")

@@ -260,6 +260,10 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
                   tmp_path / "log3.txt")
     assert "multiple of the 2 processes" in _wait_failed(bad, tmp_path / "log3.txt")
 
+    # The same name again: every process finds the folder taken and says so (none is left waiting for the other).
+    again = _launch("torchrun", 2, [str(tmp_path / "info4.json"), *args], tmp_path / "log4.txt")
+    assert _wait_failed(again, tmp_path / "log4.txt").count("already exists and is not empty") == 2
+
 
 def test_ppo_value_heads_stay_equal_over_two_real_processes(tiny_causal_lm_dir, tmp_path):
     """DDP does not wrap PPO's value head: after one PPO step on different rollouts the two processes' heads
