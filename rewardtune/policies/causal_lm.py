@@ -369,4 +369,8 @@ def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_compl
         hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share=share)  # (B, T, H)
         return [chunked_token_logprobs(hidden, head, labels, t, entropy=False)[0] for t in temperatures]
     logits = completion_logits(model, ids, mask, n_completion, share=share).float()  # (B, T, V)
-    return [logprobs_from_logits(logits / t if t != 1.0 else logits, labels) for t in temperatures]
+    out, last = [], len(temperatures) - 1
+    for i, t in enumerate(temperatures):  # the last one divides in place: one (B, T, V) copy fewer at the peak
+        scaled = logits if t == 1.0 else logits.div_(t) if i == last else logits / t
+        out.append(logprobs_from_logits(scaled, labels))
+    return out
