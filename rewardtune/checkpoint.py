@@ -174,8 +174,11 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optim: An
 class StopGuard:
     """SIGTERM/SIGINT ask for a graceful stop at the next step boundary; a second signal exits at once."""
 
+    SIGNALS = ("SIGTERM", "SIGINT")
+
     def __init__(self, stop_after: int = 0) -> None:
         self.stop_after, self.signal_name = stop_after, ""
+        self.others_signal = ""  # several processes: a signal another process received (this one got none)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopGuard":
@@ -200,6 +203,12 @@ class StopGuard:
 
     def should_stop(self, step: int) -> bool:
         return bool(self.signal_name) or (self.stop_after > 0 and step >= self.stop_after)
+
+    @property
+    def stop_signal(self) -> str:
+        """The signal that stops the run: this process's, else one another process received ('' if none). Every
+        process then exits with its code, and none waits at the command's closing barrier for one that left."""
+        return self.signal_name or self.others_signal
 
 
 class CheckpointError(RuntimeError):
@@ -263,13 +272,18 @@ class Checkpointer:
         """Checkpoint when due or asked to stop; True means: stop now (the checkpoint is written). With several
         processes they agree first (one small all-reduce per step): a signal may reach them at different steps, and
         a process that saved while another went on to the next step's collectives would hang both."""
-        stop, acc = self.guard.should_stop(step), self.run.accelerator
-        if acc.num_processes > 1:
-            stop = bool(acc.reduce(torch.tensor([float(stop)], device=acc.device), "sum").item() > 0)
+        guard, acc = self.guard, self.run.accelerator
+        stop = guard.should_stop(step)
+        if acc.num_processes > 1:  # [asked to stop, got SIGTERM, got SIGINT], summed over processes
+            flags = [float(stop)] + [float(guard.signal_name == name) for name in guard.SIGNALS]
+            total = acc.reduce(torch.tensor(flags, device=acc.device), "sum").tolist()
+            stop = total[0] > 0
+            guard.others_signal = next((n for n, c in zip(guard.SIGNALS, total[1:]) if c > 0), "")
         if stop or (self.settings.every and step % self.settings.every == 0):
             self.save(step, state() if callable(state) else state)
         if stop:
-            why = (f"{self.guard.signal_name} received" if self.guard.signal_name else
+            why = (f"{guard.signal_name} received" if guard.signal_name else
+                   f"another process received {guard.others_signal}" if guard.others_signal else
                    f"ckpt.stop_after={self.settings.stop_after}" if self.guard.should_stop(step) else
                    "another process was asked to stop")
             self.run.print(f"stopped after step {step} ({why}); resume with --resume {self.run.dir}")

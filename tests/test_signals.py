@@ -99,12 +99,16 @@ def test_processes_agree_to_stop_when_only_one_got_the_signal(tmp_path):
 
     def reduce(t, op):
         reduced.append((t.tolist(), op))
-        return t + 1  # the other process got the signal
+        return t + torch.tensor([1.0, 1.0, 0.0])  # the other process: asked to stop, by SIGTERM
     acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
-    run = SimpleNamespace(accelerator=acc, dir=tmp_path, print=lambda *a: None)
+    printed = []
+    run = SimpleNamespace(accelerator=acc, dir=tmp_path, print=printed.append)
     cp = Checkpointer(run, CheckpointSettings(), {}, None, None, StopGuard())
     saved = []
     cp.save = lambda step, state: saved.append(step)
-    assert cp.step_done(3, lambda: {}) and saved == [3] and reduced == [([0.0], "sum")]
+    assert cp.step_done(3, lambda: {}) and saved == [3] and reduced == [([0.0, 0.0, 0.0], "sum")]
+    # It stops as the signalled one does (the trainers return stop_signal: every process exits 128 + 15, and none
+    # waits at the command's closing barrier for one that has left), yet a signal of its own is still its first.
+    assert cp.guard.stop_signal == "SIGTERM" and cp.guard.signal_name == "" and "another process received SIGTERM" in printed[-1]
     acc.reduce = lambda t, op: t  # nobody got one: go on
-    assert not cp.step_done(4, lambda: {}) and saved == [3]
+    assert not cp.step_done(4, lambda: {}) and saved == [3] and cp.guard.stop_signal == ""

@@ -108,5 +108,5 @@ def _loss_or_rescue(batch_loss: BatchLoss, batch: Any, cp: Checkpointer, done: i
 
 def _stopped(res: LoopResult, cp: Checkpointer, bar: Any) -> LoopResult:
     bar.close()
-    res.stopped, res.signal, res.checkpoint_save_s = True, cp.guard.signal_name, cp.save_s
+    res.stopped, res.signal, res.checkpoint_save_s = True, cp.guard.stop_signal, cp.save_s
     return res

@@ -129,7 +129,7 @@ def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str,
             if held.due(step):
                 evaluate_or_rescue(held, cp, step, snapshot)
             if step < rl.steps and cp.step_done(step, snapshot):
-                return {"stopped": True, "signal": guard.signal_name, "run_dir": str(run.dir), "steps": step}
+                return {"stopped": True, "signal": guard.stop_signal, "run_dir": str(run.dir), "steps": step}
         cp.save(rl.steps, snapshot())
     save_policy(run, model, tok, head)
     return {"run_dir": str(run.dir), "steps": rl.steps, "eval_start": held.first, "eval": held.last,
