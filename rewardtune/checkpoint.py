@@ -178,7 +178,9 @@ class StopGuard:
 
     def __init__(self, stop_after: int = 0) -> None:
         self.stop_after, self.signal_name = stop_after, ""
-        self.others_signal = ""  # several processes: a signal another process received (this one got none)
+        # Several processes: the signal all of them stop with, agreed when they agree to stop ('' for none: a
+        # pause); None before that, or with one process.
+        self.agreed: str | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopGuard":
@@ -206,9 +208,10 @@ class StopGuard:
 
     @property
     def stop_signal(self) -> str:
-        """The signal that stops the run: this process's, else one another process received ('' if none). Every
-        process then exits with its code, and none waits at the command's closing barrier for one that left."""
-        return self.signal_name or self.others_signal
+        """The signal that stops the run ('' if none). With several processes, the one they agreed on when they
+        stopped, the same on every process (a signal arriving later, during the save, does not change it): all
+        exit with the same code, and none waits at the command's closing barrier for one that has left."""
+        return self.signal_name if self.agreed is None else self.agreed
 
 
 class CheckpointError(RuntimeError):
@@ -272,18 +275,19 @@ class Checkpointer:
         """Checkpoint when due or asked to stop; True means: stop now (the checkpoint is written). With several
         processes they agree first (one small all-reduce per step): a signal may reach them at different steps, and
         a process that saved while another went on to the next step's collectives would hang both."""
-        guard, acc = self.guard, self.run.accelerator
+        guard, acc, own = self.guard, self.run.accelerator, self.guard.signal_name  # read once: a handler may set it
         stop = guard.should_stop(step)
         if acc.num_processes > 1:  # [asked to stop, got SIGTERM, got SIGINT], summed over processes
-            flags = [float(stop)] + [float(guard.signal_name == name) for name in guard.SIGNALS]
+            flags = [float(stop)] + [float(own == name) for name in guard.SIGNALS]
             total = acc.reduce(torch.tensor(flags, device=acc.device), "sum").tolist()
             stop = total[0] > 0
-            guard.others_signal = next((n for n, c in zip(guard.SIGNALS, total[1:]) if c > 0), "")
+            if stop:  # the first signal any process got, in SIGNALS' order: the same everywhere
+                guard.agreed = next((n for n, c in zip(guard.SIGNALS, total[1:]) if c > 0), "")
         if stop or (self.settings.every and step % self.settings.every == 0):
             self.save(step, state() if callable(state) else state)
         if stop:
-            why = (f"{guard.signal_name} received" if guard.signal_name else
-                   f"another process received {guard.others_signal}" if guard.others_signal else
+            why = (f"{own} received" if own else
+                   f"another process received {guard.agreed}" if guard.agreed else
                    f"ckpt.stop_after={self.settings.stop_after}" if self.guard.should_stop(step) else
                    "another process was asked to stop")
             self.run.print(f"stopped after step {step} ({why}); resume with --resume {self.run.dir}")

@@ -147,15 +147,26 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     resume = getattr(getattr(config, "ckpt", None), "resume", "")
     resume_from = None
     if resume == "auto" and (run_dir / "config.yaml").exists():
-        resume_from = _check_resume(run_dir, config)
+        resume_from = _check_resume(run_dir, config, accelerator.is_main_process)
     elif run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:  # every process: none waits for the others
         raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name, "
                               "or continue it with ckpt.resume=auto (`--resume RUN_DIR`)")
     accelerator.wait_for_everyone()  # every process has looked before the main one writes there
+    error: OSError | None = None
     if accelerator.is_main_process:
-        _check_writable(run_dir)
-        (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    accelerator.wait_for_everyone()
+        try:
+            _check_writable(run_dir)
+            (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        except OSError as e:
+            error = e
+    if accelerator.num_processes > 1:  # the main process's failure, told to all (a barrier would leave them waiting)
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([str(error) if error else ""])[0]
+        if problem and error is None:
+            raise OSError(f"the main process could not write the run folder: {problem}")
+    if error is not None:
+        raise error
     return RunContext(dir=run_dir, seed=seed, accelerator=accelerator, resume_from=resume_from)
 
 
@@ -169,7 +180,7 @@ ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast
          "rl.eval_samples": 0, "rl.best_metric": "reward", "rl.best_mode": "max"}
 
 
-def _check_resume(run_dir: Path, config: Any) -> Path | None:
+def _check_resume(run_dir: Path, config: Any, is_main: bool = True) -> Path | None:
     """Refuse a resumption whose config changes the run's meaning; return the newest complete checkpoint."""
     import yaml
 
@@ -191,7 +202,7 @@ def _check_resume(run_dir: Path, config: Any) -> Path | None:
         raise ConfigError(f"cannot resume {run_dir}: the config changes what is trained:\n{diff}\n"
                           f"Start a new run (another `name`) for a different experiment.")
     found = complete_checkpoints(run_dir / "checkpoints")
-    if changed:
+    if changed and is_main:  # one line per resumption, not one per process
         with open(run_dir / "config_changes.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
     return found[-1] if found else None

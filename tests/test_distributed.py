@@ -263,6 +263,13 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
     # The same name again: every process finds the folder taken and says so (none is left waiting for the other).
     again = _launch("torchrun", 2, [str(tmp_path / "info4.json"), *args], tmp_path / "log4.txt")
     assert _wait_failed(again, tmp_path / "log4.txt").count("already exists and is not empty") == 2
+    # A runs_dir the main process cannot write to: the other process hears of it rather than waiting at a barrier.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    unwritable = _launch("torchrun", 2, [str(tmp_path / "info5.json"), *args[:-3], f"runs_dir={blocker}", "name=x"],
+                         tmp_path / "log5.txt")
+    log = _wait_failed(unwritable, tmp_path / "log5.txt")
+    assert "is not writable" in log and "the main process could not write the run folder" in log
 
 
 def test_ppo_value_heads_stay_equal_over_two_real_processes(tiny_causal_lm_dir, tmp_path):

@@ -110,5 +110,16 @@ def test_processes_agree_to_stop_when_only_one_got_the_signal(tmp_path):
     # It stops as the signalled one does (the trainers return stop_signal: every process exits 128 + 15, and none
     # waits at the command's closing barrier for one that has left), yet a signal of its own is still its first.
     assert cp.guard.stop_signal == "SIGTERM" and cp.guard.signal_name == "" and "another process received SIGTERM" in printed[-1]
+    from rewardtune.train.loop import LoopResult, _stopped
+
+    assert _stopped(LoopResult(), cp, SimpleNamespace(close=lambda: None)).signal == "SIGTERM"  # what sft & co return
     acc.reduce = lambda t, op: t  # nobody got one: go on
-    assert not cp.step_done(4, lambda: {}) and saved == [3] and cp.guard.stop_signal == ""
+    assert not cp.step_done(4, lambda: {}) and saved == [3]
+
+    # A pause (ckpt.stop_after) agreed by both, then a SIGTERM on this process during the save: every process
+    # still returns the agreed '' (a pause: exit 0), so none skips the closing barrier the others wait at.
+    paused = Checkpointer(run, CheckpointSettings(stop_after=3), {}, None, None, StopGuard(stop_after=3))
+    paused.save = lambda step, state: paused.guard._handle(signal.SIGTERM, None)
+    acc.reduce = lambda t, op: t * 2  # the other process: paused too
+    assert paused.step_done(3, lambda: {}) and paused.guard.signal_name == "SIGTERM"
+    assert paused.guard.stop_signal == "" and "ckpt.stop_after=3" in printed[-1]

@@ -370,7 +370,8 @@ def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_compl
         return [chunked_token_logprobs(hidden, head, labels, t, entropy=False)[0] for t in temperatures]
     logits = completion_logits(model, ids, mask, n_completion, share=share).float()  # (B, T, V)
     out, last = [], len(temperatures) - 1
-    for i, t in enumerate(temperatures):  # the last one divides in place: one (B, T, V) copy fewer at the peak
-        scaled = logits if t == 1.0 else logits.div_(t) if i == last else logits / t
+    for i, t in enumerate(temperatures):  # the last one divides in place (one (B, T, V) copy fewer at the peak),
+        in_place = i == last and not logits.requires_grad  # unless autograd may have saved the logits
+        scaled = logits if t == 1.0 else logits.div_(t) if in_place else logits / t
         out.append(logprobs_from_logits(scaled, labels))
     return out
