@@ -18,6 +18,7 @@ import math
 import os
 import random
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -448,3 +449,38 @@ def test_held_out_evaluation_over_two_processes_equals_one_process(tiny_causal_l
         assert one.keys() == two.keys() and ("kl_greedy" in one or "kl" in one), one
         assert abs(one.get("kl", one.get("kl_greedy"))) > 1e-4  # a KL that could be summed wrongly
         assert two == pytest.approx(one, rel=1e-5, abs=1e-6), (decoding, one, two)
+
+
+def _children(pid: int) -> list[int]:
+    """The launcher's child processes (Linux /proc): torchrun's workers."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers through Linux's /proc")
+def test_a_signal_to_one_process_stops_both_with_its_exit_code(tmp_path, deterministic_encoder_dir, reviews_file):
+    """SIGTERM to one of 2 real workers (torchrun): both checkpoint the same step and exit 143, the other one saying
+    another process received it, neither waiting for the other (before, the one without the signal exited 0 only
+    after waiting at the closing barrier, until torchrun killed it); the checkpoint resumes to the end."""
+    runs = tmp_path / "runs"
+    args = ["sft", *COMMON[:1], *COMMON[2:], "train.epochs=40", f"model.name={deterministic_encoder_dir}",
+            f"data.path={reviews_file}", f"runs_dir={runs}", "name=sig"]  # 240 steps: long enough to be interrupted
+    log = tmp_path / "log.txt"
+    proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], log)
+    end, metrics = time.time() + TIMEOUT_S, runs / "sig" / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count('"split": "train"') >= 3):
+        assert proc.poll() is None and time.time() < end, log.read_text()[-4000:]
+        time.sleep(0.1)
+    env = lambda pid: dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)  # noqa: E731
+    rank = {int(env(w)[b"RANK"]): w for w in _children(proc.pid)}  # each worker by the RANK torchrun gave it
+    assert sorted(rank) == [0, 1], rank
+    os.kill(rank[1], signal.SIGTERM)  # process 1 only; the main process prints why it stopped
+    out = _wait_failed(proc, log)
+    assert "stopped after step" in out and "(another process received SIGTERM)" in out, out[-3000:]
+    assert out.count("exitcode  : 143") == 2, out[-3000:]  # both exited with the signal's code, none killed
+    step = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    _wait(_launch("torchrun", 2, [str(tmp_path / "info2.json"), *args, "ckpt.resume=auto"], tmp_path / "log2.txt"),
+          tmp_path / "log2.txt")
+    assert _train_rows(runs / "sig")[-1]["step"] == 240 and step < 240
