@@ -326,21 +326,27 @@ def test_an_epoch_ending_in_a_filler_share_logs_over_both_processes(tmp_path, de
     assert all(r["reward_dropped"] == 0 for r in train2)
 
 
-def test_generative_rl_gradient_over_two_processes_is_one_process_gradient(tiny_causal_lm_dir, tmp_path):
-    """The gradient an update steps with (after DDP's all-reduce) is the same with 1 and 2 processes, for
-    token_mean (a global token count), the per-sequence mean and PPO, with micro-batches (tests/gen_ddp_worker.py);
-    and micro-batches add no all-reduce: only a step's last micro-batch synchronises (DDP's no_sync)."""
+def _one_and_two_processes(worker: str, model_dir: Path, tmp_path: Path) -> dict[int, dict]:
+    """tests/<worker> under torchrun with 1, then 2 processes: {n: the JSON it wrote}."""
     res = {}
     for n in (1, 2):
         out, log = tmp_path / f"out{n}.json", tmp_path / f"log{n}.txt"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               str(REPO / "tests" / "gen_ddp_worker.py"), str(out), str(tiny_causal_lm_dir), str(tmp_path / f"runs{n}")]
+               str(REPO / "tests" / worker), str(out), str(model_dir), str(tmp_path / f"runs{n}")]
         with open(log, "w", encoding="utf-8") as fh:
             proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             proc.log_file = fh  # type: ignore[attr-defined]
             _wait(proc, log)
         res[n] = json.loads(out.read_text())
+    return res
+
+
+def test_generative_rl_gradient_over_two_processes_is_one_process_gradient(tiny_causal_lm_dir, tmp_path):
+    """The gradient an update steps with (after DDP's all-reduce) is the same with 1 and 2 processes, for
+    token_mean (a global token count), the per-sequence mean and PPO, with micro-batches (tests/gen_ddp_worker.py);
+    and micro-batches add no all-reduce: only a step's last micro-batch synchronises (DDP's no_sync)."""
+    res = _one_and_two_processes("gen_ddp_worker.py", tiny_causal_lm_dir, tmp_path)
     assert res[1]["world"] == 1 and res[2]["world"] == 2
     one, two = res[1]["cases"], res[2]["cases"]
     for case in one:
@@ -431,17 +437,7 @@ def test_a_checkpoint_write_failing_on_one_process_fails_on_both(tmp_path):
 def test_held_out_evaluation_over_two_processes_equals_one_process(tiny_causal_lm_dir, tmp_path):
     """Each process evaluates its share of the held-out prompts (2 and 3 of 5) with the draws one process would give
     them; the metrics, over both shares, equal one process's, greedy and sampled (tests/eval_worker.py)."""
-    res = {}
-    for n in (1, 2):
-        out, log = tmp_path / f"out{n}.json", tmp_path / f"log{n}.txt"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               str(REPO / "tests" / "eval_worker.py"), str(out), str(tiny_causal_lm_dir), str(tmp_path / f"runs{n}")]
-        with open(log, "w", encoding="utf-8") as fh:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            proc.log_file = fh  # type: ignore[attr-defined]
-            _wait(proc, log)
-        res[n] = json.loads(out.read_text())
+    res = _one_and_two_processes("eval_worker.py", tiny_causal_lm_dir, tmp_path)
     assert res[1]["world"] == 1 and res[2]["world"] == 2
     assert res[1]["decoded"] == [[5, 10]] and res[2]["decoded"] == [[2, 4], [3, 6]]  # greedy, 2 samples: the shares
     for decoding in ("samples0", "samples2"):

@@ -157,18 +157,24 @@ def test_distinct_n_by_hand():
     assert _distinct([[]], 2) == 0.0  # no n-grams at all: 0, not a division by zero
 
 
-def test_greedy_kl_and_perplexity_are_the_reference_model_s_own(tiny_causal_lm_dir, tmp_path):
-    """The evaluation's numbers recomputed another way: the base model without peft scores the greedy completions."""
-    from rewardtune.policies.causal_lm import sample, token_logprobs
-
-    base, tok = load_causal_lm(str(tiny_causal_lm_dir))
-    model = apply_lora(load_causal_lm(str(tiny_causal_lm_dir))[0], LoraSettings(r=4, alpha=8))
+def moved_policy(model_dir, tmp_path):
+    """The tiny base model, its tokenizer, a LoRA policy on a copy with a random non-zero adapter (so it differs from
+    the reference), a run and the length reward."""
+    base, tok = load_causal_lm(str(model_dir))
+    model = apply_lora(load_causal_lm(str(model_dir))[0], LoraSettings(r=4, alpha=8))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
     run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
-    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+    return base, tok, model, run, build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+
+
+def test_greedy_kl_and_perplexity_are_the_reference_model_s_own(tiny_causal_lm_dir, tmp_path):
+    """The evaluation's numbers recomputed another way: the base model without peft scores the greedy completions."""
+    from rewardtune.policies.causal_lm import sample, token_logprobs
+
+    base, tok, model, run, reward = moved_policy(tiny_causal_lm_dir, tmp_path)
     gen = GenSettings(max_new_tokens=6, temperature=1.5)  # greedy evaluation: perplexity and KL at temperature 1
     got = evaluate(run, model, tok, reward, PROMPTS, gen, 0)
     ro = sample(model, tok, PROMPTS, 1, gen, 100, greedy=True)
@@ -189,14 +195,7 @@ def test_sampled_kl_and_perplexity_at_a_temperature_are_the_reference_model_s_ow
     from rewardtune.policies.causal_lm import sample, token_logprobs
     from rewardtune.train.lm_report import EVAL_SEED_OFFSET
 
-    base, tok = load_causal_lm(str(tiny_causal_lm_dir))
-    model = apply_lora(load_causal_lm(str(tiny_causal_lm_dir))[0], LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
-    reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
+    base, tok, model, run, reward = moved_policy(tiny_causal_lm_dir, tmp_path)
     gen = GenSettings(max_new_tokens=6, temperature=1.5)
     got = evaluate(run, model, tok, reward, PROMPTS, gen, 0, samples=2)
     torch.manual_seed(run.seed + EVAL_SEED_OFFSET)  # the evaluation's draws
