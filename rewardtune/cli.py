@@ -353,9 +353,14 @@ def main(argv: list[str] | None = None) -> int:
             # without an active exception", exit code -6) after it succeeded. After a success every process
             # waits for the others first: one tearing its group down while another still talks to it aborted
             # a finished run too (seen once in ~10 runs of the 2-process tests). After an error, no wait: the
-            # others may never get here.
+            # others may never get here. The run's DDP model and accelerator can outlive the command in reference
+            # cycles, holding gloo work objects whose tensors, freed only during interpreter finalisation, abort
+            # the process there (exit -6 again, seen once in ~35 launches after the barrier): collect them now.
+            import gc
+
             import torch.distributed as dist
 
+            gc.collect()
             if done:
                 dist.barrier()
             dist.destroy_process_group()

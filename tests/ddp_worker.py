@@ -4,7 +4,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py INFO.json rl key=value ...
     accelerate launch --multi_gpu --num_processes 2 tests/ddp_worker.py INFO.json rl key=value ...
 
-Everything after INFO.json goes to `rewardtune.cli.main` as is. Afterwards the worker checks that
+Everything after INFO.json goes to `rewardtune.cli.main` as is (with the garbage collector off). Afterwards the
+worker checks that no DDP model outlived the command (left to interpreter finalisation, it can abort the finished
+process), and that
 accelerate formed the process group the launcher started (a silent fallback to N independent
 single-process runs would otherwise train N times on all the data and could look like a pass),
 and the main process writes INFO.json: process count, distributed type and backend.
@@ -26,9 +28,22 @@ def main(argv: list[str]) -> int:
 
     from rewardtune.cli import main as rewardtune_main
 
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # No automatic collection during the run, as when none happens to run between its end and the process's exit:
+    # what the command leaves in reference cycles then stays, unless the command collects it itself.
+    gc.disable()
     rc = rewardtune_main(cli_args)
     if rc:
         return rc
+    # The command freed its DDP model before closing the process group (gc.get_objects does not collect): one left
+    # for interpreter finalisation can abort the finished process there (exit -6).
+    left = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    if left:
+        print(f"ddp_worker: {left} DistributedDataParallel model(s) outlived the command", file=sys.stderr)
+        return 4
 
     state = PartialState()  # the state the trainer's Accelerator set up
     launched = int(os.environ.get("WORLD_SIZE", "1"))
