@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import signal
 import subprocess
@@ -475,7 +476,11 @@ def test_a_signal_to_one_process_stops_both_with_its_exit_code(tmp_path, determi
     os.kill(rank[1], signal.SIGTERM)  # process 1 only; the main process prints why it stopped
     out = _wait_failed(proc, log)
     assert "stopped after step" in out and "(another process received SIGTERM)" in out, out[-3000:]
-    assert out.count("exitcode  : 143") == 2, out[-3000:]  # both exited with the signal's code, none killed
+    # Each exits with the signal's code; once the first has left, torchrun may SIGTERM the other during its teardown
+    # (-15). Neither fails (exit 1) in the closing barrier, as the main process did before.
+    codes = {int(c) for c in re.findall(r"exitcode  : (-?\d+)", out)}
+    assert 143 in codes and codes <= {143, -15}, out[-3000:]
+    assert out.count('"signal": "SIGTERM"') == 2, out[-3000:]  # both commands' results: stopped by the signal
     step = json.loads(metrics.read_text().splitlines()[-1])["step"]
     _wait(_launch("torchrun", 2, [str(tmp_path / "info2.json"), *args, "ckpt.resume=auto"], tmp_path / "log2.txt"),
           tmp_path / "log2.txt")
