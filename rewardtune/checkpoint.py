@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from .config import doc
+from .stop import StopGuard  # noqa: F401  (Checkpointer's guard; the trainers import it from here)
 
 PREFIX = "step-"
 
@@ -168,50 +168,6 @@ def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optim: An
         sched.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     load_rng(folder, rank)
     return json.loads((folder / "state.json").read_text())
-
-
-# ---------------------------------------------------------------- stop signals
-class StopGuard:
-    """SIGTERM/SIGINT ask for a graceful stop at the next step boundary; a second signal exits at once."""
-
-    SIGNALS = ("SIGTERM", "SIGINT")
-
-    def __init__(self, stop_after: int = 0) -> None:
-        self.stop_after, self.signal_name = stop_after, ""
-        # Several processes: the signal all of them stop with, agreed when they agree to stop ('' for none: a
-        # pause); None before that, or with one process.
-        self.agreed: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopGuard":
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread (a notebook worker): no signal handling, the rest works
-            self._previous.clear()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal_name:
-            print(f"\nsecond {signal.Signals(signum).name}: exiting now, without a checkpoint", flush=True)
-            os._exit(128 + signum)
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: finishing this step, then writing a checkpoint "
-              "(send it again to exit at once)", flush=True)
-
-    def should_stop(self, step: int) -> bool:
-        return bool(self.signal_name) or (self.stop_after > 0 and step >= self.stop_after)
-
-    @property
-    def stop_signal(self) -> str:
-        """The signal that stops the run ('' if none). With several processes, the one they agreed on when they
-        stopped, the same on every process (a signal arriving later, during the save, does not change it): all
-        exit with the same code, and none waits at the command's closing barrier for one that has left."""
-        return self.signal_name if self.agreed is None else self.agreed
 
 
 class CheckpointError(RuntimeError):

@@ -75,6 +75,15 @@ def gather_to_cpu(accelerator: Any) -> Any:
     return lambda t: accelerator.gather(t.to(accelerator.device)).cpu()
 
 
+def row_share(acc: Any, n: int) -> slice | None:
+    """This process's contiguous share of n rows (rank r of W: rows r·n//W to (r+1)·n//W), or None with one process
+    or fewer rows than processes (the caller decides who takes them all then)."""
+    world = acc.num_processes
+    if world == 1 or n < world:
+        return None
+    return slice(acc.process_index * n // world, (acc.process_index + 1) * n // world)
+
+
 def failed_ranks(accelerator: Any) -> Any:
     """failed → the ranks of the processes that passed True, in order (a collective: every process must call it)."""
     import torch

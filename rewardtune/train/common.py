@@ -22,7 +22,7 @@ from ..data import Examples, load_examples, split
 from ..eval import Report, evaluate_classifier, format_confusion, predict, report
 from ..dropout import use_fast_dropout
 from ..models import apply_lora, load_classifier
-from ..run import RunContext
+from ..run import RunContext, row_share
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,14 @@ def over_shares(run: RunContext, n: int, values: Callable[[slice], torch.Tensor]
     calls it; an error on one raises on all); with fewer rows than processes the main process computes them all.
     For DDP: under FSDP/ZeRO-3 a forward call is itself a collective, and shares of different sizes make different
     numbers of them."""
-    acc = run.accelerator
-    world = acc.num_processes if n >= acc.num_processes else 1
-    if world == 1:
+    share = row_share(run.accelerator, n)
+    if share is None:
         return values(slice(0, n)) if run.is_main else None
     from accelerate.utils import gather_object
 
-    rank, error = acc.process_index, None
+    error = None
     try:
-        mine: Any = values(slice(rank * n // world, (rank + 1) * n // world)).cpu()
+        mine: Any = values(share).cpu()
     except Exception as e:  # every process must still reach the gather, or the others wait there until a timeout
         mine, error = f"{type(e).__name__}: {e}", e
     parts = gather_object([mine])  # shares, or what went wrong (str), in rank order

@@ -11,7 +11,7 @@ import torch
 from ..algorithms import kl_k3, masked_sum
 from ..policies.causal_lm import GenSettings, Rollout, sample
 from ..rewards import CombinedReward
-from ..run import RunContext
+from ..run import RunContext, row_share
 from .pg_update import reference_logprobs_at
 
 
@@ -76,9 +76,7 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
     net, greedy, acc = run.accelerator.unwrap_model(model), samples == 0, run.accelerator
     device, k = next(net.parameters()).device, samples or 1
     rows = max(k, rows // k * k) if rows else 0  # whole prompt groups per pass
-    world = acc.num_processes if len(prompts) >= acc.num_processes else 1  # (fewer prompts: each process does all)
-    share = slice(acc.process_index * len(prompts) // world, (acc.process_index + 1) * len(prompts) // world) \
-        if world > 1 else None
+    share = row_share(acc, len(prompts))  # None: one process, or fewer prompts than processes (each does all)
     accel = device.type != "cpu"  # its generator is forked (and restored) too: the draws are made on the device
     with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
         torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
@@ -96,7 +94,7 @@ def evaluate(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prom
         kl = ro.logprobs - ref_at[0] if greedy else kl_k3(ro.logprobs, ref_at[0])  # (B, T)
         ref_logp = ref_at[-1]  # (B, T) at temperature 1
         part |= {"tokens": float(mask.sum()), "kl": float(masked_sum(kl, mask)), "ref": float(masked_sum(ref_logp, mask))}
-    m = _eval_metrics(_gather_shares(acc, part) if world > 1 else part, greedy)
+    m = _eval_metrics(_gather_shares(acc, part) if share is not None else part, greedy)
     run.log(step, split="eval", decoding="greedy" if greedy else f"sampled x{samples}", **m)
     for i in range(min(3, len(ro.prompts))):
         run.log_sample(step, split="eval", prompt=ro.prompts[i], completion=ro.completions[i],
