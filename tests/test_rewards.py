@@ -329,6 +329,51 @@ def test_build_rewards_bad_module_spec():
         build_rewards(["no_such_module_xyz:f"])
 
 
+def test_build_rewards_takes_a_callable_as_is_named_by_its_function_name():
+    # my_reward = len(completion): 'abc' → 3.0; r_one = 1.0; weights 0.5, 2 → 0.5·3 + 2·1 = 3.5
+    comb = build_rewards([my_reward, "test_rewards:r_one"], [0.5, 2])
+    assert comb.fns == {"my_reward": my_reward, "test_rewards:r_one": r_one}
+    assert comb.weights == {"my_reward": 0.5, "test_rewards:r_one": 2.0}
+    assert close(comb(["p"], ["abc"]).total, [3.5])
+
+
+def test_build_rewards_names_lambdas_and_clashing_callables_by_their_position():
+    # a lambda has no usable name (`<lambda>`) → reward_<position>; a second function called `fn` (const makes
+    # them all so) and a function whose name a string entry holds take their position's name too
+    a, b, lam = const([1.0]), const([2.0]), (lambda prompts, completions, **_: [4.0])
+    comb = build_rewards([a, lam, b, "r_one", r_one], registry={"r_one": lambda: r_one})
+    assert list(comb.fns) == ["fn", "reward_2", "reward_3", "r_one", "reward_5"]
+    assert comb.fns["reward_2"] is lam and comb.fns["reward_3"] is b and comb.fns["reward_5"] is r_one
+    assert close(comb(["p"], ["c"]).total, [1.0 + 4.0 + 2.0 + 1.0 + 1.0])
+
+
+def test_build_rewards_refuses_the_same_callable_twice_and_what_is_not_callable():
+    with pytest.raises(RewardError, match="listed twice"):
+        build_rewards([r_one, r_one])
+    with pytest.raises(RewardError, match="expected a name or a callable, got int"):
+        build_rewards([42])
+    with pytest.raises(RewardError, match="'reward_2' is already a reward's name"):
+        build_rewards(["reward_2", lambda p, c, **_: [0.0] * len(p)], registry={"reward_2": lambda: r_one})
+
+
+def test_a_classifier_rl_reward_may_be_a_callable():
+    from rewardtune.train.rl_classifier import RLSettings, setup_reward
+
+    reward = setup_reward(RLSettings(rewards=("indicator", my_reward), reward_weights=(2.0, 1.0)))
+    assert reward.fns == {"indicator": indicator, "my_reward": my_reward}
+    # indicator: 'pos' is gold → 1; my_reward: len('pos') = 3; 2·1 + 1·3 = 5
+    assert close(reward(["x"], ["pos"], label=["pos"]).total, [5.0])
+
+
+def test_a_generative_rl_reward_may_be_a_callable():
+    from rewardtune.train.gen_setup import GenRLSettings, setup_reward
+
+    reward = setup_reward(GenRLSettings(rewards=("length", my_reward)))
+    assert list(reward.fns) == ["length", "my_reward"] and reward.fns["my_reward"] is my_reward
+    # length: 2 words / 10 = 0.2; my_reward: len('a b') = 3 → 3.2
+    assert close(reward(["p"], ["a b"]).total, [3.2])
+
+
 def test_build_rewards_repeated_name_keeps_weights_aligned():
     # names a, a, b with weights 1, 2, 3: b's weight is 3. Either refuse the repeat or keep b at 3.
     try:

@@ -1,4 +1,4 @@
-"""The reward contract and the combiner.
+"""The reward contract and the combiner (build.py turns names and callables into one).
 
 A reward function sees a batch: `fn(prompts, completions, **columns) -> list[float | None]`,
 where `columns` holds any other data columns (e.g. `label`, the gold label). `None` means
@@ -7,7 +7,6 @@ completion is the label name the policy chose.
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -21,20 +20,6 @@ class RewardFn(Protocol):
 
 class RewardError(ValueError):
     """A reward function that raised, returned the wrong count, or returned NaN/inf."""
-
-
-def load_function(spec: str) -> Callable[..., Any]:
-    """`package.module:function` → the function (the user's own reward)."""
-    if ":" not in spec:
-        raise RewardError(f"reward {spec!r}: expected a built-in name or 'module:function'")
-    mod_name, fn_name = spec.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError, ValueError, TypeError) as e:  # ValueError/TypeError: '' or relative names
-        raise RewardError(f"reward {spec!r} cannot be imported: {e}") from None
-    if not callable(fn):
-        raise RewardError(f"reward {spec!r} is not callable")
-    return fn
 
 
 def _example(prompts: Sequence[str], completions: Sequence[str], i: int) -> str:
@@ -261,34 +246,3 @@ class CombinedReward:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stats = {n: RunningStats(int(k), float(mean), float(m2)) for n, (k, mean, m2) in state.items()}
-
-
-def build_rewards(names: Sequence[str], weights: Sequence[float] = (), registry: dict[str, Callable[[], Any]] | None = None,
-                  normalize: str = "none", on_error: str = "raise", device: Any = None) -> CombinedReward:
-    """Names (built-in, `rm:FOLDER` or `module:function`) and weights (default 1 each) → a CombinedReward.
-    `device`: where reward models run (the trainer passes its accelerator's; None = the CPU)."""
-    if not names:
-        raise RewardError("no reward functions given")
-    if weights and len(weights) != len(names):
-        raise RewardError(f"{len(weights)} reward weights for {len(names)} reward functions")
-    registry = registry or {}
-    dup = sorted({n for n in names if list(names).count(n) > 1})
-    if dup:
-        raise RewardError(f"reward(s) {', '.join(dup)} listed twice; give each function once with its weight")
-    fns = {}
-    for n in names:
-        if n in registry:
-            fns[n] = registry[n]()
-        elif n.startswith("rm:"):  # a trained reward model folder, scored with its own tokenizer
-            from .model import reward_model
-            fns[n] = reward_model(n[3:], **({"device": str(device)} if device is not None else {}))
-        elif ":" in n:
-            fns[n] = load_function(n)
-        else:
-            raise RewardError(f"unknown reward {n!r}; built-ins: {', '.join(registry)}; or give 'rm:FOLDER' or 'module:function'")
-    ws = [float(x) for x in weights] if weights else [1.0] * len(names)
-    if normalize not in NORMALIZERS:
-        raise RewardError(f"reward normalisation {normalize!r}: expected one of {', '.join(NORMALIZERS)}")
-    if on_error not in ("raise", "skip"):
-        raise RewardError(f"on_reward_error {on_error!r}: expected raise or skip")
-    return CombinedReward(fns, dict(zip(fns, ws)), normalize, on_error=on_error)
