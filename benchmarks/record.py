@@ -1,6 +1,7 @@
 """What every benchmark script shares: its peak memory, and one JSON line per result with its command.
 
-Scripts run as `python benchmarks/NAME.py`, so this folder is on `sys.path` and `from record import ...` works.
+Scripts run as `python benchmarks/NAME.py`, so this folder is on `sys.path` and `from record import ...` works;
+the probes in `probes/` put this folder on `sys.path` first.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ Times (best of `--repeat`) a forward pass of SmolLM2-135M-Instruct over 16 × 47
 benchmark's batch) with the weights in fp32 and in bf16, without and with peft LoRA (r=16, all
 linear layers; adapter weights in the model's dtype), and the matmul shapes that dominate it.
 
-    .venv/bin/python benchmarks/bf16_probe.py
-    .venv/bin/python benchmarks/bf16_probe.py --decode-floor   # is decoding bound by memory bandwidth?
+    .venv/bin/python benchmarks/probes/bf16_probe.py
+    .venv/bin/python benchmarks/probes/bf16_probe.py --decode-floor   # is decoding bound by memory bandwidth?
 
 `--decode-floor` measures instead what one decoding step's matmuls cost with torch's kernels: every linear
 layer of SmolLM2-135M (30 × q, k, v, o, gate, up, down, and the 49k-wide head) on 16 rows, random weights of
@@ -17,7 +17,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from record import record
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # benchmarks/, for record.py
+from record import record  # noqa: E402
 
 
 def best(fn, repeat: int) -> float:

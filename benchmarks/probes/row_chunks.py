@@ -4,8 +4,8 @@ rollout, all rows at once against row chunks, on SmolLM2-135M + LoRA r=16 (fp32,
 Each setting runs in its own process, so that its peak RSS is its own. The completions' token ids are hashed:
 equal hashes show that the chunks sampled the same tokens as one pass.
 
-    .venv/bin/python benchmarks/row_chunks.py                       # 16 prompts × 8 samples × 64 tokens; rows 0, 16
-    .venv/bin/python benchmarks/row_chunks.py --rows "0 32 8" --prompts 8 --k 8 --tokens 128
+    .venv/bin/python benchmarks/probes/row_chunks.py                       # 16 prompts × 8 samples × 64 tokens; rows 0, 16
+    .venv/bin/python benchmarks/probes/row_chunks.py --rows "0 32 8" --prompts 8 --k 8 --tokens 128
 """
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ import subprocess
 import sys
 import time
 
-from grpo_step_profile import PROMPTS, rss, trained_lora_policy
-from record import record
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # benchmarks/, for record.py
+from grpo_step_profile import PROMPTS, rss, trained_lora_policy  # noqa: E402
+from record import record  # noqa: E402
 
 
 def child(rows: int, prompts: int, k: int, tokens: int) -> dict:

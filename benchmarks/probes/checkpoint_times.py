@@ -1,6 +1,6 @@
 """Save and load times of a resumable checkpoint for the bundled models (weights + AdamW state + RNG).
 
-    .venv/bin/python benchmarks/checkpoint_times.py
+    .venv/bin/python benchmarks/probes/checkpoint_times.py
 
 Each case: build the model, take one AdamW step (so the optimiser holds its moment estimates),
 then time `save_checkpoint` (fsynced, atomic rename) and `load_checkpoint` into a fresh model.
@@ -13,7 +13,11 @@ from pathlib import Path
 
 import torch
 
-from record import record
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # benchmarks/, for record.py
+from record import record  # noqa: E402
 
 from rewardtune.checkpoint import load_checkpoint, save_checkpoint, save_rng, tmp_folder
 from rewardtune.config import LoraSettings

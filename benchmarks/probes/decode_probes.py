@@ -1,9 +1,9 @@
 """Small probes behind the seventh session's decoding work (BENCHMARKS.md, "rewardtune's own decoding loop").
 
-    .venv/bin/python benchmarks/decode_probes.py --profile sample|generate|update  # top ops of one call (fp32)
-    .venv/bin/python benchmarks/decode_probes.py --rows                    # sampling 16 vs 32 rows (K = 4 vs 8)
-    .venv/bin/python benchmarks/decode_probes.py --attention               # one decoding attention: SDPA vs matmuls
-    .venv/bin/python benchmarks/decode_probes.py --bf16-pack               # SmolLM2's decoding matmuls, 16 rows
+    .venv/bin/python benchmarks/probes/decode_probes.py --profile sample|generate|update  # top ops of one call (fp32)
+    .venv/bin/python benchmarks/probes/decode_probes.py --rows                    # sampling 16 vs 32 rows (K = 4 vs 8)
+    .venv/bin/python benchmarks/probes/decode_probes.py --attention               # one decoding attention: SDPA vs matmuls
+    .venv/bin/python benchmarks/probes/decode_probes.py --bf16-pack               # SmolLM2's decoding matmuls, 16 rows
 
 SmolLM2-135M-Instruct with LoRA r=16 on all linear layers and a non-zero adapter, as in grpo_step_profile.py.
 """
@@ -13,8 +13,12 @@ import argparse
 import time
 from dataclasses import replace
 
-from grpo_step_profile import PROMPTS, trained_lora_policy
-from record import record
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # benchmarks/, for record.py
+from grpo_step_profile import PROMPTS, trained_lora_policy  # noqa: E402
+from record import record  # noqa: E402
 
 
 def policy() -> tuple:

@@ -2,8 +2,8 @@
 perplexity) from one reference pass (`reference_logprobs_at`) instead of two: seconds per evaluation's reference
 work on SmolLM2-135M + LoRA r=16 (fp32), and whether the results are bit-identical.
 
-    .venv/bin/python benchmarks/reference_temperatures.py                  # 16 prompts × 4 samples × 24 tokens, τ 0.7
-    .venv/bin/python benchmarks/reference_temperatures.py --repeat 3 --temperature 1.5
+    .venv/bin/python benchmarks/probes/reference_temperatures.py                  # 16 prompts × 4 samples × 24 tokens, τ 0.7
+    .venv/bin/python benchmarks/probes/reference_temperatures.py --repeat 3 --temperature 1.5
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def main() -> None:
 
     model, tok = load_causal_lm("smollm2-135m-instruct")
     model = apply_lora(model, LoraSettings(r=16, alpha=32))
-    demo = Path(__file__).resolve().parents[1] / "rewardtune" / "demo" / "prompts.jsonl"
+    demo = Path(__file__).resolve().parents[2] / "rewardtune" / "demo" / "prompts.jsonl"
     prompts = [json.loads(line)["prompt"] for line in demo.read_text().splitlines()][:args.prompts]
     torch.manual_seed(0)
     t = args.temperature

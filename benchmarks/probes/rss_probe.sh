@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Resident memory over a full-IMDb `sft` run: RSS and its high-water mark every 10 s, with the last logged step.
-#   bash benchmarks/rss_probe.sh TAG STEPS [ENV=VALUE ...]   e.g. ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024
+#   bash benchmarks/probes/rss_probe.sh TAG STEPS [ENV=VALUE ...]   e.g. ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024
 # Writes /tmp/bench/rss_TAG.trace (one line per sample) and appends the run's result to /tmp/bench/rss_probe_results.jsonl.
 set -euo pipefail
 TAG=$1; STEPS=$2; shift 2
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RD=/tmp/rss-probe-$TAG
 mkdir -p /tmp/bench && rm -rf "$RD" "/tmp/bench/rss_$TAG.trace"
 env "$@" .venv/bin/python benchmarks/classifier_sst2.py --task imdb --max-examples 0 --epochs 1 --methods sft \

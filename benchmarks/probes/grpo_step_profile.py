@@ -6,11 +6,11 @@ the reference forward (adapter disabled), and the policy forward + backward in m
 configuration runs in its own process so that its peak RSS is its own; the update is run `--repeat`
 times and the fastest is reported (the machine's noise is ±10–20%).
 
-    .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR
-    .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --configs "16,0,0 4,1,16"   # mb,checkpointing,mmap MiB
-    .venv/bin/python benchmarks/grpo_step_profile.py --rm RM_DIR --samplers --repeat 4   # sampling alone, A/B
-    .venv/bin/python benchmarks/grpo_step_profile.py --decode f32,bf16   # prefill sharing, adapter cost
-    .venv/bin/python benchmarks/grpo_step_profile.py --ref-ab --repeat 4   # one reference pass vs one per micro-batch
+    .venv/bin/python benchmarks/probes/grpo_step_profile.py --rm RM_DIR
+    .venv/bin/python benchmarks/probes/grpo_step_profile.py --rm RM_DIR --configs "16,0,0 4,1,16"   # mb,checkpointing,mmap MiB
+    .venv/bin/python benchmarks/probes/grpo_step_profile.py --rm RM_DIR --samplers --repeat 4   # sampling alone, A/B
+    .venv/bin/python benchmarks/probes/grpo_step_profile.py --decode f32,bf16   # prefill sharing, adapter cost
+    .venv/bin/python benchmarks/probes/grpo_step_profile.py --ref-ab --repeat 4   # one reference pass vs one per micro-batch
 """
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ import sys
 import time
 from dataclasses import replace
 
-from record import peak_rss_mib, record
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # benchmarks/, for record.py
+from record import peak_rss_mib, record  # noqa: E402
 
 PROMPTS = ["I rented I AM CURIOUS-YELLOW from my video", "This movie was a total waste of time and",
            "An absolutely wonderful film that I will never", "The plot of this film is thin but the"]
