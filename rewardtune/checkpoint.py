@@ -274,7 +274,7 @@ class Checkpointer:
     def _all_wrote(self, step: int, part: Callable[[], None] | None) -> None:
         """Run this process's `part` of the save (None: nothing to do here); raise CheckpointError on every process if
         it failed on any (a collective under several processes)."""
-        from .run import failed_ranks
+        from .collectives import failed_ranks
 
         error: Exception | None = None
         try:

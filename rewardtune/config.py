@@ -7,6 +7,9 @@ to a default, because a run with the wrong setting looks exactly like a right on
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +19,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# The configs that ship with the package (`rewardtune configs list`); `--config NAME` takes one by name.
+SHIPPED_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -240,29 +246,80 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Config → plain nested dict (tuples become lists so YAML stays readable)."""
+    """Config → plain nested dict: tuples become lists so YAML stays readable, and a callable (a reward function
+    given as one) becomes its `module:qualname` name, which YAML can hold and `load_function` imports back.
+    Written without `dataclasses.asdict`, which deep-copies every value (a callable object may hold a model)."""
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(cfg))
+        return callable_spec(v) if callable(v) else v
+    return plain(cfg)
+
+
+def callable_spec(fn: Any) -> str:
+    """`module:qualname` of a callable (of the function inside a partial, of the class of a callable object).
+
+    When that name does not import back to `fn` (a lambda, a local function, a partial, an object, or a function of
+    `__main__`), it is still written, so config.yaml stays valid YAML and says what ran, and a warning says that a
+    run restarted from the file (`--resume`, `--config`) will not find it."""
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not hasattr(target, "__qualname__"):
+        target = type(target)
+    module, qualname = getattr(target, "__module__", None) or "__main__", target.__qualname__
+    spec = f"{module}:{qualname}"
+    if module == "__main__" or getattr(sys.modules.get(module), qualname, None) is not fn:
+        log.warning("config.yaml names the callable %r %r, which does not import back to it: a run restarted from "
+                    "that file (--resume, --config) cannot load it; define it at the top level of an importable "
+                    "module to make the run reloadable", fn, spec)
+    return spec
 
 
 def dump_config(cfg: Any) -> str:
-    """The resolved config as YAML text; `load_config` of it gives back an equal config."""
+    """The resolved config as YAML text; `load_config` of it gives back an equal config (a callable comes back as
+    its `module:qualname` name, which the reward loader imports)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, default and doc (for `--help-config`)."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field: dotted key, default and doc (for `--help-config`); a choice field adds its values.
+
+    The defaults are read from `defaults` (an instance; default `cls()`), not from each section's class: a command
+    may build a section with defaults of its own (`nested(lambda: ModelSettings(name=...))`), and its help must
+    print those, the values a run of it uses."""
+    defaults = cls() if defaults is None else defaults
+    hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
+        value, tp = getattr(defaults, f.name), hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines += describe(tp, f"{prefix}{f.name}.")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('doc', '')}")
+            lines += describe(tp, f"{prefix}{f.name}.", value)
+            continue
+        line = f"{prefix}{f.name} = {value!r}  # {f.metadata.get('doc', '')}"
+        if typing.get_origin(tp) is Literal:
+            line += f" [one of: {', '.join(map(repr, typing.get_args(tp)))}]"
+        lines.append(line)
     return lines
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name → file of each config that ships with the package."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}
+
+
+def config_path(spec: str | Path) -> Path:
+    """A `--config` value → its file: a path that exists wins, else a shipped config's name (with or without .yaml)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.name == str(spec) and name in shipped:  # a bare name, not a path into some folder
+        return shipped[name]
+    raise ConfigError(f"config file {spec} does not exist, and no shipped config is called {name!r}; give a path, "
+                      f"or one of: {', '.join(shipped)} (`rewardtune configs list`)")

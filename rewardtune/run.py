@@ -70,50 +70,6 @@ class RunContext:
             print(*args, flush=True)
 
 
-def gather_to_cpu(accelerator: Any) -> Any:
-    """t → every process's t concatenated in rank order, on the CPU (a collective: every process must call it)."""
-    return lambda t: accelerator.gather(t.to(accelerator.device)).cpu()
-
-
-def row_share(acc: Any, n: int) -> slice | None:
-    """This process's contiguous share of n rows (rank r of W: rows r·n//W to (r+1)·n//W), or None with one process
-    or fewer rows than processes (the caller decides who takes them all then)."""
-    world = acc.num_processes
-    if world == 1 or n < world:
-        return None
-    return slice(acc.process_index * n // world, (acc.process_index + 1) * n // world)
-
-
-def failed_ranks(accelerator: Any) -> Any:
-    """failed → the ranks of the processes that passed True, in order (a collective: every process must call it)."""
-    import torch
-
-    def failed_on(failed: bool) -> list[int]:
-        flags = accelerator.gather(torch.tensor([float(failed)], device=accelerator.device)).tolist()
-        return [rank for rank, f in enumerate(flags) if f]
-    return failed_on
-
-
-SUMMED = ("reward_dropped",)  # counts: summed over processes; the other numbers are means over the global batch
-
-
-def over_processes(run: RunContext, values: dict[str, Any], weight: float = 1.0) -> dict[str, Any]:
-    """A train row's numbers over every process's share of the batch (one all-reduce), not the main process's alone.
-    Each process's numbers count by its share's `weight` (world·local/global rows; 0 for a filler share, which holds
-    no row of its own): means are row-weighted over the global batch, counts summed over real shares. Every process
-    holds the same keys (the trainers' stats depend on the config only), reduced in sorted order."""
-    acc = run.accelerator
-    if acc.num_processes == 1:
-        return values
-    import torch
-
-    keys = sorted(k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1))
-    w, real = float(weight), 1.0 if weight > 0 else 0.0
-    vals = [float(values[k]) * (real if k in SUMMED else w) for k in keys] + [w]
-    *sums, total = acc.reduce(torch.tensor(vals, device=acc.device), "sum").tolist()
-    return {**values, **{k: x if k in SUMMED else x / max(total, 1e-12) for k, x in zip(keys, sums)}}
-
-
 def seed_this_process(run: RunContext) -> None:
     """Under several processes, a random stream of its own for each (otherwise every process would draw the same
     dropout masks, sampled actions and completions); one process keeps the run's seed. For a fresh start only: a

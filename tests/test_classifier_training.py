@@ -327,7 +327,7 @@ def test_over_shares_gives_the_main_process_every_row_once_in_order(world, n):
     from types import SimpleNamespace
     from unittest import mock
 
-    from rewardtune.train.common import over_shares
+    from rewardtune.collectives import over_shares
 
     calls, shares = {r: [] for r in range(world)}, {}
 
@@ -355,7 +355,7 @@ def test_over_shares_raises_on_every_process_when_one_fails():
     from types import SimpleNamespace
     from unittest import mock
 
-    from rewardtune.train.common import over_shares
+    from rewardtune.collectives import over_shares
 
     def values(rank):
         def f(rows):

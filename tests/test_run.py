@@ -67,7 +67,7 @@ def test_epoch_loop_rows_are_over_every_process_s_share(tmp_path):
     nothing, its dropped dummy row included. Keys go to the all-reduce in sorted order, whatever order they came in."""
     from types import SimpleNamespace
 
-    from rewardtune.run import over_processes
+    from rewardtune.collectives import over_processes
 
     def row(values, weight, other):  # other: the other process's [accuracy, loss, reward_dropped] and its weight
         sent = []

@@ -9,7 +9,7 @@ transformers' `generate` otherwise. Log-probs of the sampled tokens are recorded
 no extra forward pass is spent on π_old. They match a fresh full-sequence forward pass up to float rounding (KV-cached vs. one-shot
 attention); `tests/test_causal_lm_policy.py` checks the tolerance. The training forward pass
 must use the same position ids as generation, which with left padding are *not* arange(T):
-`position_ids` below reproduces them from the attention mask.
+`positions.position_ids` reproduces them from the attention mask.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from ..algorithms import entropy_from_logits, logprobs_from_logits
 from ..config import ConfigError, doc
 from . import decode
 from .head import chunked_token_logprobs, head_inputs, logits_are_head_outputs
+from .positions import position_ids
 from .sampling import TokenSampler, draw_uniforms
 
 
@@ -91,11 +92,6 @@ def without_dropout(model: Any) -> Any:
         if isinstance(getattr(m, "attention_dropout", None), float):
             m.attention_dropout = 0.0
     return model
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, as `generate` does for left-padded rows.  (B, L)"""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def completion_mask(ids: torch.Tensor, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:

@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .positions import position_ids
+
 _FAMILIES = ("llama", "qwen2")
 
 
@@ -158,6 +160,19 @@ def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
     return list(zip(cache.key_cache, cache.value_cache))
 
 
+def _layers_with_caches(decoder_layers: Sequence[Any], prefix: list | None, hk: int, length: int,
+                        x: torch.Tensor) -> list[_Layer]:
+    """Each decoder layer as a `_Layer` holding a cache of `length` slots, the prompt's keys/values copied in.
+    `prefix` is emptied as it goes (see `decode`).  x (B, 1, E): the first input, for the rows, dtype and device."""
+    layers = [_Layer(layer) for layer in decoder_layers]
+    for i, layer in enumerate(layers):
+        k, v = (None, None) if prefix is None else prefix[i]
+        if prefix is not None:
+            prefix[i] = None  # handed over: freed once copied
+        layer.cache(k, v, x.shape[0], hk, length, x)
+    return layers
+
+
 @torch.no_grad()
 def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | None,
            choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, eos_ids: Sequence[int],
@@ -178,16 +193,9 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
     hk, length = cfg.num_key_value_heads, Tp - 1 + max_new_tokens  # the last token's keys are never needed
     keep = torch.zeros(B, length, dtype=torch.bool, device=ids.device)  # which cache slots a row attends
     keep[:, :Tp] = mask.bool()
-    from .causal_lm import position_ids  # (imported here: causal_lm imports this module)
-
     token, pos = ids[:, -1:], position_ids(mask)[:, -1:]  # (B, 1) as generate numbers them
-    layers = [_Layer(layer) for layer in body.layers[:cfg.num_hidden_layers]]  # as the model's forward does
     x = body.embed_tokens(token)  # (B, 1, E)
-    for i, layer in enumerate(layers):
-        k, v = (None, None) if prefix is None else prefix[i]
-        if prefix is not None:
-            prefix[i] = None  # handed over: freed once copied
-        layer.cache(k, v, B, hk, length, x)
+    layers = _layers_with_caches(body.layers[:cfg.num_hidden_layers], prefix, hk, length, x)  # as the model's forward
     eos = torch.tensor(list(eos_ids), device=ids.device)
     running, out = torch.ones(B, dtype=torch.bool, device=ids.device), []
     seq = None if stop is None else torch.cat([ids, ids.new_full((B, max_new_tokens), pad_id)], dim=1)  # (B, Tp + T)

@@ -22,7 +22,8 @@ from ..data import Examples, load_examples, split
 from ..eval import Report, evaluate_classifier, format_confusion, predict, report
 from ..dropout import use_fast_dropout
 from ..models import apply_lora, load_classifier
-from ..run import RunContext, row_share
+from ..collectives import over_shares
+from ..run import RunContext
 
 
 @dataclass(frozen=True)
@@ -162,31 +163,6 @@ def shares(order: list[list[int]], rank: int, world: int) -> Iterator[Share]:
 
 def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int]]:
     return encode(tok, ex.texts, opt.max_length, opt.truncation)
-
-
-def over_shares(run: RunContext, n: int, values: Callable[[slice], torch.Tensor]) -> torch.Tensor | None:
-    """`values(rows)` of all n rows (N, ...) on the main process, None on the others. Under several processes each
-    computes a contiguous share and the main process gets every share in rank order (a collective: every process
-    calls it; an error on one raises on all); with fewer rows than processes the main process computes them all.
-    For DDP: under FSDP/ZeRO-3 a forward call is itself a collective, and shares of different sizes make different
-    numbers of them."""
-    share = row_share(run.accelerator, n)
-    if share is None:
-        return values(slice(0, n)) if run.is_main else None
-    from accelerate.utils import gather_object
-
-    error = None
-    try:
-        mine: Any = values(share).cpu()
-    except Exception as e:  # every process must still reach the gather, or the others wait there until a timeout
-        mine, error = f"{type(e).__name__}: {e}", e
-    parts = gather_object([mine])  # shares, or what went wrong (str), in rank order
-    failed = [r for r, part in enumerate(parts) if isinstance(part, str)]
-    if error is not None:
-        raise error
-    if failed:
-        raise RuntimeError(f"process {failed[0]} failed while computing its share: {parts[failed[0]]}")
-    return torch.cat(parts) if run.is_main else None
 
 
 def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str],

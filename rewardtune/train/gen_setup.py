@@ -19,7 +19,8 @@ from ..policies.causal_lm import GenSettings, format_prompts, stop_check, withou
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import text as text_rewards
-from ..run import RunContext, failed_ranks, gather_to_cpu
+from ..collectives import failed_ranks, gather_to_cpu
+from ..run import RunContext
 from .common import setup_reference
 from .lm_report import EVAL_METRICS
 from .ppo import PPOSettings, ValueHead

@@ -11,7 +11,8 @@ import torch
 from ..algorithms import kl_k3, masked_sum
 from ..policies.causal_lm import GenSettings, Rollout, sample
 from ..rewards import CombinedReward
-from ..run import RunContext, row_share
+from ..collectives import row_share
+from ..run import RunContext
 from .pg_update import reference_logprobs_at
 
 

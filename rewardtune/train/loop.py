@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
 from ..rewards import RewardError
-from ..run import RunContext, over_processes, seed_this_process
+from ..collectives import over_processes
+from ..run import RunContext, seed_this_process
 
 # One batch → (loss already scaled for backward, rows it holds, stats to log, batch row ids).
 BatchLoss = Callable[[Any], tuple[torch.Tensor, int, dict[str, Any], Any]]

@@ -16,8 +16,9 @@ import torch
 from ..algorithms import (clipped_surrogate, entropy_from_logits, gae, get_kl_estimator, kl_loss, kl_penalized_rewards,
                           logprobs_from_logits, masked_mean, masked_sum, masked_whiten, value_loss)
 from ..config import doc
-from ..policies.causal_lm import GenSettings, Rollout, chunkable_head, completion_logits, position_ids
+from ..policies.causal_lm import GenSettings, Rollout, chunkable_head, completion_logits
 from ..policies.head import chunked_token_logprobs
+from ..policies.positions import position_ids
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from ..batching import batch_order
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
+from ..collectives import over_shares
 from ..run import RunContext, start_run
-from .common import (OptimSettings, accelerator_kwargs, over_shares, save_classifier, setup_model, setup_optimizer,
+from .common import (OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer,
                      shares)
 from .loop import train_epochs
 

@@ -14,7 +14,8 @@ from ..algorithms import (EMABaseline, entropy_from_logits, expected_reward_loss
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
-from ..run import failed_ranks, start_run
+from ..collectives import failed_ranks
+from ..run import start_run
 from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, setup_reference, steps_per_epoch)
 from .loop import train_epochs

@@ -21,7 +21,8 @@ from ..checkpoint import CheckpointError, Checkpointer, StopGuard, rng_state
 from ..config import dump_config
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
-from ..run import RunContext, gather_to_cpu, over_processes, seed_this_process, start_run
+from ..collectives import gather_to_cpu, over_processes
+from ..run import RunContext, seed_this_process, start_run
 from .common import setup_reference  # noqa: F401  (re-exported: the reference is a setup step)
 from .gen_setup import (GenRLConfig, GenRLSettings, check_limits, check_prompt_lengths, check_settings,  # noqa: F401
                         ddp_settings, length_reward, setup_kl_controller, setup_policy, setup_prompts, setup_reward)
