@@ -59,7 +59,8 @@ def heldout_reward(model, tok, prompts: list[str], rm, max_new_tokens: int) -> f
 
 def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) -> dict:
     from rewardtune.config import load_config
-    from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+    from rewardtune.train.gen_config import GenRLConfig
+    from rewardtune.train.rl_generate import train_rl_generate
 
     path, held_path = Path(args.work) / "prompts.jsonl", Path(args.work) / "heldout.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in train))

@@ -34,7 +34,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results.jsonl")
     args = p.parse_args()
     from rewardtune.config import load_config
-    from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+    from rewardtune.train.gen_config import GenRLConfig
+    from rewardtune.train.rl_generate import train_rl_generate
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,8 @@ def _quickstart_classifiers(cfg: QuickstartConfig, run: Any) -> None:
 
 def _quickstart_generation(cfg: QuickstartConfig, run: Any, reward_model_dir: Any) -> None:
     """Stage 3: GRPO on the causal LM (LoRA) with the SFT classifier's P(positive) as the reward."""
-    from .train.rl_generate import GenRLConfig, train_rl_generate
+    from .train.gen_config import GenRLConfig
+    from .train.rl_generate import train_rl_generate
 
     if cfg.gen_steps <= 0:
         return
@@ -171,7 +172,8 @@ def _policy_kind(args: argparse.Namespace) -> str:
 
 def cmd_rl(args: argparse.Namespace) -> None:
     from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
-    from .train.rl_generate import GenRLConfig, train_rl_generate
+    from .train.gen_config import GenRLConfig
+    from .train.rl_generate import train_rl_generate
 
     kinds = {"classifier": (RLClassifierConfig, train_rl_classifier), "causal-lm": (GenRLConfig, train_rl_generate)}
     kind = _policy_kind(args)

@@ -95,3 +95,19 @@ def over_shares(run: _Run, n: int, values: Callable[[slice], torch.Tensor]) -> t
     if failed:
         raise RuntimeError(f"process {failed[0]} failed while computing its share: {parts[failed[0]]}")
     return torch.cat(parts) if run.is_main else None
+
+
+def token_mean_shares(acc: Any, stats: dict[str, float], mask: torch.Tensor,
+                      keys: tuple[str, ...] = ("kl", "entropy")) -> dict[str, float]:
+    """This process's token means (`keys`) as shares of the global token mean: × its tokens / (all tokens /
+    processes), so that their plain mean over processes (`over_processes`) weighs every token alike (a collective)."""
+    here = float(mask.sum())
+    per_process = float(acc.reduce(torch.tensor(here, device=acc.device), "mean"))
+    return {k: v * here / max(per_process, 1.0) if k in keys else v for k, v in stats.items()}
+
+
+def average_gradients(params: list, mean: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace each gradient by its mean over processes (`mean`): for modules DDP does not wrap (PPO's value head)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad = mean(p.grad)

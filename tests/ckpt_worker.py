@@ -20,7 +20,7 @@ from rewardtune import checkpoint
 from rewardtune.checkpoint import CheckpointError, Checkpointer, CheckpointSettings, StopGuard
 from rewardtune.config import load_config
 from rewardtune.run import start_run
-from rewardtune.train.rl_generate import GenRLConfig
+from rewardtune.train.gen_config import GenRLConfig
 
 
 def full(*_: object, **__: object) -> None:

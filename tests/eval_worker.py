@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc_per_node N tests/eval_worker.py OUT.json MODEL_DIR RUNS_DIR
 
 A LoRA policy with a trained-looking adapter evaluates 5 prompts (2 processes: shares of 2 and 3) greedily and
-with 2 sampled completions each (`lm_report.evaluate`); the main process writes the metrics and the number of
+with 2 sampled completions each (`lm_eval.evaluate_lm`); the main process writes the metrics and the number of
 completions each process decoded to OUT.json. N = 1 and N = 2 must give the same metrics.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 
 from rewardtune.config import load_config
 from rewardtune.run import start_run
-from rewardtune.train import lm_report
-from rewardtune.train.lm_report import evaluate
-from rewardtune.train.rl_generate import GenRLConfig, ddp_settings, setup_policy, setup_reward
+from rewardtune.train import lm_eval
+from rewardtune.train.lm_eval import evaluate_lm
+from rewardtune.train.gen_config import GenRLConfig
+from rewardtune.train.gen_setup import ddp_settings, setup_policy, setup_reward
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting", "a story about"]
 
@@ -36,14 +37,14 @@ def main(out: str, model_dir: str, runs_dir: str) -> None:
             if "lora_B" in n:
                 p.normal_(0, 0.3)
     reward = setup_reward(cfg.rl, run.accelerator)
-    decoded, sample = [], lm_report.sample
+    decoded, sample = [], lm_eval.sample
 
     def counted(*args, **kwargs):  # the completions this process decodes
         ro = sample(*args, **kwargs)
         decoded.append(len(ro.completions))
         return ro
-    with mock.patch.object(lm_report, "sample", counted):
-        res = {f"samples{s}": evaluate(run, model, tok, reward, PROMPTS, cfg.gen, 0, samples=s) for s in (0, 2)}
+    with mock.patch.object(lm_eval, "sample", counted):
+        res = {f"samples{s}": evaluate_lm(run, model, tok, reward, PROMPTS, cfg.gen, 0, samples=s) for s in (0, 2)}
     acc = run.accelerator
     rows = acc.gather(torch.tensor(decoded)[None]).tolist() if acc.num_processes > 1 else [decoded]
     if run.is_main:

@@ -19,8 +19,10 @@ import torch
 from rewardtune.config import load_config
 from rewardtune.policies.causal_lm import sample
 from rewardtune.run import start_run
-from rewardtune.train.pg_update import update
-from rewardtune.train.rl_generate import GenRLConfig, ddp_settings, ppo_step, setup_policy
+from rewardtune.train.pg_update import pg_update
+from rewardtune.train.gen_config import GenRLConfig
+from rewardtune.train.gen_setup import ddp_settings, setup_policy, update_plan
+from rewardtune.train.ppo import ppo_step
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
 CASES = {  # name → overrides
@@ -64,10 +66,10 @@ def one_update(model_dir: str, runs_dir: str, name: str, overrides: list[str]) -
         return False  # no optimiser step: the gradient is what is compared
     if head is None:
         adv = torch.tensor([1.0, -1.0, 0.5, -0.25, 2.0, -2.0, 0.3, 0.0])[rows]
-        update(run, model, optim, ref, ro.rows(rows), adv, cfg.rl, cfg.gen, keep)
+        pg_update(run, model, optim, ref, ro.rows(rows), adv, update_plan(cfg.rl, cfg.gen, cfg.ppo), cfg.rl.kl_coef, keep)
     else:
         scores = torch.tensor([1.0, -1.0, 0.5, -0.25, 2.0, -2.0, 0.3, 0.0])[rows]
-        ppo_step(run, model, head, optim, params, ref, ro.rows(rows), scores, cfg, keep, cfg.rl.kl_coef)
+        ppo_step(run, model, head, optim, params, ref, ro.rows(rows), scores, update_plan(cfg.rl, cfg.gen, cfg.ppo), cfg.ppo, cfg.rl.kl_coef, keep)
     return grads, calls[0]
 
 

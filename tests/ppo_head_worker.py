@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ppo_head_worker.py OUT.json MODEL_DIR RUNS_DIR
 
-Each process samples its own rollout and takes one PPO step (`rl_generate.ppo_step`), then the same again with
+Each process samples its own rollout and takes one PPO step (`ppo.ppo_step`), then the same again with
 the value head's gradient averaging switched off. The main process writes whether the two processes' value
 heads are equal after each to OUT.json: DDP does not wrap the head, so only the averaging keeps them equal.
 """
@@ -17,8 +17,10 @@ import torch
 from rewardtune.config import load_config
 from rewardtune.policies.causal_lm import sample
 from rewardtune.run import start_run
-from rewardtune.train import rl_generate
-from rewardtune.train.rl_generate import GenRLConfig, ddp_settings, ppo_step, setup_policy
+from rewardtune.train import ppo as ppo_module
+from rewardtune.train.gen_config import GenRLConfig
+from rewardtune.train.gen_setup import ddp_settings, setup_policy, update_plan
+from rewardtune.train.ppo import ppo_step
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
 
@@ -33,7 +35,8 @@ def heads_equal_after_a_step(out_dir: str, model_dir: str, name: str) -> tuple[b
     acc, rank = run.accelerator, run.accelerator.process_index
     torch.manual_seed(100 + rank)  # a different rollout and different scores on each process
     ro = sample(acc.unwrap_model(model), tok, PROMPTS[2 * rank:2 * rank + 2], 2, cfg.gen, 100)
-    ppo_step(run, model, head, optim, params, ref, ro, torch.randn(4), cfg, lambda loss, norm: True, 0.0)
+    ppo_step(run, model, head, optim, params, ref, ro, torch.randn(4), update_plan(cfg.rl, cfg.gen, cfg.ppo), cfg.ppo, 0.0,
+             lambda loss, norm: True)
     w = torch.cat([p.detach().flatten() for p in head.parameters()])[None]  # (1, n)
     both = acc.gather(w)  # (2, n)
     return bool(torch.equal(both[0], both[1])), float(w.abs().max())
@@ -41,7 +44,7 @@ def heads_equal_after_a_step(out_dir: str, model_dir: str, name: str) -> tuple[b
 
 def main(out: str, model_dir: str, runs_dir: str) -> None:
     averaged = heads_equal_after_a_step(runs_dir, model_dir, "averaged")
-    with mock.patch.object(rl_generate, "average_gradients", lambda params, mean: None):
+    with mock.patch.object(ppo_module, "average_gradients", lambda params, mean: None):
         alone = heads_equal_after_a_step(runs_dir, model_dir, "alone")
     if torch.distributed.get_rank() == 0:
         with open(out, "w", encoding="utf-8") as fh:

@@ -15,9 +15,11 @@ from rewardtune.policies.causal_lm import GenSettings, completion_logits, comple
 from rewardtune.policies.head import logits_are_head_outputs
 from rewardtune.policies.causal_lm import checkpointing as checkpointing_on
 from rewardtune.rewards import RewardError
+from rewardtune.train.gen_setup import update_plan
 from rewardtune.train.pg_update import accumulate_gradients
-from rewardtune.train.rl_generate import (GenRLConfig, GenRLSettings, setup_reference,
-                                          train_rl_generate)
+from rewardtune.train.gen_config import GenRLConfig, GenRLSettings
+from rewardtune.train.common import setup_reference
+from rewardtune.train.rl_generate import train_rl_generate
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
 
@@ -238,7 +240,7 @@ def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
         rl = GenRLSettings(micro_batch_size=mb, aggregation=aggregation, kl_coef=0.1)
         model.zero_grad(set_to_none=True)
         stats.append(accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv,
-                                          rl, gen))
+                                          update_plan(rl, gen), rl.kl_coef))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
@@ -251,17 +253,18 @@ def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
 @pytest.mark.parametrize("baseline", ["mean", "ema"])
 def test_reinforce_baselines_over_processes_are_the_global_batch_s(baseline):
     from rewardtune.algorithms import EMABaseline
-    from rewardtune.train.rl_generate import advantages
+    from rewardtune.train.pg_update import advantages
 
     rl = GenRLSettings(algorithm="reinforce", baseline=baseline)
     steps = [torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]),  # (P=4, K=2): global batch means
              torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]])]  # 0.5 then 0.625
     one, two = EMABaseline(), [EMABaseline(), EMABaseline()]
     for full in steps:
-        whole = advantages(full, rl, one)  # one process, the global batch: (8,)
-        shards = [advantages(full[2 * r:2 * r + 2], rl, two[r], gather=lambda _: full, rank=r) for r in (0, 1)]
+        whole = advantages(full, rl.algorithm, rl.baseline, one)  # one process, the global batch: (8,)
+        shards = [advantages(full[2 * r:2 * r + 2], rl.algorithm, rl.baseline, two[r], gather=lambda _: full, rank=r)
+                  for r in (0, 1)]
         assert torch.equal(torch.cat(shards), whole)
-        alone = advantages(full[2:], rl, EMABaseline())  # without the gather: rank 1's own mean, 0.75 ≠ 0.5
+        alone = advantages(full[2:], rl.algorithm, rl.baseline, EMABaseline())  # without the gather: rank 1's own mean, 0.75 ≠ 0.5
         assert baseline == "ema" or not torch.equal(alone, whole[4:])
     if baseline == "ema":
         assert one.value == two[0].value == two[1].value == pytest.approx(0.9 * 0.5 + 0.1 * 0.625)  # EMA after both
@@ -280,7 +283,8 @@ def test_token_mean_over_processes_is_one_global_token_mean(policy):
 
     def grads(rows: slice, tokens: float | None) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
-        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro.rows(rows), adv[rows], rl, gen, tokens)
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro.rows(rows), adv[rows], update_plan(rl, gen),
+                             rl.kl_coef, tokens)
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     full = grads(slice(0, 8), None)
@@ -304,7 +308,8 @@ def test_gradient_checkpointing_does_not_change_the_gradient(policy):
             enable_checkpointing(model.get_base_model())
             assert checkpointing_on(model.get_base_model())
         model.train().zero_grad(set_to_none=True)
-        accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv, rl, gen)
+        accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv, update_plan(rl, gen),
+                             rl.kl_coef)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
@@ -358,7 +363,7 @@ def test_gradient_checkpointing_run_trains_like_a_plain_run(tiny_causal_lm_dir, 
 def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, prompts_file, tmp_path):
     from rewardtune.run import start_run
     from rewardtune.train.pg_update import policy_loss, reference_logprobs
-    from rewardtune.train.rl_generate import setup_policy
+    from rewardtune.train.gen_setup import setup_policy
 
     saved = {}
     for flag in ("false", "true"):
@@ -372,7 +377,8 @@ def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, p
             return t
         ref_logp = reference_logprobs(model, ref, ro, cfg.gen.temperature)  # no gradient: saves nothing
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            policy_loss(model, ro, torch.ones(8), ro.completion_mask, cfg.rl, cfg.gen, ref_logp=ref_logp)
+            policy_loss(model, ro, torch.ones(8), ro.completion_mask, update_plan(cfg.rl, cfg.gen), cfg.rl.kl_coef,
+                        ref_logp=ref_logp)
         saved[flag] = total[0]
     assert saved["true"] < saved["false"] / 2, saved  # only each layer's input is kept for the backward pass
 
@@ -380,7 +386,7 @@ def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, p
 def test_run_setup_prepacks_the_frozen_base_layers_unless_switched_off(tiny_causal_lm_dir, prompts_file, tmp_path):
     from rewardtune import prepack
     from rewardtune.run import start_run
-    from rewardtune.train.rl_generate import setup_policy
+    from rewardtune.train.gen_setup import setup_policy
 
     if not prepack.available():
         pytest.skip("this torch build has no oneDNN prepacked linear")
@@ -414,7 +420,7 @@ CHAT = "{% for m in messages %}<|user|> {{ m['content'] }} <|end|>{% endfor %}{%
 
 
 def test_chat_template_prompts_are_sampled_and_measured_as_templated(policy):
-    from rewardtune.train.rl_generate import check_prompt_lengths
+    from rewardtune.train.gen_setup import check_prompt_lengths
 
     model, tok = policy
     tok.chat_template = CHAT
@@ -476,7 +482,8 @@ def test_ppo_runs_and_trains_lora_and_value_head(tiny_causal_lm_dir, prompts_fil
 
 def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
     from rewardtune.algorithms import gae, kl_penalized_rewards, masked_whiten, pg_loss
-    from rewardtune.train.ppo import PPOSettings, ValueHead, ppo_update
+    from rewardtune.train.gen_config import PPOSettings
+    from rewardtune.train.ppo import ValueHead, ppo_update
 
     model, tok = policy
     torch.manual_seed(3)
@@ -487,7 +494,8 @@ def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
     ppo = PPOSettings(epochs=1, minibatches=1, clip_eps=1e9, vf_coef=0.0)  # no clipping, as the issue states it
     torch.manual_seed(4)
     model.zero_grad(set_to_none=True)
-    ppo_update(lambda loss: loss.backward(), lambda loss: None, model, head, ro, scores, None, 0.0, ppo, gen)
+    ppo_update(lambda loss: loss.backward(), lambda loss: None, model, head, ro, scores, None, 0.0, ppo,
+               update_plan(GenRLSettings(algorithm="ppo"), gen, ppo))
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     # The plain policy gradient with the same token advantages (V = 0: zero-initialised head, β = 0).
     mask = ro.completion_mask
@@ -508,7 +516,8 @@ def test_ppo_kl_follows_the_estimator_and_mode(policy, kl_mode):
     advantages; the chosen estimator (k3) goes into the token rewards or, as β·k3's token mean, into the loss."""
     from rewardtune.algorithms import gae, kl_loss, kl_penalized_rewards, masked_whiten, pg_loss
     from rewardtune.train.pg_update import reference_logprobs
-    from rewardtune.train.ppo import PPOSettings, ValueHead, ppo_update
+    from rewardtune.train.gen_config import PPOSettings
+    from rewardtune.train.ppo import ValueHead, ppo_update
 
     model, tok = policy
     torch.manual_seed(5)
@@ -523,7 +532,8 @@ def test_ppo_kl_follows_the_estimator_and_mode(policy, kl_mode):
     ppo = PPOSettings(epochs=1, minibatches=1, clip_eps=0.2, vf_coef=0.0)
     model.zero_grad(set_to_none=True)
     out = ppo_update(lambda loss: loss.backward(), lambda loss: None, model, ValueHead(model.config.hidden_size), ro,
-                     scores, ref, beta, ppo, gen, kl_estimator="k3", kl_mode=kl_mode)
+                     scores, ref, beta, ppo,
+                     update_plan(GenRLSettings(algorithm="ppo", kl_estimator="k3", kl_mode=kl_mode), gen, ppo))
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta if kl_mode == "reward" else 0.0, "k3")
     adv = masked_whiten(gae(token_rewards, torch.zeros(mask.shape), mask, 1.0, 0.95)[0], mask)
@@ -586,7 +596,7 @@ def test_bf16_autocast_runs_with_finite_losses(tiny_causal_lm_dir, prompts_file,
 
 def test_bf16_base_weights_with_a_float32_adapter(tiny_causal_lm_dir, prompts_file, tmp_path):
     from rewardtune.run import start_run
-    from rewardtune.train.rl_generate import setup_policy
+    from rewardtune.train.gen_setup import setup_policy
 
     cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16-base", "model.lora.base_dtype=bfloat16")
     model, tok, _, params, _, _ = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))
@@ -624,8 +634,8 @@ def test_train_rows_under_several_processes_report_the_global_batch(tmp_path):
     from types import SimpleNamespace
 
     from rewardtune.run import RunContext
-    from rewardtune.train.lm_report import TrainBatch, log_train_step
-    from rewardtune.train.rl_generate import global_batch, token_mean_shares
+    from rewardtune.train.lm_report import TrainBatch, global_batch, log_train_step
+    from rewardtune.collectives import token_mean_shares
 
     mine = TrainBatch(torch.tensor([[1.0, 0.0]]), torch.tensor([4, 2]), {"len": torch.tensor([0.5, float("nan")])}, 1)
     other = TrainBatch(torch.tensor([[1.0, 1.0]]), torch.tensor([6, 8]), {"len": torch.tensor([0.25, 0.75])}, 2)

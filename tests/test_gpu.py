@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from rewardtune.config import load_config
-from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+from rewardtune.train.gen_config import GenRLConfig
+from rewardtune.train.rl_generate import train_rl_generate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (on a GPU machine: "
                                 "pytest tests/test_gpu.py)")

@@ -12,8 +12,10 @@ from rewardtune.models import apply_lora, load_causal_lm
 from rewardtune.policies.causal_lm import GenSettings
 from rewardtune.rewards import build_rewards
 from rewardtune.run import start_run
-from rewardtune.train.lm_report import evaluate
-from rewardtune.train.rl_generate import GenRLConfig, length_reward, train_rl_generate
+from rewardtune.train.lm_eval import evaluate_lm
+from rewardtune.train.gen_config import GenRLConfig
+from rewardtune.train.gen_setup import length_reward
+from rewardtune.train.rl_generate import train_rl_generate
 from test_causal_lm_policy import PROMPTS, run_cfg
 
 
@@ -41,11 +43,11 @@ def test_sampled_evaluation_uses_the_same_draws_and_leaves_training_randomness_a
     reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
     gen = GenSettings(max_new_tokens=6, temperature=1.5)
     state = torch.get_rng_state()
-    first = evaluate(run, model, tok, reward, PROMPTS, gen, 0, samples=3)
+    first = evaluate_lm(run, model, tok, reward, PROMPTS, gen, 0, samples=3)
     assert torch.equal(torch.get_rng_state(), state)  # training's random stream is untouched
     torch.rand(5)  # whatever training draws in between ...
-    assert evaluate(run, model, tok, reward, PROMPTS, gen, 1, samples=3) == first  # ... the same draws again
-    greedy = evaluate(run, model, tok, reward, PROMPTS, gen, 2)
+    assert evaluate_lm(run, model, tok, reward, PROMPTS, gen, 1, samples=3) == first  # ... the same draws again
+    greedy = evaluate_lm(run, model, tok, reward, PROMPTS, gen, 2)
     assert set(first) == {"reward", "length_words", "distinct_1", "distinct_2", "kl", "ref_perplexity"}
     assert "kl_greedy" in greedy and "kl" not in greedy and first["kl"] > 0  # k3: never negative
     rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
@@ -56,18 +58,18 @@ def test_sampled_evaluation_uses_the_same_draws_and_leaves_training_randomness_a
 
 def test_tempered_evaluation_takes_one_reference_pass(tiny_causal_lm_dir, tmp_path):
     """At τ ≠ 1 the KL needs log π_ref at τ and the perplexity at 1: both come from one reference pass."""
-    from rewardtune.train import lm_report
+    from rewardtune.train import lm_eval
 
     model = apply_lora(load_causal_lm(str(tiny_causal_lm_dir))[0], LoraSettings(r=4, alpha=8))
     tok = load_causal_lm(str(tiny_causal_lm_dir))[1]
     run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
     reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "none", "raise")
     seen = []
-    real = lm_report.reference_logprobs_at
-    with mock.patch.object(lm_report, "reference_logprobs_at", lambda *a: seen.append(a[3]) or real(*a)):
-        evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4, temperature=1.5), 0, samples=2)
-        evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4, temperature=1.5), 0)  # greedy
-        evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4), 0, samples=2)
+    real = lm_eval.reference_logprobs_at
+    with mock.patch.object(lm_eval, "reference_logprobs_at", lambda *a: seen.append(a[3]) or real(*a)):
+        evaluate_lm(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4, temperature=1.5), 0, samples=2)
+        evaluate_lm(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4, temperature=1.5), 0)  # greedy
+        evaluate_lm(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=4), 0, samples=2)
     assert seen == [(1.5, 1.0), (1.0,), (1.0,)]
 
 
@@ -139,7 +141,7 @@ def test_the_frozen_reference_is_placed_on_the_accelerator_s_device(tiny_causal_
     """The copy is made before `prepare` moves the policy; it must follow to the policy's device (a GPU in a real
     run; here the meta device stands in for one)."""
     from rewardtune.train.common import setup_reference
-    from rewardtune.train.rl_generate import GenRLSettings
+    from rewardtune.train.gen_config import GenRLSettings
 
     model, _ = load_causal_lm(str(tiny_causal_lm_dir))
     with setup_reference(model, GenRLSettings(kl_coef=0.1), torch.device("meta"))() as ref:
@@ -149,7 +151,7 @@ def test_the_frozen_reference_is_placed_on_the_accelerator_s_device(tiny_causal_
 
 
 def test_distinct_n_by_hand():
-    from rewardtune.train.lm_report import _distinct
+    from rewardtune.train.lm_eval import _distinct
 
     words = [["a", "b", "a"], ["a", "b"], []]
     # unigrams: a b a a b → {a, b}: 2 / 5; bigrams: (a b) (b a) (a b) → 2 distinct / 3
@@ -176,7 +178,7 @@ def test_greedy_kl_and_perplexity_are_the_reference_model_s_own(tiny_causal_lm_d
 
     base, tok, model, run, reward = moved_policy(tiny_causal_lm_dir, tmp_path)
     gen = GenSettings(max_new_tokens=6, temperature=1.5)  # greedy evaluation: perplexity and KL at temperature 1
-    got = evaluate(run, model, tok, reward, PROMPTS, gen, 0)
+    got = evaluate_lm(run, model, tok, reward, PROMPTS, gen, 0)
     ro = sample(model, tok, PROMPTS, 1, gen, 100, greedy=True)
     mask = ro.completion_mask.bool()
     with torch.no_grad():
@@ -193,11 +195,11 @@ def test_sampled_kl_and_perplexity_at_a_temperature_are_the_reference_model_s_ow
     model's own at 1; recomputed from the same draws with the base model without peft."""
     from rewardtune.algorithms import kl_k3
     from rewardtune.policies.causal_lm import sample, token_logprobs
-    from rewardtune.train.lm_report import EVAL_SEED_OFFSET
+    from rewardtune.train.lm_eval import EVAL_SEED_OFFSET
 
     base, tok, model, run, reward = moved_policy(tiny_causal_lm_dir, tmp_path)
     gen = GenSettings(max_new_tokens=6, temperature=1.5)
-    got = evaluate(run, model, tok, reward, PROMPTS, gen, 0, samples=2)
+    got = evaluate_lm(run, model, tok, reward, PROMPTS, gen, 0, samples=2)
     torch.manual_seed(run.seed + EVAL_SEED_OFFSET)  # the evaluation's draws
     ro = sample(model, tok, PROMPTS, 2, gen, 10**9)
     mask = ro.completion_mask.bool()
@@ -215,7 +217,7 @@ def test_held_out_rewards_are_raw_and_do_not_feed_training_s_normalisation(tiny_
     model, tok = load_causal_lm(str(tiny_causal_lm_dir))
     run = start_run(GenRLConfig(), "eval", tmp_path, seed=3)
     reward = build_rewards(("length",), (), {"length": lambda: length_reward}, "running", "raise")
-    got = evaluate(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=6), 0)
+    got = evaluate_lm(run, model, tok, reward, PROMPTS, GenSettings(max_new_tokens=6), 0)
     assert reward.stats == {}  # nothing seen: the running statistics are training's alone
     ro = sample(model, tok, PROMPTS, 1, GenSettings(max_new_tokens=6), 100, greedy=True)
     assert got["reward"] == pytest.approx(sum(length_reward([], ro.completions)) / len(PROMPTS))  # raw, not z-scored

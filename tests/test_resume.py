@@ -15,7 +15,8 @@ from rewardtune.config import ConfigError, load_config
 from rewardtune.rewards import RewardError
 from rewardtune.train.reward_model import RMConfig, train_reward_model
 from rewardtune.train.rl_classifier import RLClassifierConfig, train_rl_classifier
-from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+from rewardtune.train.gen_config import GenRLConfig
+from rewardtune.train.rl_generate import train_rl_generate
 from rewardtune.train.sft import SFTConfig, train_sft
 
 WORDS = {"pos": "good great fun loved".split(), "neg": "bad awful dull hated".split()}
@@ -203,7 +204,7 @@ def test_a_failed_checkpoint_write_is_a_checkpoint_error_and_a_bug_is_itself(tmp
     CheckpointError (with its type), while a bug such as a TypeError keeps its own type and traceback."""
     from rewardtune.checkpoint import CheckpointSettings, Checkpointer, StopGuard
     from rewardtune.run import start_run
-    from rewardtune.train.rl_generate import GenRLConfig
+    from rewardtune.train.gen_config import GenRLConfig
 
     cfg = load_config(GenRLConfig, None, [f"runs_dir={tmp_path}", "name=w", "data.path=demo-prompts"])
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)

@@ -80,7 +80,8 @@ def test_a_reward_breaking_the_checks_themselves_is_a_reward_error():
 
 
 def test_generative_rl_skips_failed_samples_and_counts_them(tiny_causal_lm_dir, tmp_path):
-    from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+    from rewardtune.train.gen_config import GenRLConfig
+    from rewardtune.train.rl_generate import train_rl_generate
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abcdefgh"))

@@ -224,7 +224,8 @@ def test_the_centring_mean_counts_every_process_but_a_filler_share():
 def test_generative_rl_with_a_reward_model_and_a_second_reward_logs_each(pairwise_rm, tiny_causal_lm_dir, tmp_path):
     """A causal-LM policy scored by the tiny BERT reward model (its own tokenizer) plus the length reward: the total
     is their weighted sum, each component is logged (mean and std), and samples.jsonl carries every component."""
-    from rewardtune.train.rl_generate import GenRLConfig, train_rl_generate
+    from rewardtune.train.gen_config import GenRLConfig
+    from rewardtune.train.rl_generate import train_rl_generate
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the film was", "i really", "the plot", "a"]))

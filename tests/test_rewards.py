@@ -366,7 +366,8 @@ def test_a_classifier_rl_reward_may_be_a_callable():
 
 
 def test_a_generative_rl_reward_may_be_a_callable():
-    from rewardtune.train.gen_setup import GenRLSettings, setup_reward
+    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.gen_setup import setup_reward
 
     reward = setup_reward(GenRLSettings(rewards=("length", my_reward)))
     assert list(reward.fns) == ["length", "my_reward"] and reward.fns["my_reward"] is my_reward

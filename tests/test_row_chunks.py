@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -16,8 +17,13 @@ from rewardtune.policies.causal_lm import GenSettings, sample, token_logprobs, t
 from rewardtune.train import ppo as ppo_module
 from rewardtune.train.pg_update import no_grad_rows, reference_logprobs, reference_logprobs_at
 from rewardtune.policies.causal_lm import completion_logits
-from rewardtune.train.ppo import PPOSettings, ValueHead, average_gradients, logprobs_and_values, old_values, ppo_update
-from rewardtune.train.rl_generate import GenRLConfig, GenRLSettings, setup_reference, train_rl_generate
+from rewardtune.train.gen_config import PPOSettings
+from rewardtune.train.ppo import ValueHead, logprobs_and_values, old_values, ppo_update
+from rewardtune.collectives import average_gradients
+from rewardtune.train.gen_config import GenRLConfig, GenRLSettings
+from rewardtune.train.common import setup_reference
+from rewardtune.train.gen_setup import update_plan
+from rewardtune.train.rl_generate import train_rl_generate
 
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]  # different lengths
 
@@ -104,8 +110,7 @@ def test_reference_pass_in_row_chunks_equals_one_pass(policy):
     seen = []
     with mock.patch("rewardtune.train.pg_update.token_logprobs_at",
                     side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or token_logprobs_at(*a, **k)):
-        chunked = reference_logprobs(model, ref, ro, 1.0, rows=no_grad_rows(GenRLSettings(samples_per_prompt=3,
-                                                                                          inference_batch_size=7)))
+        chunked = reference_logprobs(model, ref, ro, 1.0, rows=no_grad_rows(3, 7))  # K = 3, 7 rows asked
     assert seen == [6, 6]  # 7 rows rounded down to whole groups of 3
     assert torch.allclose(whole, chunked, atol=1e-6)
     with model.disable_adapter():  # and it is the reference's, not the policy's
@@ -143,7 +148,7 @@ def test_reference_at_two_temperatures_is_one_pass_equal_to_two(policy, chunked_
 
 
 def test_no_grad_rows_are_whole_prompt_groups():
-    rows = lambda n, k: no_grad_rows(GenRLSettings(samples_per_prompt=k, inference_batch_size=n))  # noqa: E731
+    rows = lambda n, k: no_grad_rows(k, n)  # noqa: E731
     assert (rows(0, 4), rows(16, 4), rows(18, 4), rows(3, 4), rows(5, 1)) == (0, 16, 16, 4, 5)
 
 
@@ -198,7 +203,8 @@ def test_ppo_micro_batches_do_not_change_the_steps(policy, micro):
                 p.grad = None
         torch.manual_seed(7)  # the same minibatch permutations
         stats = ppo_update(lambda loss: loss.backward(), step, model, head, ro, scores, None, 0.0, ppo,
-                           GenSettings(max_new_tokens=5), micro_batch_size=mb, rows=2)
+                           replace(update_plan(GenRLSettings(algorithm="ppo"), GenSettings(max_new_tokens=5), ppo),
+                                   micro_batch_size=mb, no_grad_rows=2))
         runs.append((grads, losses, stats))
     (g0, l0, s0), (g1, l1, s1) = runs
     assert len(g0) == len(g1) == 4
@@ -247,7 +253,7 @@ def test_ppo_over_two_processes_takes_one_global_token_mean(policy):
 
     def grads(net, value_head, rows, all_sum):
         ppo_update(lambda loss: loss.backward(), lambda loss: None, net, value_head, ro.rows(rows), scores[rows], None,
-                   0.0, ppo, GenSettings(max_new_tokens=6), all_sum)
+                   0.0, ppo, update_plan(GenRLSettings(algorithm="ppo"), GenSettings(max_new_tokens=6), ppo), all_sum)
         return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
     full = grads(copy.deepcopy(model), copy.deepcopy(head), slice(0, 8), None)

@@ -31,8 +31,10 @@ def profile_ops(what: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from rewardtune.policies.causal_lm import GenSettings, sample
+    from rewardtune.train.gen_setup import update_plan
     from rewardtune.train.pg_update import accumulate_gradients
-    from rewardtune.train.rl_generate import GenRLSettings, setup_reference
+    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.common import setup_reference
 
     model, tok = policy()
     rl, gen = GenRLSettings(kl_coef=0.04), GenSettings(max_new_tokens=32)
@@ -43,7 +45,7 @@ def profile_ops(what: str) -> None:
         if what in ("sample", "generate"):
             sample(model, tok, PROMPTS, 4, replace(gen, fast_decode=what == "sample"), 2000)
         else:
-            accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, rl, gen)
+            accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen), rl.kl_coef)
             model.zero_grad(set_to_none=True)
     once()  # warm-up (packing, oneDNN primitives)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

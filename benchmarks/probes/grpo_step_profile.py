@@ -48,8 +48,10 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     from rewardtune.policies.causal_lm import GenSettings, sample
     from rewardtune.prepack import prepack_frozen_linears
     from rewardtune.rewards import reward_model
+    from rewardtune.train.gen_setup import update_plan
     from rewardtune.train.pg_update import accumulate_gradients, reference_logprobs
-    from rewardtune.train.rl_generate import GenRLSettings, setup_reference
+    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.common import setup_reference
 
     return_freed_memory()  # reads REWARDTUNE_MMAP_THRESHOLD_MB, as start_run does
     if not share:  # every row its own group: the one-pass forward (what rewardtune did before sharing prompts)
@@ -80,7 +82,7 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     adv, times = torch.randn(16), []
     for _ in range(args.repeat):  # the update includes its own reference passes (KL loss term)
         t = time.time()
-        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, rl, gen)
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen), rl.kl_coef)
         times.append(time.time() - t)
         model.zero_grad(set_to_none=True)
     out |= {"s_update_min": min(times), "s_update_all": times, "rss_end": rss()}
@@ -185,8 +187,10 @@ def reference_once_ab(repeat: int) -> dict:
     from rewardtune.memory import cap_onednn_cache
     from rewardtune.models import apply_lora, load_causal_lm
     from rewardtune.policies.causal_lm import GenSettings, sample
+    from rewardtune.train.gen_setup import update_plan
     from rewardtune.train.pg_update import accumulate_gradients, policy_loss, reference_logprobs
-    from rewardtune.train.rl_generate import GenRLSettings, setup_reference
+    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.common import setup_reference
 
     cap_onednn_cache()
     model, tok = load_causal_lm("smollm2-135m-instruct", torch.bfloat16)
@@ -198,7 +202,7 @@ def reference_once_ab(repeat: int) -> dict:
 
     def once_first() -> float:
         t = time.time()
-        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, rl, gen)
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen), rl.kl_coef)
         model.zero_grad(set_to_none=True)
         return time.time() - t
 
@@ -207,7 +211,7 @@ def reference_once_ab(repeat: int) -> dict:
         for s in range(0, 16, 4):
             rows = ro.rows(slice(s, s + 4))
             ref_logp = reference_logprobs(model, ref, rows, gen.temperature)
-            policy_loss(model, rows, adv[s:s + 4], ro.completion_mask, rl, gen, ref_logp=ref_logp)[0].backward()
+            policy_loss(model, rows, adv[s:s + 4], ro.completion_mask, update_plan(rl, gen), rl.kl_coef, ref_logp=ref_logp)[0].backward()
         model.zero_grad(set_to_none=True)
         return time.time() - t
     once_first(), per_micro_batch()

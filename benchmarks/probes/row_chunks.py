@@ -29,7 +29,8 @@ def child(rows: int, prompts: int, k: int, tokens: int) -> dict:
 
     from rewardtune.policies.causal_lm import GenSettings, sample
     from rewardtune.train.pg_update import reference_logprobs
-    from rewardtune.train.rl_generate import GenRLSettings, setup_reference
+    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.common import setup_reference
 
     torch.manual_seed(0)
     model, tok, _ = trained_lora_policy("f32")

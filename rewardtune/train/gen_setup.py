@@ -4,15 +4,14 @@ Each step is a function a user can replace without copying the loop (`rl_generat
 """
 from __future__ import annotations
 
+import functools
 import random
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
 from ..algorithms import get_kl_controller
-from ..checkpoint import CheckpointSettings
-from ..config import DataSettings, ModelSettings, doc, nested
+from ..algorithms.objectives import Objective
 from ..data import load_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
 from ..policies.causal_lm import GenSettings, format_prompts, stop_check, without_dropout
@@ -22,81 +21,10 @@ from ..rewards import text as text_rewards
 from ..collectives import failed_ranks, gather_to_cpu
 from ..run import RunContext
 from .common import setup_reference
-from .lm_report import EVAL_METRICS
-from .ppo import PPOSettings, ValueHead
-
-
-@dataclass(frozen=True)
-class GenRLSettings:
-    """Algorithm, batch and KL settings for generative RL."""
-
-    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = doc("grpo", "estimator (ppo: value head + GAE)")
-    prompts_per_step: int = doc(4, "P: prompts per step")
-    samples_per_prompt: int = doc(4, "K: completions per prompt (B = P·K per step)")
-    micro_batch_size: int = doc(0, "rows per forward/backward (0 = B; PPO: its minibatch); never changes the update")
-    inference_batch_size: int = doc(0, "rows per pass without gradient: sampling, reference and PPO value passes, "
-                                       "held-out evaluation (0 = all at once; whole prompt groups); memory only")
-    steps: int = doc(20, "optimiser steps")
-    lr: float = doc(1e-4, "AdamW learning rate (constant)")
-    max_grad_norm: float = doc(1.0, "gradient clipping (0 = off)")
-    aggregation: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = doc(
-        "auto", "how token losses become one number (auto: seq_mean_token_sum for dr_grpo, else seq_mean_token_mean)")
-    baseline: Literal["none", "mean", "ema"] = doc("mean", "reinforce: baseline")
-    kl_coef: float = doc(0.04, "β of the KL to the reference policy (0 = no reference)")
-    kl_estimator: Literal["auto", "k1", "k2", "k3"] = doc("auto", "per-token KL estimator (auto: k1 for ppo, else k3)")
-    kl_mode: Literal["auto", "loss", "reward"] = doc(
-        "auto", "KL as a loss term or a penalty in the reward (auto: reward for ppo, else loss)")
-    kl_target: float = doc(0.0, "adaptive β (Ziegler et al. 2019): the per-token KL to hold; 0 = fixed β")
-    kl_horizon: int = doc(10000, "adaptive β: samples over which β may change by ±20%")
-    rewards: tuple = doc(("length",), "reward functions (built-ins or module:function)")
-    reward_weights: tuple = doc((), "one weight per reward")
-    reward_normalize: Literal["none", "running", "rank"] = doc("none", "per-reward normalisation before weighting")
-    on_reward_error: Literal["raise", "skip"] = doc(
-        "raise", "a reward that raises or gives NaN: stop showing the sample, or drop that sample (counted)")
-    regex: str = doc("", "pattern for the `regex` reward (1 if the completion matches)")
-    target_length: int = doc(20, "target words for the `length_penalty` reward")
-    eval_every: int = doc(10, "steps between held-out evaluations (0 = only at the end)")
-    eval_prompts: int = doc(16, "held-out prompts evaluated")
-    eval_samples: int = doc(0, "held-out completions per prompt: 0 = one greedy; K = K sampled at gen.temperature "
-                               "(the same draws at every evaluation)")
-    best_metric: str = doc("reward", "held-out metric that picks checkpoints/best: reward, kl (sampled) or kl_greedy, "
-                                     "ref_perplexity, distinct_1, distinct_2, length_words")
-    best_mode: Literal["max", "min"] = doc("max", "whether a larger or a smaller best_metric is better")
-    sample_every: int = doc(5, "steps between samples.jsonl rows")
-    log_every: int = doc(1, "steps between metrics.jsonl rows")
-    mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
-    gradient_checkpointing: bool = doc(False, "keep only each layer's input for the backward pass and recompute the rest "
-                                       "(less memory, one more forward's compute)")
-
-    def resolved(self) -> GenRLSettings:
-        """These settings with `auto` made the algorithm's own choice: Dr. GRPO's per-sequence token sum over a
-        constant length (Liu et al. 2025); PPO's k1 penalty in the reward (Ziegler et al. 2019); the others' k3 as a
-        loss term (GRPO). A run resolves them before its config.yaml is written, so the file says what ran; the
-        functions a user may call directly resolve on entry, which is then free (the same object back)."""
-        if "auto" not in (self.aggregation, self.kl_mode, self.kl_estimator):
-            return self
-        agg, ppo = self.aggregation, self.algorithm == "ppo"
-        if agg == "auto":
-            agg = "seq_mean_token_sum" if self.algorithm == "dr_grpo" else "seq_mean_token_mean"
-        mode = self.kl_mode if self.kl_mode != "auto" else "reward" if ppo else "loss"
-        estimator = self.kl_estimator if self.kl_estimator != "auto" else "k1" if ppo else "k3"
-        return replace(self, aggregation=agg, kl_mode=mode, kl_estimator=estimator)
-
-
-@dataclass(frozen=True)
-class GenRLConfig:
-    """`rewardtune rl` with `policy: causal-lm`."""
-
-    model: ModelSettings = nested(lambda: ModelSettings(name="smollm2-135m-instruct"), "causal LM to fine-tune")
-    data: DataSettings = nested(lambda: DataSettings(path="demo-prompts", label_column=""), "prompts")
-    gen: GenSettings = nested(GenSettings, "sampling")
-    rl: GenRLSettings = nested(GenRLSettings, "algorithm, batch, KL, rewards")
-    ppo: PPOSettings = nested(PPOSettings, "PPO epochs, minibatches, clipping, GAE (rl.algorithm=ppo)")
-    ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
-    policy: Literal["causal-lm"] = doc("causal-lm", "what the action is (a completion)")
-    runs_dir: str = doc("runs", "folder holding run folders")
-    name: str = doc("rl-lm", "run folder name")
-    seed: int = doc(0, "global seed")
+from .gen_config import GenRLConfig, GenRLSettings, PPOSettings
+from .lm_eval import EVAL_METRICS
+from .pg_update import UpdatePlan, no_grad_rows
+from .ppo import ValueHead
 
 
 def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
@@ -104,14 +32,18 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
     return [min(len(c.split()), 10) / 10 for c in completions]
 
 
+# The generative built-in rewards by name: each factory takes the run's settings (some read a field of them).
+BUILTIN_REWARDS: dict[str, Callable[[GenRLSettings], Any]] = {
+    "length": lambda rl: length_reward, "lexicon": lambda rl: text_rewards.lexicon(),
+    "regex": lambda rl: text_rewards.regex(rl.regex), "length_penalty": lambda rl: text_rewards.length_penalty(rl.target_length),
+}
+
+
 def setup_reward(rl: GenRLSettings, accelerator: Any = None) -> CombinedReward:
     """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER (run on
     the accelerator's device, the policy's), module:fn. Under several processes, normalisation sees the global
     batch, and a reward that fails on one process fails on all, at the same call (they checkpoint and stop together)."""
-    builtins: dict[str, Callable[[], Any]] = {
-        "length": lambda: length_reward, "lexicon": text_rewards.lexicon,
-        "regex": lambda: text_rewards.regex(rl.regex), "length_penalty": lambda: text_rewards.length_penalty(rl.target_length),
-    }
+    builtins = {name: functools.partial(make, rl) for name, make in BUILTIN_REWARDS.items()}
     device = None if accelerator is None else accelerator.device
     reward = build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
     if accelerator is not None and accelerator.num_processes > 1:
@@ -217,3 +149,17 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     if lora.r > 0 and lora.prepack and cfg.rl.mixed_precision == "no":
         prepack_policy(run.accelerator.unwrap_model(model), run.print)
     return model, tok, head, params, optim, ref
+
+
+def update_plan(rl: GenRLSettings, gen: GenSettings, ppo: PPOSettings | None = None) -> UpdatePlan:
+    """What every step's update uses, from the run's settings with `auto` resolved (once, here)."""
+    rl, ppo = rl.resolved(), ppo or PPOSettings()
+    is_ppo = rl.algorithm == "ppo"  # PPO clips the ratio of its minibatch steps and always takes token means
+    objective = Objective(aggregation="token_mean" if is_ppo else rl.aggregation, max_len=gen.max_new_tokens,
+                          kl_estimator=rl.kl_estimator, clip_eps=ppo.clip_eps if is_ppo else None,
+                          clip_eps_high=(ppo.clip_eps_high or None) if is_ppo else None,
+                          dual_clip=(ppo.dual_clip or None) if is_ppo else None)
+    return UpdatePlan(objective, kl_in_reward=rl.kl_mode == "reward", temperature=gen.temperature,
+                      micro_batch_size=rl.micro_batch_size,
+                      no_grad_rows=no_grad_rows(rl.samples_per_prompt, rl.inference_batch_size),
+                      share_prompt=rl.samples_per_prompt > 1, max_grad_norm=rl.max_grad_norm)

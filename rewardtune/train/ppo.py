@@ -13,26 +13,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..algorithms import (clipped_surrogate, entropy_from_logits, gae, get_kl_estimator, kl_loss, kl_penalized_rewards,
-                          logprobs_from_logits, masked_mean, masked_sum, masked_whiten, value_loss)
-from ..config import doc
-from ..policies.causal_lm import GenSettings, Rollout, chunkable_head, completion_logits
+from ..algorithms import (entropy_from_logits, gae, get_kl_estimator, kl_penalized_rewards, logprobs_from_logits,
+                          masked_mean, masked_sum, masked_whiten, value_loss)
+from ..algorithms.objectives import pg_objective
+from ..collectives import average_gradients
+from ..policies.causal_lm import Rollout, chunkable_head, completion_logits
 from ..policies.head import chunked_token_logprobs
 from ..policies.positions import position_ids
-
-
-@dataclass(frozen=True)
-class PPOSettings:
-    """PPO-only settings (used when rl.algorithm=ppo)."""
-
-    epochs: int = doc(2, "passes over each rollout")
-    minibatches: int = doc(2, "minibatches per pass")
-    clip_eps: float = doc(0.2, "policy ratio clip ε")
-    value_clip: float = doc(0.2, "value clip (0 = none)")
-    vf_coef: float = doc(0.1, "weight of the value loss")
-    gamma: float = doc(1.0, "discount over tokens")
-    lam: float = doc(0.95, "GAE λ")
-    whiten_advantages: bool = doc(True, "normalise token advantages over the batch")
+from ..run import RunContext
+from .gen_config import PPOSettings
+from .pg_update import UpdatePlan, plan_reference
 
 
 class ValueHead(torch.nn.Module):
@@ -80,13 +70,6 @@ def old_values(model: Any, head: ValueHead, ro: Rollout, rows: int = 0) -> torch
                           for r in ro.chunks(rows)])  # pieces (b, T)
 
 
-def average_gradients(params: list, mean: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Replace each gradient by its mean over processes (`mean`): for the value head, which DDP does not wrap."""
-    for p in params:
-        if p.grad is not None:
-            p.grad = mean(p.grad)
-
-
 def token_advantages(ro: Rollout, scores: torch.Tensor, ref: torch.Tensor, values0: torch.Tensor, beta: float,
                      kl_estimator: str, ppo: PPOSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,44 +91,41 @@ class Targets:
     ref: torch.Tensor  # the reference's log-probs (the rollout's own when there is no reference)
 
 
-def micro_batch_loss(model: Any, head: ValueHead, ro: Rollout, idx: torch.Tensor, fit: Targets, gen: GenSettings,
-                     ppo: PPOSettings, kl_coef: float, kl_estimator: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Rows `idx`: the clipped surrogate + vf_coef × the clipped value loss (+ kl_coef × the KL estimator, with the
-    KL in the loss), each a token mean; and their stats (no gradient)."""
+def micro_batch_loss(model: Any, head: ValueHead, ro: Rollout, idx: torch.Tensor, fit: Targets, plan: UpdatePlan,
+                     ppo: PPOSettings, kl_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Rows `idx`: the clipped objective (`pg_objective` with the rollout's log-probs as π_old; + kl_coef × the KL
+    estimator, with the KL in the loss) + vf_coef × the clipped value loss, each a token mean; and their stats
+    (no gradient)."""
     T, m = ro.completion_ids.shape[1], ro.completion_mask[idx]
     logp, values, ent = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
-                                            gen.temperature)  # (b, T) each
-    pl, cst = clipped_surrogate(logp, ro.logprobs[idx], fit.adv[idx], m, ppo.clip_eps)
+                                            plan.temperature)  # (b, T) each
+    pl, pst = pg_objective(logp, fit.adv[idx], m, plan.objective, old_logprobs=ro.logprobs[idx],
+                           ref_logprobs=fit.ref[idx], beta=kl_coef)
     vl, vst = value_loss(values, fit.values0[idx], fit.returns[idx], m, ppo.value_clip or None)
-    if kl_coef:  # the current policy's KL, a token mean like the surrogate
-        pl = pl + kl_loss(logp, fit.ref[idx], m, kl_coef, kl_estimator, "token_mean")[0]
-    stats = {"loss": pl, "value_loss": vl, "clip_frac": cst.clip_frac, "approx_kl": cst.approx_kl,
+    stats = {"loss": pl, "value_loss": vl, "clip_frac": pst["clip_frac"], "approx_kl": pst["approx_kl"],
              "value_clip_frac": vst.clip_frac, "entropy": masked_mean(ent, m)}
     return pl + ppo.vf_coef * vl, {k: v.detach() for k, v in stats.items()}
 
 
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
                head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
-               ppo: PPOSettings, gen: GenSettings, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               micro_batch_size: int = 0, rows: int = 0, kl_estimator: str = "k1",
-               kl_mode: str = "reward", no_sync: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
+               ppo: PPOSettings, plan: UpdatePlan, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               no_sync: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates; the stats are means over them.
     scores (B,).
 
     `all_sum` (a sum over processes) makes the advantage whitening and the token means the global batch's. Each
-    minibatch's gradient is accumulated over micro-batches of `micro_batch_size` rows (0 = the minibatch), each weighted
-    by its share of the minibatch's tokens, so the step is the same (all losses are token means; tested).
-    `rows`: rows per pass of the no-gradient value pass (0 = all). The KL (`kl_estimator`) to `ref_logprobs`
-    goes into the token rewards (`kl_mode="reward"`) or into each minibatch's loss (`"loss"`). `no_sync`: DDP's
-    all-reduce held back for every micro-batch of a minibatch but the last (as pg_update.accumulate_gradients)."""
-    if kl_mode not in ("reward", "loss"):
-        raise ValueError(f"kl_mode={kl_mode!r}: expected 'reward' or 'loss' (resolve 'auto' with GenRLSettings.resolved)")
-    mask = ro.completion_mask
+    minibatch's gradient is accumulated over micro-batches of `plan.micro_batch_size` rows (0 = the minibatch), each
+    weighted by its share of the minibatch's tokens, so the step is the same (all losses are token means; tested).
+    `plan.no_grad_rows`: rows per pass of the no-gradient value pass (0 = all). The KL (`plan.objective.kl_estimator`)
+    to `ref_logprobs` goes into the token rewards (`plan.kl_in_reward`) or into each minibatch's objective. `no_sync`:
+    DDP's all-reduce held back for every micro-batch of a minibatch but the last (as pg_update.accumulate_gradients)."""
+    mask, kl_estimator = ro.completion_mask, plan.objective.kl_estimator
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
-    values0 = old_values(model, head, ro, rows)  # (B, T)
-    adv, returns = token_advantages(ro, scores, ref, values0, beta if kl_mode == "reward" else 0.0, kl_estimator, ppo,
+    values0 = old_values(model, head, ro, plan.no_grad_rows)  # (B, T)
+    adv, returns = token_advantages(ro, scores, ref, values0, beta if plan.kl_in_reward else 0.0, kl_estimator, ppo,
                                     all_sum)  # (B, T), (B, T)
-    fit, kl_coef = Targets(adv, returns, values0, ref), beta if kl_mode == "loss" else 0.0
+    fit, kl_coef = Targets(adv, returns, values0, ref), 0.0 if plan.kl_in_reward else beta
     B = mask.shape[0]
     size = -(-B // ppo.minibatches)
     sums: dict[str, float] = {}
@@ -157,11 +137,11 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
             here = mask[perm].sum().float()
             tokens = (float(here) if all_sum is None else float(all_sum(here)) / world) or 1.0
             stats = dict.fromkeys(("loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy"), 0.0)
-            micro = perm.split(micro_batch_size or len(perm))
+            micro = perm.split(plan.micro_batch_size or len(perm))
             for i, idx in enumerate(micro):
                 w = float(mask[idx].sum()) / tokens  # this micro-batch's share of the minibatch's tokens
                 with nullcontext() if i == len(micro) - 1 else no_sync():
-                    loss, mst = micro_batch_loss(model, head, ro, idx, fit, gen, ppo, kl_coef, kl_estimator)
+                    loss, mst = micro_batch_loss(model, head, ro, idx, fit, plan, ppo, kl_coef)
                     backward(w * loss)
                 for k, v in mst.items():
                     stats[k] += w * float(v)  # shares: their mean over processes is the token mean
@@ -173,3 +153,25 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     kl = get_kl_estimator(kl_estimator)(ro.logprobs, ref)  # (B, T): the rollout's, a share as the stats above
     out["kl"] = float(masked_sum(kl, mask)) / max(per_process, 1.0)
     return out
+
+
+def ppo_step(run: RunContext, model: Any, head: ValueHead, optim: Any, params: list, ref: Callable[[], Any],
+             ro: Rollout, scores: torch.Tensor, plan: UpdatePlan, ppo: PPOSettings, beta: float,
+             ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
+    """The update of one PPO step: reference log-probs for the KL, then PPO's epochs of minibatch updates. scores (B,)."""
+    acc = run.accelerator
+    with acc.autocast():  # bf16 mixed precision: the chunked LM head runs outside the prepared forward
+        ref_logp = plan_reference(model, ref, ro, plan) if beta else None  # (B, T)
+
+    def step(loss: torch.Tensor) -> None:
+        with torch.autocast(acc.device.type, enabled=False):  # the optimiser step is not a forward pass
+            if acc.num_processes > 1:  # as DDP averages the policy's gradients
+                average_gradients(list(head.parameters()), lambda g: acc.reduce(g, "mean"))
+            norm = torch.nn.utils.clip_grad_norm_(params, plan.max_grad_norm or float("inf"))
+            if ok(loss, norm):
+                optim.step()
+            optim.zero_grad(set_to_none=True)
+    all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
+    with acc.autocast():
+        return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp, beta, ppo,
+                          plan, all_sum, lambda: acc.no_sync(model))

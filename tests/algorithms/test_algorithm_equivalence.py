@@ -6,12 +6,14 @@
 """
 
 import math
+import typing
 
 import pytest
 import torch
 
 from rewardtune.algorithms import advantages as adv
 from rewardtune.algorithms import kl, losses, ops
+from rewardtune.algorithms.objectives import OBJECTIVES, Objective, pg_objective
 
 F64 = torch.float64
 
@@ -170,3 +172,67 @@ def test_dr_grpo_loss_matches_paper_formula(seed):
     lists = [x.tolist() for x in (logp, old, rewards, lengths)]
     expected = dr_grpo_reference(*lists, group, eps, max_len)
     assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+# ---------------------------------------------------------------- the objective in one function (objectives.py)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pg_objective_is_grpo_s_paper_formula(seed):
+    """The whole GRPO loss of Shao et al. eq. 3 is `pg_objective` with a clipped ratio and β·k3."""
+    logp, old, ref, rewards, lengths, mask = rollout(seed)
+    group, eps, beta = 4, 0.2, 0.04
+    a = adv.get_advantage_fn("grpo")(rewards, group_size=group)
+    objective = Objective("seq_mean_token_mean", kl_estimator="k3", clip_eps=eps)
+    loss, stats = pg_objective(logp, a, mask, objective, old_logprobs=old, ref_logprobs=ref, beta=beta)
+    expected = grpo_reference(*[x.tolist() for x in (logp, old, ref, rewards, lengths)], group, eps, beta)
+    assert 0 < stats["clip_frac"] < 1
+    assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pg_objective_with_one_update_per_rollout_is_the_formula_at_ratio_one(seed):
+    """rewardtune's GRPO makes one update per rollout, so π_old = π_θ: `old_logprobs=None` gives the paper's loss
+    with old = logp (ratio 1, no clipping) in value and in gradient."""
+    logp, _, ref, rewards, lengths, mask = rollout(seed)
+    group, beta = 4, 0.04
+    a = adv.get_advantage_fn("grpo")(rewards, group_size=group)
+    objective = Objective("seq_mean_token_mean", kl_estimator="k3")
+    theta = logp.clone().requires_grad_(True)
+    loss, _ = pg_objective(theta, a, mask, objective, ref_logprobs=ref, beta=beta)
+    (grad,) = torch.autograd.grad(loss, theta)
+    lists = [x.tolist() for x in (logp, logp, ref, rewards, lengths)]
+    assert loss.item() == pytest.approx(grpo_reference(*lists, group, 0.2, beta), rel=1e-10, abs=1e-12)
+    clipped = theta.detach().clone().requires_grad_(True)  # the paper's form with π_old = π_θ, detached
+    ref_loss, _ = pg_objective(clipped, a, mask, Objective("seq_mean_token_mean", kl_estimator="k3", clip_eps=0.2),
+                               old_logprobs=clipped.detach(), ref_logprobs=ref, beta=beta)
+    (ref_grad,) = torch.autograd.grad(ref_loss, clipped)
+    assert torch.allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pg_objective_is_dr_grpo_s_formula(seed):
+    logp, old, _, rewards, lengths, mask = rollout(seed)
+    group, eps, max_len = 4, 0.2, 16
+    a = adv.get_advantage_fn("dr_grpo")(rewards, group_size=group)
+    loss, _ = pg_objective(logp, a, mask, Objective("seq_mean_token_sum", max_len=max_len, clip_eps=eps),
+                           old_logprobs=old)
+    expected = dr_grpo_reference(*[x.tolist() for x in (logp, old, rewards, lengths)], group, eps, max_len)
+    assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_pg_objective_needs_the_reference_when_beta_is_set():
+    logp, _, _, _, _, mask = rollout(0)
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        pg_objective(logp, torch.ones(logp.shape[0], dtype=F64), mask, Objective(), beta=0.1)
+
+
+def test_every_algorithm_has_its_objective_defaults():
+    """The `auto` settings resolve from OBJECTIVES (gen_config.GenRLSettings.resolved reads it)."""
+    from rewardtune.train.gen_config import GenRLSettings
+
+    for name, own in OBJECTIVES.items():
+        got = GenRLSettings(algorithm=name).resolved()
+        assert (got.aggregation, got.kl_estimator, got.kl_mode) == (own.aggregation, own.kl_estimator, own.kl_mode)
+    algorithms = typing.get_args(typing.get_type_hints(GenRLSettings)["algorithm"])
+    assert set(OBJECTIVES) == set(algorithms)  # no algorithm without its defaults, none left over
