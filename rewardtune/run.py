@@ -90,33 +90,51 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     an existing folder is continued from its newest complete checkpoint, once the config is
     checked against the one it was started with.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     set_seed(seed)
     return_freed_memory()  # before the first large tensor: see memory.py
     cap_onednn_cache()  # before the first bf16 matmul: see memory.py
+    accelerator = _accelerator(accelerator_kwargs)
+    run_dir = Path(root) / name
+    resume_from = _resume_point(run_dir, config, accelerator, exist_ok)
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes there
+    _write_config(run_dir, config, accelerator)
+    return RunContext(dir=run_dir, seed=seed, accelerator=accelerator, resume_from=resume_from)
+
+
+def _accelerator(accelerator_kwargs: dict[str, Any] | None) -> Any:
+    """A fresh Accelerator that steps the scheduler once per global step, on the CPU under torchrun without a GPU."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
     # Steps are global (every process takes its share of each global batch), so the scheduler must
     # advance once per optimiser step, not num_processes times as accelerate does by default.
     kwargs = {"step_scheduler_with_optimizer": False, **(accelerator_kwargs or {})}
     if "cpu" not in kwargs and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_gpu():
         kwargs["cpu"] = True  # else, under torchrun without a GPU, every process silently trains alone
-    from accelerate.state import AcceleratorState
-
     # Several runs in one process (the quickstart, a notebook) may ask for different precisions;
     # accelerate keeps one global state and refuses a change, so forget it (the process group,
     # held by PartialState, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(**kwargs)
-    run_dir = Path(root) / name
+    return Accelerator(**kwargs)
+
+
+def _resume_point(run_dir: Path, config: Any, accelerator: Any, exist_ok: bool) -> Path | None:
+    """The checkpoint to continue from (`ckpt.resume=auto` on a started run), None for a fresh start; a non-empty
+    folder without resumption is refused (by every process: none waits for the others)."""
     resume = getattr(getattr(config, "ckpt", None), "resume", "")
-    resume_from = None
     if resume == "auto" and (run_dir / "config.yaml").exists():
-        resume_from = _check_resume(run_dir, config, accelerator.is_main_process)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:  # every process: none waits for the others
+        return _check_resume(run_dir, config, accelerator.is_main_process)
+    if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
         raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pick another name, "
                               "or continue it with ckpt.resume=auto (`--resume RUN_DIR`)")
-    accelerator.wait_for_everyone()  # every process has looked before the main one writes there
+    return None
+
+
+def _write_config(run_dir: Path, config: Any, accelerator: Any) -> None:
+    """The main process checks the folder is writable and writes config.yaml; its failure is raised on every
+    process (a barrier would leave the others waiting)."""
     error: OSError | None = None
     if accelerator.is_main_process:
         try:
@@ -124,7 +142,7 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
             (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
         except OSError as e:
             error = e
-    if accelerator.num_processes > 1:  # the main process's failure, told to all (a barrier would leave them waiting)
+    if accelerator.num_processes > 1:  # the main process's failure, told to all
         from accelerate.utils import broadcast_object_list
 
         problem = broadcast_object_list([str(error) if error else ""])[0]
@@ -132,7 +150,6 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
             raise OSError(f"the main process could not write the run folder: {problem}")
     if error is not None:
         raise error
-    return RunContext(dir=run_dir, seed=seed, accelerator=accelerator, resume_from=resume_from)
 
 
 # Keys that may change between a run and its resumption: they do not change what is being trained.

@@ -15,7 +15,8 @@ import torch
 from accelerate import Accelerator
 
 from rewardtune.algorithms import EMABaseline
-from rewardtune.train.rl_classifier import RLSettings, gather_rows, label_advantages
+from rewardtune.collectives import gather_rows
+from rewardtune.train.rl_classifier import RLSettings, label_advantages
 
 STEPS = [[[1.0, 0.0], [5.0, 5.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]],
          [[0.0, 1.0], [5.0, 5.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]]

@@ -1,7 +1,9 @@
 """Reward-driven fine-tuning of a classifier: the action is a label, π(y|x) is the policy.
 
 One loop for all estimators: batch → logits → estimator loss (from a dict) → KL to the
-initial policy and entropy bonus → update. Each estimator is a short function below.
+initial policy and entropy bonus → update. Each estimator is a short function below, reading
+rollout → score → advantages → loss; the policy's pieces (sampling labels, log-probs, the reference's
+log-probs, exact KL and entropy) are in `policies/classifier.py`.
 """
 from __future__ import annotations
 
@@ -9,16 +11,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
-from ..algorithms import (EMABaseline, entropy_from_logits, expected_reward_loss, masked_mean, pg_loss, reinforce, rloo,
-                          value_loss)
+from ..algorithms import EMABaseline, expected_reward_loss, masked_mean, pg_loss, reinforce, rloo, value_loss
 from ..checkpoint import CheckpointSettings
+from ..collectives import failed_ranks, gather_rows
 from ..config import DataSettings, ModelSettings, doc, nested
+from ..policies import classifier as policy
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
-from ..collectives import failed_ranks
-from ..run import start_run
-from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
-                     setup_model, setup_optimizer, setup_reference, steps_per_epoch)
-from .loop import train_epochs
+from ..run import RunContext, start_run
+from .common import (ClassifierData, OptimSettings, accelerator_kwargs, check_best_metric, encode_examples,
+                     epoch_batches, final_test, report_and_keep_best, setup_data, setup_model, setup_optimizer,
+                     setup_reference, steps_per_epoch)
+from .loop import LoopResult, train_epochs
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torc
     rewards are zeroed and its `keep` is 0 (the estimators mask it out).
     """
     b, k = actions.shape
-    completions = [s.label_names[a] for a in actions.reshape(-1).tolist()]
+    completions = policy.action_texts(actions, s.label_names)  # (b·K,)
     res = s.reward([t for t in s.texts for _ in range(k)], completions, label=[g for g in s.gold for _ in range(k)])
     comps = {f"reward/{n}": torch.nanmean(v) for n, v in res.components.items()}
     keep = torch.ones(b, dtype=torch.bool) if res.dropped is None else ~res.dropped.reshape(b, k).any(-1)
@@ -92,21 +95,17 @@ def _score(s: Step, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torc
 
 def expected(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     """Exact gradient of E_π[R]: every label is scored, nothing is sampled (zero variance)."""
-    b, a = s.logits.shape
-    all_actions = torch.arange(a).expand(b, a)  # (b, A)
-    rewards, comps, _ = _score(s, all_actions)  # (b, A); a dropped row is all zeros: no gradient
+    rewards, comps, _ = _score(s, policy.every_label(s.logits))  # (b, A); a dropped row is all zeros: no gradient
     loss, st = expected_reward_loss(s.logits.float(), rewards)
     return loss, {"reward": st.expected_reward, **comps}
 
 
 def sampled(s: Step) -> tuple[torch.Tensor, dict[str, Any]]:
     """REINFORCE: K labels sampled per example, advantages from the chosen baseline."""
-    logp_all = torch.log_softmax(s.logits.float(), dim=-1)  # (b, A)
-    actions = torch.multinomial(logp_all.exp().detach(), s.rl.samples, replacement=True)  # (b, K)
+    actions, logp = policy.sample(s.logits, s.rl.samples)  # (b, K) each: each sample is one "token" of weight 1
     rewards, comps, keep = _score(s, actions.cpu())  # (b, K)
     global_baseline = s.gather is not None and s.rl.baseline in ("mean", "ema")
     adv = label_advantages(rewards, keep, s.rl, s.ema, s.gather if global_baseline else None, s.rank)  # (b, K)
-    logp = logp_all.gather(-1, actions)  # (b, K): each sample is one "token" of weight 1
     mask = keep[:, None].expand_as(logp)  # (b, K)
     loss, _ = pg_loss(logp, adv, mask, "token_mean")
     # The loss's value is −mean(advantage), ≈0 by construction; what shows learning (or its stall) is the
@@ -134,20 +133,10 @@ def label_advantages(rewards: torch.Tensor, keep: torch.Tensor, rl: RLSettings, 
     return adv[start:start + rewards.shape[0]].to(rewards.device)
 
 
-def epsilon_greedy(q: torch.Tensor, rl: RLSettings) -> torch.Tensor:
-    """argmax_a Q(x, a), or a uniform label with probability ε.  q (b, A) → actions (b, 1)."""
-    b, a = q.shape
-    explore = torch.rand(b, 1, device=q.device) < rl.epsilon
-    return torch.where(explore, torch.randint(0, a, (b, 1), device=q.device), q.argmax(-1, keepdim=True))
-
-
-def boltzmann(q: torch.Tensor, rl: RLSettings) -> torch.Tensor:
-    """Sample a ~ softmax(Q(x, ·) / τ).  q (b, A) → actions (b, 1)."""
-    return torch.multinomial(torch.softmax(q / rl.temperature, -1), 1)
-
-
+# The value estimator's behaviour policy over Q(x, ·) (policies/classifier.py), by `rl.exploration`.
 EXPLORATION: dict[str, Callable[[torch.Tensor, RLSettings], torch.Tensor]] = {
-    "epsilon": epsilon_greedy, "softmax": boltzmann,
+    "epsilon": lambda q, rl: policy.epsilon_greedy(q, rl.epsilon),
+    "softmax": lambda q, rl: policy.boltzmann(q, rl.temperature),
 }
 
 
@@ -166,80 +155,97 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 }
 
 
-def gather_rows(acc: Any) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """A gather of each process's (b_i, ...) rows, b_i may differ (a last batch that splits unevenly)."""
-    def gather(t: torch.Tensor) -> list[torch.Tensor]:
-        sizes = acc.gather(torch.tensor([t.shape[0]], device=acc.device)).tolist()
-        padded = acc.gather(acc.pad_across_processes(t.to(acc.device), dim=0)).cpu()  # (world·max b, ...)
-        m = max(sizes)
-        return [padded[i * m:i * m + n] for i, n in enumerate(sizes)]
-    return gather
-
-
 def setup_reward(rl: RLSettings, device: Any = None) -> CombinedReward:
     """Built-ins: indicator, cost_matrix (rl.cost_matrix); or rm:FOLDER (run on `device`), module:fn."""
     registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
     return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error, device=device)
 
 
-def penalties(logits: torch.Tensor, ref_logits: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
-    """β·KL(π || π_0) (exact over the label set) − c·H(π), both averaged over the batch."""
-    logp = torch.log_softmax(logits.float(), -1)  # (b, A)
-    ent = entropy_from_logits(logits.float()).mean()
+def penalties(logits: torch.Tensor, ref_logprobs: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
+    """β·KL(π || π_0) (exact over the label set) − c·H(π), both averaged over the batch.
+    logits (b, A), the reference's log-probs (b, A) or None (no KL term)."""
+    # log π before the entropy even without a KL term: autograd adds the terms' gradients in an order set by when
+    # each was made, and another order changes the weights in their last bits.
+    logp = policy.label_logprobs(logits)  # (b, A)
+    ent = policy.entropy(logits).mean()
     out = -rl.entropy_coef * ent
     stats: dict[str, Any] = {"entropy": ent.detach()}
-    if ref_logits is not None:
-        kl = (logp.exp() * (logp - torch.log_softmax(ref_logits.float(), -1))).sum(-1).mean()
+    if ref_logprobs is not None:
+        kl = policy.kl(logp, ref_logprobs).mean()
         out = out + rl.kl_coef * kl
         stats["kl"] = kl.detach()
     return out, stats
 
 
-def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run RL on a classifier; returns the best validation score and the run folder."""
-    data = setup_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
-    check_best_metric(cfg.train, data)
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
-    model, tok = setup_model(cfg.model, data.label_names, cfg.train)
-    reward = setup_reward(cfg.rl, run.accelerator.device)
-    if run.accelerator.num_processes > 1:  # a reward failing on one process stops them all, at the same step
+@dataclass
+class Training:
+    """What a run trains with, built by `setup_training` (the model, optimiser and scheduler prepared)."""
+
+    model: Any
+    tok: Any
+    reward: CombinedReward
+    reference: Callable[[], Any]  # a context factory: see common.setup_reference
+    ema: EMABaseline
+    optim: Any
+    sched: Any
+    total: int  # optimiser steps
+    encoded: list[list[int]]  # the training texts' token ids
+    gather: Callable[[torch.Tensor], list[torch.Tensor]] | None  # None with one process
+
+
+def setup_run_reward(rl: RLSettings, run: RunContext) -> CombinedReward:
+    """The run's reward, on the accelerator's device; under several processes a reward failing on one stops them
+    all, at the same step (else the others would wait forever in the next collective)."""
+    reward = setup_reward(rl, run.accelerator.device)
+    if run.accelerator.num_processes > 1:
         reward.failed_on = failed_ranks(run.accelerator)
-    reference = setup_reference(model, cfg.rl, run.accelerator.device)
-    estimator = ESTIMATORS[cfg.rl.estimator]
-    opt, ema = cfg.train, EMABaseline(decay=cfg.rl.ema_decay)
-    total = steps_per_epoch(len(data.train), opt) * opt.epochs
-    total = min(total, opt.max_steps) if opt.max_steps else total
+    return reward
+
+
+def total_steps(n: int, opt: OptimSettings) -> int:
+    """Optimiser steps of the whole run: every epoch's batches, capped by `max_steps`."""
+    total = steps_per_epoch(n, opt) * opt.epochs
+    return min(total, opt.max_steps) if opt.max_steps else total
+
+
+def setup_training(cfg: RLClassifierConfig, run: RunContext, data: ClassifierData) -> Training:
+    """Policy, reward, reference, baseline and optimiser, in this order (the model's random head is drawn first,
+    and the reference copy is made before `prepare` moves the policy)."""
+    opt, acc = cfg.train, run.accelerator
+    model, tok = setup_model(cfg.model, data.label_names, opt)
+    reward = setup_run_reward(cfg.rl, run)
+    reference = setup_reference(model, cfg.rl, acc.device)
+    ema, total = EMABaseline(decay=cfg.rl.ema_decay), total_steps(len(data.train), opt)
     optim, sched = setup_optimizer(model, opt, total)
-    model, optim, sched = run.accelerator.prepare(model, optim, sched)
-    encoded = encode_examples(tok, data.train, opt)
-    gather = gather_rows(run.accelerator) if run.accelerator.num_processes > 1 else None
-    meta = {"label_names": data.label_names, "max_length": opt.max_length, "truncation": opt.truncation,
-            "trainer": f"rl-{cfg.rl.estimator}"}
-    run.print(f"rl ({cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val, rewards {list(reward.fns)}, "
-              f"{total} steps")
+    model, optim, sched = acc.prepare(model, optim, sched)
+    gather = gather_rows(acc) if acc.num_processes > 1 else None
+    return Training(model, tok, reward, reference, ema, optim, sched, total, encode_examples(tok, data.train, opt),
+                    gather)
+
+
+def batch_loss_fn(cfg: RLClassifierConfig, run: RunContext, data: ClassifierData,
+                  t: Training) -> Callable[[Any], tuple[torch.Tensor, int, dict[str, Any], Any]]:
+    """One batch: the policy's logits → the estimator's loss (rollout, score, advantages) → penalties → backward."""
+    estimator, acc = ESTIMATORS[cfg.rl.estimator], run.accelerator
 
     def batch_loss(batch: Any) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
-        batch = batch.to(run.accelerator.device)
-        logits = model(**batch.model_inputs()).logits  # (b, A)
+        batch = batch.to(acc.device)
+        logits = policy.label_logits(t.model, batch.model_inputs())  # (b, A)
         idx = batch.index.tolist()
         s = Step(logits, [data.train.texts[i] for i in idx], [data.label_names[data.train.labels[i]] for i in idx],
-                 data.label_names, reward, cfg.rl, ema, batch.weight == 0, gather, run.accelerator.process_index)
+                 data.label_names, t.reward, cfg.rl, t.ema, batch.weight == 0, t.gather, acc.process_index)
         loss, stats = estimator(s)
-        ref_logits = None
-        if cfg.rl.kl_coef:
-            with torch.no_grad(), reference() as ref:
-                ref_logits = (model if ref is None else ref)(**batch.model_inputs()).logits
-        extra, pstats = penalties(logits, ref_logits, cfg.rl)
-        run.accelerator.backward((loss + extra) * batch.weight)
-        return loss, len(idx) * run.accelerator.num_processes, {**stats, **pstats}, idx
+        # After the estimator, not before: with LoRA the reference pass is the same model in training mode, and its
+        # dropout masks come from the random stream the estimator samples from.
+        ref_logprobs = policy.reference_logprobs(t.model, t.reference, batch.model_inputs()) if cfg.rl.kl_coef else None
+        extra, pstats = penalties(logits, ref_logprobs, cfg.rl)
+        acc.backward((loss + extra) * batch.weight)
+        return loss, len(idx) * acc.num_processes, {**stats, **pstats}, idx
+    return batch_loss
 
-    res = train_epochs(
-        run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
-        log_every=opt.log_every, desc=f"rl-{cfg.rl.estimator}", show_progress=show_progress, batch_loss=batch_loss,
-        batches=lambda epoch, start: epoch_batches(encoded, data.train.labels, opt, cfg.seed, epoch, run,
-                                                   tok.pad_token_id, start),
-        end_of_epoch=lambda step, epoch, best: report_and_keep_best(run, model, tok, data, opt, step, epoch, best, meta),
-        state={"ema": ema, "reward": reward})
+
+def finish(run: RunContext, data: ClassifierData, opt: OptimSettings, res: LoopResult) -> dict[str, Any]:
+    """The summary row and the best checkpoint's test report; a stopped run only says where it stopped."""
     if res.stopped:
         return {"stopped": True, "signal": res.signal, "run_dir": str(run.dir), "steps": res.step, "best": res.best}
     step, best, train_s = res.step, res.best, res.train_s
@@ -247,3 +253,25 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
     test = final_test(run, data, opt, step)
     return {"best": best, "run_dir": str(run.dir), "steps": step, "train_s": train_s,
             "test": test.metrics if test else None}
+
+
+def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run RL on a classifier; returns the best validation score and the run folder."""
+    data = setup_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
+    check_best_metric(cfg.train, data)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
+    t, opt = setup_training(cfg, run, data), cfg.train
+    meta = {"label_names": data.label_names, "max_length": opt.max_length, "truncation": opt.truncation,
+            "trainer": f"rl-{cfg.rl.estimator}"}
+    run.print(f"rl ({cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val, rewards {list(t.reward.fns)}, "
+              f"{t.total} steps")
+    res = train_epochs(
+        run, cfg.ckpt, t.model, t.optim, t.sched, epochs=opt.epochs, total=t.total, max_grad_norm=opt.max_grad_norm,
+        log_every=opt.log_every, desc=f"rl-{cfg.rl.estimator}", show_progress=show_progress,
+        batch_loss=batch_loss_fn(cfg, run, data, t),
+        batches=lambda epoch, start: epoch_batches(t.encoded, data.train.labels, opt, cfg.seed, epoch, run,
+                                                   t.tok.pad_token_id, start),
+        end_of_epoch=lambda step, epoch, best: report_and_keep_best(run, t.model, t.tok, data, opt, step, epoch, best,
+                                                                    meta),
+        state={"ema": t.ema, "reward": t.reward})
+    return finish(run, data, opt, res)
