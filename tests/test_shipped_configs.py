@@ -107,3 +107,18 @@ def test_shipped_configs_load_and_name_their_command():
             kind = "rl-lm"
         cfg = load_config(classes[kind], path)
         assert cfg.name == name  # its run folder is runs/<config name>
+
+
+def test_make_pairs_keeps_the_rating_gap_and_fails_clearly():
+    from rewardtune.data import DataError
+    from rewardtune.pairs import make_pairs
+
+    texts, ratings = ["a", "b", "c", "d"], [1, 2, 9, 10]
+    pairs = make_pairs(texts, ratings, 4, seed=0)
+    score = dict(zip(texts, ratings))
+    assert len(pairs) == 4 and all(score[p["chosen"]] - score[p["rejected"]] >= 4 for p in pairs)
+    assert len({frozenset((p["chosen"], p["rejected"])) for p in pairs}) == 4  # no pair drawn twice
+    with pytest.raises(DataError, match="found only 4 of 5 pairs"):  # only 4 pairs are 4 stars apart
+        make_pairs(texts, ratings, 5, seed=0)
+    with pytest.raises(DataError, match="no two ratings differ by 4"):
+        make_pairs(texts, [5, 5, 6, 7], 1, seed=0)
