@@ -6,144 +6,23 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
-from dataclasses import dataclass, replace
 from typing import Any
 
-from .config import ConfigError, DataSettings, describe, doc, load_config, nested
-
-
-@dataclass(frozen=True)
-class QuickstartConfig:
-    """The main job on embedded defaults: bundled models + demo data."""
-
-    data: DataSettings = nested(lambda: DataSettings(val_fraction=0.25), "labelled demo reviews (classifier stages)")
-    prompts: str = doc("demo-prompts", "prompt file for the generation stage")
-    classifier: str = doc("minilm-l6", "encoder for the classifier and reward model")
-    policy: str = doc("smollm2-135m-instruct", "causal LM for generation")
-    max_new_tokens: int = doc(24, "tokens generated per completion")
-    epochs: int = doc(4, "epochs of each classifier stage")
-    lr: float = doc(1e-4, "learning rate of each classifier stage")
-    gen_steps: int = doc(8, "steps of the generative RL stage (0 = skip it)")
-    gen_lr: float = doc(1e-3, "learning rate of the generative RL stage (LoRA)")
-    gen_eval_prompts: int = doc(16, "held-out prompts of the generative RL stage")
-    gen_eval_samples: int = doc(4, "completions sampled per held-out prompt, same draws before and after (0 = one greedy)")
-    runs_dir: str = doc("runs", "where run folders are created")
-    name: str = doc("", "run name; empty = quickstart-<timestamp>")
-    seed: int = doc(0, "global seed")
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file")
-    p.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=train.jsonl")
-
-
-def _resume_args(args: argparse.Namespace) -> None:
-    """`--resume RUN_DIR` = its own config.yaml + your overrides + ckpt.resume=auto in that folder."""
-    from pathlib import Path
-
-    if not getattr(args, "resume", None):
-        return
-    run = Path(args.resume)
-    if args.config:
-        raise ConfigError("give --resume or --config, not both: a resumed run uses its own config.yaml")
-    if not (run / "config.yaml").exists():
-        raise ConfigError(f"--resume {run}: no config.yaml there; is it a run folder (runs/<name>)?")
-    args.config = str(run / "config.yaml")
-    # A pause (ckpt.stop_after) is for the invocation that asked for it, not for every resumption.
-    args.overrides = ["ckpt.stop_after=0", *args.overrides, "ckpt.resume=auto", f"runs_dir={run.parent}",
-                      f"name={run.name}"]
-    args.resume = None
-
-
-def _load(cls: type, args: argparse.Namespace) -> Any:
-    if args.help_config:
-        print("\n".join(describe(cls)))
-        raise SystemExit(0)
-    _resume_args(args)
-    return load_config(cls, args.config, args.overrides)
+from .cli_config import POLICY_KINDS, config_args, load_command_config, policy_kind, reward_note
+from .config import ConfigError, config_path, shipped_configs
+from .quickstart import QuickstartConfig
 
 
 # ---------------------------------------------------------------- commands
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    import torch
+    from .quickstart import run_quickstart
 
-    from . import data as D
-    from . import models as M
-    from .run import start_run
-
-    cfg: QuickstartConfig = _load(QuickstartConfig, args)
-    cfg = replace(cfg, name=cfg.name or time.strftime("quickstart-%Y%m%d-%H%M%S"))  # resolved name in config.yaml
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed)
-    run.print(f"[1/6] run folder {run.dir} (config.yaml written)")
-    for name in (cfg.classifier, cfg.policy):
-        t = time.time()
-        path = M.prepare(name) if name in M.ALIASES else M.resolve(name)
-        run.print(f"[2/6] model {name}: ready at {path} ({time.time() - t:.1f} s)")
-    ex = D.load_examples(cfg.data.path, cfg.data.text_column, cfg.data.label_column, cfg.data.labels)
-    train, val = D.split(ex, cfg.data.val_fraction, cfg.data.seed, cfg.data.stratify)
-    prompts = D.load_examples(cfg.prompts, text_column="prompt", label_column=None)
-    counts = {n: ex.labels.count(i) for i, n in enumerate(ex.label_names)}
-    run.print(f"[3/6] data {ex.source}: {len(ex)} examples {counts}, split {len(train)} train / {len(val)} val; "
-              f"{len(prompts)} prompts")
-    run.log(0, examples=len(ex), train=len(train), val=len(val), prompts=len(prompts))
-
-    lm, ltok = M.load_causal_lm(cfg.policy)
-    batch = ltok(prompts.texts[:2], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = lm.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=False)
-    for prompt, ids in zip(prompts.texts[:2], out[:, batch["input_ids"].shape[1]:]):
-        run.print(f"      {cfg.policy} greedy: {prompt!r} -> {ltok.decode(ids, skip_special_tokens=True)!r}")
-    del lm
-    _quickstart_classifiers(cfg, run)
+    run_quickstart(load_command_config(QuickstartConfig, args, "quickstart"))
 
 
-def _quickstart_classifiers(cfg: QuickstartConfig, run: Any) -> None:
-    """Stage 2: supervised baseline, then RL with the exact expected-reward gradient, on the demo reviews."""
-    from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
-    from .train.sft import SFTConfig, train_sft
-
-    common = [f"model.name={cfg.classifier}", f"data.path={cfg.data.path}", f"data.val_fraction={cfg.data.val_fraction}",
-              f"data.seed={cfg.data.seed}", f"train.epochs={cfg.epochs}", f"train.lr={cfg.lr}", "train.batch_size=16",
-              "train.max_length=64", f"runs_dir={run.dir}", f"seed={cfg.seed}"]
-    run.print(f"\n[4/6] supervised baseline (sft) on {cfg.classifier}")
-    sft = train_sft(load_config(SFTConfig, None, common + ["name=sft"]))
-    run.print(f"\n[5/6] reward-driven fine-tuning (rl, estimator=expected, reward=indicator) on {cfg.classifier}")
-    rl = train_rl_classifier(load_config(RLClassifierConfig, None, common + ["name=rl", "rl.estimator=expected"]))
-    run.log(1, sft_best_accuracy=sft["best"], rl_best_accuracy=rl["best"])
-    run.print(f"\nvalidation accuracy: sft {sft['best']:.3f}, rl-expected {rl['best']:.3f} "
-              f"(runs in {run.dir}/sft and {run.dir}/rl)")
-    _quickstart_generation(cfg, run, Path(sft["run_dir"]) / "checkpoints" / "best")
-
-
-def _quickstart_generation(cfg: QuickstartConfig, run: Any, reward_model_dir: Any) -> None:
-    """Stage 3: GRPO on the causal LM (LoRA) with the SFT classifier's P(positive) as the reward."""
-    from .train.gen_config import GenRLConfig
-    from .train.rl_generate import train_rl_generate
-
-    if cfg.gen_steps <= 0:
-        return
-    run.print(f"\n[6/6] generative RL (grpo, LoRA r=16) on {cfg.policy}: reward = P(positive) under the sft "
-              f"classifier ({reward_model_dir}), {cfg.gen_steps} steps of 4 prompts x 4 samples")
-    out = train_rl_generate(load_config(GenRLConfig, None, [
-        f"model.name={cfg.policy}", "model.lora.r=16", "model.lora.alpha=32", f"data.path={cfg.prompts}",
-        f"rl.rewards=[rm:{reward_model_dir}]", f"rl.steps={cfg.gen_steps}", "rl.eval_every=0",
-        f"rl.eval_prompts={cfg.gen_eval_prompts}", f"rl.eval_samples={cfg.gen_eval_samples}", f"rl.lr={cfg.gen_lr}",
-        f"gen.max_new_tokens={cfg.max_new_tokens}", f"runs_dir={run.dir}", "name=rl-lm", f"seed={cfg.seed}"]))
-    run.log(2, gen_reward_start=out["eval_start"]["reward"], gen_reward_end=out["eval"]["reward"])
-    # Sampled with the same draws before and after, a held-out set of 16 x 4 completions moves with the policy,
-    # not with which prompts or tokens happened to be drawn (one greedy completion of 8 prompts did not).
-    how = (f"{cfg.gen_eval_samples} sampled" if cfg.gen_eval_samples else "greedy") + \
-        f" x {out['held_out_prompts']} prompts"  # a prompts file may hold fewer than gen_eval_prompts
-    run.print(f"held-out reward ({how}): {out['eval_start']['reward']:.3f} before -> "
-              f"{out['eval']['reward']:.3f} after; samples in {out['run_dir']}/samples.jsonl")
-
-
-def _train_command(config_cls: type, train_fn: Any) -> Any:
+def _train_command(config_cls: type, train_fn: Any, command: str, notes: dict[str, str] | None = None) -> Any:
     def cmd(args: argparse.Namespace) -> None:
-        result = train_fn(_load(config_cls, args))
+        result = train_fn(load_command_config(config_cls, args, command, notes))
         print(json.dumps(result, indent=2))
         if result.get("signal"):  # preempted: the conventional 128 + signal number, so schedulers see it
             import signal
@@ -152,34 +31,16 @@ def _train_command(config_cls: type, train_fn: Any) -> Any:
     return cmd
 
 
-def _policy_kind(args: argparse.Namespace) -> str:
-    """`policy` from the overrides, else from the YAML file, else 'classifier'."""
-    import yaml
-
-    _resume_args(args)
-    for item in reversed(args.overrides):
-        if item.startswith("policy="):
-            return item.split("=", 1)[1].strip()
-    if args.config:
-        try:
-            data = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
-        except (OSError, ValueError, yaml.YAMLError):
-            data = {}  # load_config reports the problem with its line number
-        if isinstance(data, dict) and data.get("policy"):
-            return str(data["policy"])
-    return "classifier"
-
-
 def cmd_rl(args: argparse.Namespace) -> None:
-    from .train.rl_classifier import RLClassifierConfig, train_rl_classifier
-    from .train.gen_config import GenRLConfig
-    from .train.rl_generate import train_rl_generate
+    """`policy` (override, else the config file, else classifier) picks the config and the trainer."""
+    from .train import gen_config, rl_classifier, rl_generate
 
-    kinds = {"classifier": (RLClassifierConfig, train_rl_classifier), "causal-lm": (GenRLConfig, train_rl_generate)}
-    kind = _policy_kind(args)
+    kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
+             "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate)}
+    kind = policy_kind(args)
     if kind not in kinds:
-        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(kinds)}")
-    _train_command(*kinds[kind])(args)
+        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(POLICY_KINDS)}")
+    _train_command(*kinds[kind], f"rl policy={kind}", {"rl.rewards": reward_note(kind)})(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -268,22 +129,61 @@ def cmd_data_inspect(args: argparse.Namespace) -> None:
             print(f"length of {info['text_column']!r} in {unit}: " + ", ".join(f"{k} {v}" for k, v in pct.items()))
 
 
+def cmd_data_pairs(args: argparse.Namespace) -> None:
+    from .pairs import write_rating_pairs
+
+    info = write_rating_pairs(args.path, args.out, args.train_pairs, args.val_pairs, args.min_gap, args.val_fraction,
+                              args.rating_column, args.text_column, args.label_column)
+    print(f"{info['source']}: {info['train_texts']} train / {info['val_texts']} val texts -> {info['train_pairs']} "
+          f"pairs in {info['train']}, {info['val_pairs']} in {info['val']}")
+
+
+def _first_comment(text: str) -> str:
+    return next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")), "")
+
+
+def cmd_configs_list(args: argparse.Namespace) -> None:
+    """Each shipped config: its name and what it runs (the file's first comment line)."""
+    shipped = shipped_configs()
+    width = max(map(len, shipped), default=0)
+    for name, path in shipped.items():
+        print(f"{name:{width}}  {_first_comment(path.read_text(encoding='utf-8'))}")
+
+
+def cmd_configs_show(args: argparse.Namespace) -> None:
+    if args.name not in shipped_configs():  # a name only: `show` is not a file viewer
+        raise ConfigError(f"no shipped config is called {args.name!r}; the shipped configs are: "
+                          f"{', '.join(shipped_configs())}")
+    print(config_path(args.name).read_text(encoding="utf-8"), end="")
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardtune", description="Reward-driven fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _training_commands(sub)
+    _model_and_data_commands(sub)
+    configs = sub.add_parser("configs", help="the configs that ship with rewardtune (use one with --config NAME)")
+    configs = configs.add_subparsers(dest="sub", required=True)
+    configs.add_parser("list", help="name and what each runs").set_defaults(func=cmd_configs_list)
+    p = configs.add_parser("show", help="print a shipped config's YAML (copy it to start your own)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_configs_show)
+    return parser
 
-    p = sub.add_parser("quickstart", help="prepare the bundled models, load the demo data, run the main job")
-    _config_args(p)
-    p.set_defaults(func=cmd_quickstart)
 
+def _training_commands(sub: Any) -> None:
+    from .train.reward_model import RMConfig, train_reward_model
     from .train.sft import SFTConfig, train_sft
 
+    p = sub.add_parser("quickstart", help="prepare the bundled models, load the demo data, run the main job")
+    config_args(p)
+    p.set_defaults(func=cmd_quickstart)
     p = sub.add_parser("sft", help="supervised baseline: cross-entropy fine-tuning of a classifier")
-    _config_args(p)
-    p.set_defaults(func=_train_command(SFTConfig, train_sft))
+    config_args(p)
+    p.set_defaults(func=_train_command(SFTConfig, train_sft, "sft"))
     p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default) or policy=causal-lm")
-    _config_args(p)
+    config_args(p)
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/sft/checkpoints/best")
@@ -295,12 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write per-example predictions to this JSONL file")
     p.set_defaults(func=cmd_eval)
 
-    from .train.reward_model import RMConfig, train_reward_model
-
     rm = sub.add_parser("rm", help="train and use reward models").add_subparsers(dest="sub", required=True)
     p = rm.add_parser("train", help="pointwise (labels), regression (scores) or pairwise (chosen/rejected) reward model")
-    _config_args(p)
-    p.set_defaults(func=_train_command(RMConfig, train_reward_model))
+    config_args(p)
+    p.set_defaults(func=_train_command(RMConfig, train_reward_model, "rm train"))
     p = rm.add_parser("score", help="score (prompt, completion) rows with a reward model; write JSONL")
     p.add_argument("rm_dir")
     p.add_argument("--data", required=True, help="file with a completion column (and optionally prompts)")
@@ -311,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="JSONL with each row and its score (default: RM_DIR/../../scores.jsonl)")
     p.set_defaults(func=cmd_rm_score)
+
+
+def _model_and_data_commands(sub: Any) -> None:
+    from .pairs import DEFAULT_OUT
 
     models = sub.add_parser("models", help="list and prepare bundled models").add_subparsers(dest="sub", required=True)
     p = models.add_parser("list", help="aliases, whether each is prepared, size and path")
@@ -328,7 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_inspect)
-    return parser
+    p = data.add_parser("pairs", help="chosen/rejected pairs from rated texts (IMDb stars) for a pairwise reward model")
+    p.add_argument("path", help="file with a text, a label and a numeric rating column, e.g. imdb/train.jsonl.gz")
+    p.add_argument("--out", default=DEFAULT_OUT, help="folder for train.jsonl and val.jsonl")
+    p.add_argument("--train-pairs", type=int, default=1500)
+    p.add_argument("--val-pairs", type=int, default=500)
+    p.add_argument("--min-gap", type=float, default=4, help="least rating difference within a pair")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="texts held out (stratified, seed 0) for val pairs")
+    p.add_argument("--rating-column", default="rating")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label", help="stratifies the split ('' for none)")
+    p.set_defaults(func=cmd_data_pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -286,23 +286,27 @@ def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
-    """One line per field: dotted key, default and doc (for `--help-config`); a choice field adds its values.
+def describe(cls: type, prefix: str = "", defaults: Any = None, notes: typing.Mapping[str, str] | None = None) -> list[str]:
+    """One line per field: dotted key, default and doc (for `--help-config`); a choice field adds its values, and a
+    key in `notes` (dotted, e.g. `rl.rewards`) adds its note in brackets (the names a free-text field takes).
 
     The defaults are read from `defaults` (an instance; default `cls()`), not from each section's class: a command
     may build a section with defaults of its own (`nested(lambda: ModelSettings(name=...))`), and its help must
     print those, the values a run of it uses."""
     defaults = cls() if defaults is None else defaults
+    notes = notes or {}
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
         value, tp = getattr(defaults, f.name), hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines += describe(tp, f"{prefix}{f.name}.", value)
+            lines += describe(tp, f"{prefix}{f.name}.", value, notes)
             continue
         line = f"{prefix}{f.name} = {value!r}  # {f.metadata.get('doc', '')}"
         if typing.get_origin(tp) is Literal:
             line += f" [one of: {', '.join(map(repr, typing.get_args(tp)))}]"
+        if f"{prefix}{f.name}" in notes:
+            line += f" [{notes[f'{prefix}{f.name}']}]"
         lines.append(line)
     return lines
 
@@ -313,13 +317,18 @@ def shipped_configs() -> dict[str, Path]:
 
 
 def config_path(spec: str | Path) -> Path:
-    """A `--config` value → its file: a path that exists wins, else a shipped config's name (with or without .yaml)."""
+    """A `--config` value → its file: a file that exists wins, else a shipped config's name (with or without .yaml).
+
+    Only a file wins over a name: a run of the shipped `grpo-smollm2-sentiment` with `runs_dir=.` leaves a folder of
+    that name, and the next `--config grpo-smollm2-sentiment` must still mean the shipped file."""
     path = Path(spec)
-    if path.exists():
+    if path.is_file():
         return path
     shipped = shipped_configs()
     name = path.name[:-5] if path.name.endswith(".yaml") else path.name
     if path.name == str(spec) and name in shipped:  # a bare name, not a path into some folder
         return shipped[name]
+    if path.exists():
+        return path  # a folder: load_config says it cannot be read
     raise ConfigError(f"config file {spec} does not exist, and no shipped config is called {name!r}; give a path, "
                       f"or one of: {', '.join(shipped)} (`rewardtune configs list`)")

@@ -63,3 +63,27 @@ class Cfg:
     data: DataSettings = nested(DataSettings, "data")
     train: Train = nested(Train, "training")
     name: str = doc("run", "run name")
+
+
+def parse_help_config(text: str) -> dict:
+    """`--help-config` output → {dotted key: value} (lists as tuples), the comment lines skipped."""
+    import ast
+
+    out = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, rest = line.split(" = ", 1)
+        out[key] = ast.literal_eval(rest.split("  # ", 1)[0])
+    return out
+
+
+def flat_config(data: dict, prefix: str = "") -> dict:
+    """A nested config dict (`to_dict`, a config.yaml) → {dotted key: value}, lists as tuples."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out

@@ -117,3 +117,20 @@ def test_command_line_values_of_other_types_still_parse_as_yaml():
     assert cfg.train.lr == 3e-5 and cfg.model.lora.r == 8 and cfg.model.lora.alpha == 4.0
     with pytest.raises(ConfigError, match="train.lr: expected float"):
         load_config(Cfg, None, ["train.lr=no"])
+
+
+def test_config_path_takes_a_file_then_a_shipped_name(tmp_path, monkeypatch):
+    from rewardtune.config import config_path, shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    shipped = shipped_configs()
+    assert "sst2-sft" in shipped
+    assert config_path("sst2-sft") == config_path("sst2-sft.yaml") == shipped["sst2-sft"]
+    (tmp_path / "sst2-sft").mkdir()  # a run folder of that name (runs_dir=.) does not hide the shipped file
+    assert config_path("sst2-sft") == shipped["sst2-sft"]
+    (tmp_path / "sst2-sft.yaml").write_text("name: mine\n")  # a file of that name does
+    assert config_path("sst2-sft.yaml") == tmp_path.joinpath("sst2-sft.yaml").relative_to(tmp_path)
+    with pytest.raises(ConfigError, match="no shipped config is called 'nope'.*sst2-sft"):
+        config_path("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_path("some/dir/sst2-sft")  # a path into a folder is never a shipped name
