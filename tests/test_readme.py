@@ -66,7 +66,7 @@ def test_python_example_runs(tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the example's run folder, runs/my-grpo/, goes here
     exec(compile(code.replace(REAL_MODEL, str(tiny_causal_lm_dir)), str(README), "exec"), {"__name__": "__main__"})
     printed = capsys.readouterr().out
-    assert "held-out reward:" in printed
+    assert "'eval_start'" in printed and "'eval'" in printed
     run_dir = tmp_path / "runs" / "my-grpo"
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "final").is_dir()
     rows = train_rows(run_dir)
