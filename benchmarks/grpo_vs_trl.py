@@ -67,12 +67,12 @@ def run_rewardtune(args: argparse.Namespace, train: list[str], held: list[str]) 
     held_path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held))
     cfg = load_config(GenRLConfig, None, [
         "model.name=smollm2-135m-instruct", "model.lora.r=16", "model.lora.alpha=32", f"data.path={path}",
-        f"data.val_path={held_path}", f"rl.rewards=[rm:{args.rm}]", f"rl.steps={args.steps}", "rl.eval_every=0", f"rl.eval_prompts={len(held)}",
+        f"data.val_path={held_path}", f"reward.functions=[rm:{args.rm}]", f"rl.steps={args.steps}", "eval.every=0", f"eval.prompts={len(held)}",
         "rl.prompts_per_step=4", "rl.samples_per_prompt=4", f"rl.lr={args.lr}", "rl.kl_coef=0.04",
         "rl.kl_estimator=k3", "rl.aggregation=seq_mean_token_mean", "rl.algorithm=grpo", "rl.max_grad_norm=1.0",
         "gen.max_new_tokens=32", f"runs_dir={args.work}", f"name=rewardtune-{int(time.time())}",
         f"model.lora.base_dtype={'bfloat16' if args.bf16_base else 'float32'}",
-        f"rl.mixed_precision={'bf16' if args.gpu else 'no'}", *args.set])
+        f"runtime.mixed_precision={'bf16' if args.gpu else 'no'}", *args.set])
     t = time.time()
     out = train_rl_generate(cfg, show_progress=False)
     wall = time.time() - t
@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--trl-free-memory", action="store_true", help="TRL: fix glibc's mmap threshold as REWARDTUNE_MMAP_THRESHOLD_MB does (16 MiB unless set)")
     p.add_argument("--bf16-base", action="store_true", help="both: frozen base weights in bf16 (LoRA adapters as each framework keeps them)")
     p.add_argument("--gpu", action="store_true", help="both on the GPU with bf16 autocast (TRL: use_cpu=False, bf16=True; "
-                   "rewardtune: rl.mixed_precision=bf16); not yet run")
+                   "rewardtune: runtime.mixed_precision=bf16); not yet run")
     p.add_argument("--trl-contiguous-head", action="store_true", help="TRL: add rewardtune's contiguous LM-head input hook")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--set", nargs="*", default=[], help="extra rewardtune overrides")

@@ -45,10 +45,10 @@ def main() -> None:
     name = f"curve-{int(time.time())}"
     cfg = load_config(GenRLConfig, None, [
         "model.name=smollm2-135m-instruct", "model.lora.r=16", "model.lora.alpha=32", f"data.path={work / 'train.jsonl'}",
-        f"data.val_path={work / 'held.jsonl'}", f"rl.rewards=[rm:{args.rm}]", f"rl.steps={args.steps}",
-        f"rl.eval_every={args.eval_every}", "rl.eval_prompts=16", "rl.prompts_per_step=4", "rl.samples_per_prompt=4",
-        f"rl.lr={args.lr}", "rl.kl_coef=0.04", "rl.algorithm=grpo", "gen.max_new_tokens=32", "rl.micro_batch_size=8",
-        f"rl.eval_samples={args.eval_samples}", f"runs_dir={work}", f"name={name}"])
+        f"data.val_path={work / 'held.jsonl'}", f"reward.functions=[rm:{args.rm}]", f"rl.steps={args.steps}",
+        f"eval.every={args.eval_every}", "eval.prompts=16", "rl.prompts_per_step=4", "rl.samples_per_prompt=4",
+        f"rl.lr={args.lr}", "rl.kl_coef=0.04", "rl.algorithm=grpo", "gen.max_new_tokens=32", "runtime.micro_batch_size=8",
+        f"eval.samples={args.eval_samples}", f"runs_dir={work}", f"name={name}"])
     t = time.time()
     out = train_rl_generate(cfg, show_progress=False)
     run = Path(out["run_dir"])

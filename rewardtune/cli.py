@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from .cli_config import POLICY_KINDS, config_args, load_command_config, policy_kind, reward_note
+from .cli_config import POLICY_KINDS, REWARDS_KEY, config_args, load_command_config, policy_kind, reward_note
 from .config import ConfigError, config_path, shipped_configs
 from .quickstart import QuickstartConfig
 
@@ -40,7 +40,7 @@ def cmd_rl(args: argparse.Namespace) -> None:
     kind = policy_kind(args)
     if kind not in kinds:
         raise ConfigError(f"policy {kind!r} is not one of: {', '.join(POLICY_KINDS)}")
-    _train_command(*kinds[kind], f"rl policy={kind}", {"rl.rewards": reward_note(kind)})(args)
+    _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

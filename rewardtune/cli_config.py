@@ -16,10 +16,11 @@ from .config import ConfigError, config_path, describe, load_config
 # LM's are the keys of train/gen_setup.BUILTIN_REWARDS, read when the help is printed.
 CLASSIFIER_REWARDS = ("indicator", "cost_matrix")
 POLICY_KINDS = ("classifier", "causal-lm")
+REWARDS_KEY = {"classifier": "rl.rewards", "causal-lm": "reward.functions"}  # the key naming the reward functions
 
 
 def reward_note(kind: str) -> str:
-    """What `rl.rewards` takes under policy `kind`, for `--help-config`."""
+    """What the reward functions' key (`REWARDS_KEY`) takes under policy `kind`, for `--help-config`."""
     return f"built-ins: {', '.join(builtin_rewards(kind))}; or rm:FOLDER (a reward model), module:function"
 
 

@@ -205,14 +205,45 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     An empty file means all defaults, like no file. The file is checked on its own first,
     so that a mistake in an override is never reported as one in the file.
     """
-    data = _read_yaml(path) if path else {}
+    data = renamed_keys(cls, _read_yaml(path), str(path)) if path else {}
     if not overrides:
         return from_dict(cls, data, str(path) if path else "config")
     if path:
         from_dict(cls, data, str(path))
     for item in overrides:
         _apply_override(data, item)
+        data = renamed_keys(cls, data, f"override {item!r}")
     return from_dict(cls, data, "config")
+
+
+def renamed_keys(cls: type, data: Any, where: str) -> Any:
+    """`data` with the keys a config class renamed (its `RENAMED`: old dotted key → new) moved to their new place,
+    each with a warning; both given is an error. Configs written before a rename (an older run's config.yaml, which
+    --resume reads) load as they were meant."""
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        *osec, okey = old.split(".")
+        node = _section(data, osec)
+        if not isinstance(node, dict) or okey not in node:
+            continue
+        *nsec, nkey = new.split(".")
+        target = _section(data, nsec, create=True)
+        if nkey in target:
+            raise ConfigError(f"{where}: {old} and {new} are the same setting ({old} is its old name); give {new} only")
+        target[nkey] = node.pop(okey)
+        log.warning("%s: %s is now called %s (read as such; write %s)", where, old, new, new)
+    return data
+
+
+def _section(data: Any, keys: list[str], create: bool = False) -> Any:
+    """The nested dict at `keys` (None where absent, or created empty when `create`)."""
+    node = data
+    for k in keys:
+        if not isinstance(node, dict):
+            return None
+        if node.get(k) is None and create:
+            node[k] = {}
+        node = node.get(k)
+    return node
 
 
 def _read_yaml(path: str | Path) -> Any:

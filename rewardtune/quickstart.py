@@ -94,8 +94,8 @@ def _quickstart_generation(cfg: QuickstartConfig, run: Any, reward_model_dir: An
               f"classifier ({reward_model_dir}), {cfg.gen_steps} steps of 4 prompts x 4 samples")
     out = train_rl_generate(load_config(GenRLConfig, None, [
         f"model.name={cfg.policy}", "model.lora.r=16", "model.lora.alpha=32", f"data.path={cfg.prompts}",
-        f"rl.rewards=[rm:{reward_model_dir}]", f"rl.steps={cfg.gen_steps}", "rl.eval_every=0",
-        f"rl.eval_prompts={cfg.gen_eval_prompts}", f"rl.eval_samples={cfg.gen_eval_samples}", f"rl.lr={cfg.gen_lr}",
+        f"reward.functions=[rm:{reward_model_dir}]", f"rl.steps={cfg.gen_steps}", "eval.every=0",
+        f"eval.prompts={cfg.gen_eval_prompts}", f"eval.samples={cfg.gen_eval_samples}", f"rl.lr={cfg.gen_lr}",
         f"gen.max_new_tokens={cfg.max_new_tokens}", f"runs_dir={run.dir}", "name=rl-lm", f"seed={cfg.seed}"]))
     run.log(2, gen_reward_start=out["eval_start"]["reward"], gen_reward_end=out["eval"]["reward"])
     # Sampled with the same draws before and after, a held-out set of 16 x 4 completions moves with the policy,

@@ -154,12 +154,13 @@ def _write_config(run_dir: Path, config: Any, accelerator: Any) -> None:
 
 # Keys that may change between a run and its resumption: they do not change what is being trained.
 HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
-            "rl.steps", "rl.eval_every", "rl.sample_every", "rl.log_every", "rl.eval_prompts",
-            "rl.micro_batch_size", "rl.inference_batch_size", "rl.gradient_checkpointing",  # memory only
+            "rl.steps", "eval.every", "eval.sample_every", "eval.log_every", "eval.prompts",
+            "runtime.micro_batch_size", "runtime.inference_batch_size", "runtime.gradient_checkpointing",  # memory only
             "gen.fast_decode")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
 ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
-         "rl.eval_samples": 0, "rl.best_metric": "reward", "rl.best_mode": "max"}
+         "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",
+         "ppo.clip_eps_high": 0.0, "ppo.dual_clip": 0.0}
 
 
 def _check_resume(run_dir: Path, config: Any, is_main: bool = True) -> Path | None:
@@ -167,14 +168,15 @@ def _check_resume(run_dir: Path, config: Any, is_main: bool = True) -> Path | No
     import yaml
 
     from .checkpoint import complete_checkpoints
-    from .config import ConfigError, to_dict
+    from .config import ConfigError, renamed_keys, to_dict
 
     def flat(d: dict, prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
             out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
         return out
-    old = flat(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    old = flat(renamed_keys(type(config), saved, str(run_dir / "config.yaml")))  # written before a key was renamed
     new = flat(to_dict(config))
     changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
                and not (k not in old and k in ADDED and new[k] == ADDED[k])}

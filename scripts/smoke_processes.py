@@ -28,7 +28,7 @@ CLS = "model.name={w}/bert data.path={w}/reviews.jsonl train.batch_size=8 train.
       "train.log_every=1 data.val_fraction=0.25"
 RM = "model.name={w}/bert train.batch_size=8 train.epochs=1 train.max_length=24"
 GEN = "policy=causal-lm model.name={w}/llama model.lora.r=4 data.path={w}/prompts.jsonl rl.prompts_per_step=4 " \
-      "rl.samples_per_prompt=2 rl.steps=3 rl.eval_prompts=2 rl.eval_every=2 gen.max_new_tokens=4"
+      "rl.samples_per_prompt=2 rl.steps=3 eval.prompts=2 eval.every=2 gen.max_new_tokens=4"
 RUN = [  # (resume check?, command line)
     (True, f"sft {CLS} train.max_steps=3"),
     (False, f"rl {CLS} rl.estimator=reinforce rl.baseline=rloo"),
@@ -41,16 +41,16 @@ RUN = [  # (resume check?, command line)
     (False, f"rm train {RM} data.path={{w}}/scores.jsonl data.label_column= rm.mode=regression"),
     (True, f"rm train {RM} data.path={{w}}/pairs.jsonl rm.mode=pairwise train.max_steps=3"),
     (True, f"rl {GEN} rl.algorithm=grpo"),
-    (False, f"rl {GEN} rl.algorithm=dr_grpo rl.micro_batch_size=1"),
+    (False, f"rl {GEN} rl.algorithm=dr_grpo runtime.micro_batch_size=1"),
     (False, f"rl {GEN} rl.algorithm=rloo rl.kl_mode=reward rl.kl_estimator=k2"),
-    (True, f"rl {GEN} rl.algorithm=reinforce rl.baseline=ema rl.reward_normalize=running rl.kl_target=0.05"),
-    (False, f"rl {GEN} rl.algorithm=reinforce rl.baseline=mean rl.reward_normalize=rank"),
-    (True, f"rl {GEN} rl.algorithm=ppo rl.micro_batch_size=1"),
-    (False, f"rl {GEN} rl.algorithm=ppo rl.kl_mode=loss rl.eval_samples=2"),
+    (True, f"rl {GEN} rl.algorithm=reinforce rl.baseline=ema reward.normalize=running rl.kl_target=0.05"),
+    (False, f"rl {GEN} rl.algorithm=reinforce rl.baseline=mean reward.normalize=rank"),
+    (True, f"rl {GEN} rl.algorithm=ppo runtime.micro_batch_size=1"),
+    (False, f"rl {GEN} rl.algorithm=ppo rl.kl_mode=loss eval.samples=2"),
     (True, f"rl {GEN} rl.algorithm=grpo model.lora.r=0 rl.kl_coef=0.1"),
-    (False, f"rl {GEN} rl.algorithm=grpo rl.inference_batch_size=2 rl.eval_samples=2 rl.best_metric=kl rl.best_mode=min"),
-    (False, f"rl {GEN} rl.algorithm=grpo rl.on_reward_error=skip"),
-    (False, f"rl {GEN} rl.algorithm=grpo rl.gradient_checkpointing=true rl.micro_batch_size=2"),
+    (False, f"rl {GEN} rl.algorithm=grpo runtime.inference_batch_size=2 eval.samples=2 eval.best_metric=kl eval.best_mode=min"),
+    (False, f"rl {GEN} rl.algorithm=grpo reward.on_error=skip"),
+    (False, f"rl {GEN} rl.algorithm=grpo runtime.gradient_checkpointing=true runtime.micro_batch_size=2"),
 ]
 TIMING = ("time", "tokens_per_s", "train_s", "train_examples_per_s")
 TIMEOUT_S = 300  # a launch that takes longer has hung (gloo waits 30 min)

@@ -26,7 +26,7 @@ PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the ac
 
 def main(out: str, model_dir: str, runs_dir: str) -> None:
     cfg = load_config(GenRLConfig, None, [f"model.name={model_dir}", "model.lora.r=4", "data.path=demo-prompts",
-                                          "rl.rewards=[length]", "gen.max_new_tokens=6", "gen.temperature=0.7",
+                                          "reward.functions=[length]", "gen.max_new_tokens=6", "gen.temperature=0.7",
                                           f"runs_dir={runs_dir}", "name=eval"])
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"kwargs_handlers": [ddp_settings()]})
     model, tok, _, _, _, _ = setup_policy(cfg, run)
@@ -36,7 +36,7 @@ def main(out: str, model_dir: str, runs_dir: str) -> None:
         for n, p in net.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.3)
-    reward = setup_reward(cfg.rl, run.accelerator)
+    reward = setup_reward(cfg.reward, run.accelerator)
     decoded, sample = [], lm_eval.sample
 
     def counted(*args, **kwargs):  # the completions this process decodes

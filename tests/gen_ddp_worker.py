@@ -27,9 +27,9 @@ from rewardtune.train.ppo import ppo_step
 PROMPTS = ["the film was", "i really loved the", "this movie is a very", "the acting"]
 CASES = {  # name → overrides
     "token_mean": ["rl.aggregation=token_mean"],
-    "token_mean_mb1": ["rl.aggregation=token_mean", "rl.micro_batch_size=1"],
-    "seq_mean_mb2": ["rl.aggregation=seq_mean_token_mean", "rl.micro_batch_size=2"],
-    "ppo_mb1": ["rl.algorithm=ppo", "ppo.epochs=1", "ppo.minibatches=1", "rl.micro_batch_size=1"],
+    "token_mean_mb1": ["rl.aggregation=token_mean", "runtime.micro_batch_size=1"],
+    "seq_mean_mb2": ["rl.aggregation=seq_mean_token_mean", "runtime.micro_batch_size=2"],
+    "ppo_mb1": ["rl.algorithm=ppo", "ppo.epochs=1", "ppo.minibatches=1", "runtime.micro_batch_size=1"],
 }
 
 
@@ -66,10 +66,10 @@ def one_update(model_dir: str, runs_dir: str, name: str, overrides: list[str]) -
         return False  # no optimiser step: the gradient is what is compared
     if head is None:
         adv = torch.tensor([1.0, -1.0, 0.5, -0.25, 2.0, -2.0, 0.3, 0.0])[rows]
-        pg_update(run, model, optim, ref, ro.rows(rows), adv, update_plan(cfg.rl, cfg.gen, cfg.ppo), cfg.rl.kl_coef, keep)
+        pg_update(run, model, optim, ref, ro.rows(rows), adv, update_plan(cfg.rl, cfg.gen, cfg.runtime, cfg.ppo), cfg.rl.kl_coef, keep)
     else:
         scores = torch.tensor([1.0, -1.0, 0.5, -0.25, 2.0, -2.0, 0.3, 0.0])[rows]
-        ppo_step(run, model, head, optim, params, ref, ro.rows(rows), scores, update_plan(cfg.rl, cfg.gen, cfg.ppo), cfg.ppo, cfg.rl.kl_coef, keep)
+        ppo_step(run, model, head, optim, params, ref, ro.rows(rows), scores, update_plan(cfg.rl, cfg.gen, cfg.runtime, cfg.ppo), cfg.ppo, cfg.rl.kl_coef, keep)
     return grads, calls[0]
 
 

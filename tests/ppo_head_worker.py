@@ -35,7 +35,7 @@ def heads_equal_after_a_step(out_dir: str, model_dir: str, name: str) -> tuple[b
     acc, rank = run.accelerator, run.accelerator.process_index
     torch.manual_seed(100 + rank)  # a different rollout and different scores on each process
     ro = sample(acc.unwrap_model(model), tok, PROMPTS[2 * rank:2 * rank + 2], 2, cfg.gen, 100)
-    ppo_step(run, model, head, optim, params, ref, ro, torch.randn(4), update_plan(cfg.rl, cfg.gen, cfg.ppo), cfg.ppo, 0.0,
+    ppo_step(run, model, head, optim, params, ref, ro, torch.randn(4), update_plan(cfg.rl, cfg.gen, cfg.runtime, cfg.ppo), cfg.ppo, 0.0,
              lambda loss, norm: True)
     w = torch.cat([p.detach().flatten() for p in head.parameters()])[None]  # (1, n)
     both = acc.gather(w)  # (2, n)

@@ -1,6 +1,6 @@
 """A reward that fails on one process only; tests/test_distributed.py runs it under torchrun.
 
-`rl.rewards=[rank_reward:words]`: the completion's length in words / 10, capped at 1; on the process whose RANK is
+`reward.functions=[rank_reward:words]`: the completion's length in words / 10, capped at 1; on the process whose RANK is
 $FAIL_RANK, the $FAIL_AT-th call returns NaN for its first sample (unset: never).
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from rewardtune.policies.causal_lm import checkpointing as checkpointing_on
 from rewardtune.rewards import RewardError
 from rewardtune.train.gen_setup import update_plan
 from rewardtune.train.pg_update import accumulate_gradients
-from rewardtune.train.gen_config import GenRLConfig, GenRLSettings
+from rewardtune.train.gen_config import GenRLConfig, GenRLSettings, RuntimeSettings
 from rewardtune.train.common import setup_reference
 from rewardtune.train.rl_generate import train_rl_generate
 
@@ -237,10 +237,10 @@ def test_micro_batch_size_does_not_change_the_gradient(policy, aggregation):
     adv = torch.randn(8)
     grads, stats = [], []
     for mb in (0, 3):  # the whole batch at once, then micro-batches of 3, 3, 2
-        rl = GenRLSettings(micro_batch_size=mb, aggregation=aggregation, kl_coef=0.1)
+        rl = GenRLSettings(aggregation=aggregation, kl_coef=0.1)
         model.zero_grad(set_to_none=True)
         stats.append(accumulate_gradients(lambda loss: loss.backward(), model, setup_reference(model, rl), ro, adv,
-                                          update_plan(rl, gen), rl.kl_coef))
+                                          update_plan(rl, gen, RuntimeSettings(micro_batch_size=mb)), rl.kl_coef))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
@@ -319,7 +319,7 @@ def test_gradient_checkpointing_does_not_change_the_gradient(policy):
 def run_cfg(model_dir, prompts_file, tmp_path, name, *extra):
     return load_config(GenRLConfig, None, [
         f"model.name={model_dir}", "model.lora.r=4", "model.lora.alpha=16", f"data.path={prompts_file}",
-        "rl.prompts_per_step=2", "rl.samples_per_prompt=3", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
+        "rl.prompts_per_step=2", "rl.samples_per_prompt=3", "rl.steps=3", "eval.prompts=2", "eval.every=0",
         "rl.lr=1e-2", "gen.max_new_tokens=6", f"runs_dir={tmp_path}", f"name={name}", *extra])
 
 
@@ -352,7 +352,7 @@ def test_each_algorithm_runs_with_finite_losses_and_moves_lora(tiny_causal_lm_di
 def test_gradient_checkpointing_run_trains_like_a_plain_run(tiny_causal_lm_dir, prompts_file, tmp_path):
     weights = []
     for name, flag in (("plain", "false"), ("gc", "true")):
-        train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, name, f"rl.gradient_checkpointing={flag}"),
+        train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, name, f"runtime.gradient_checkpointing={flag}"),
                           show_progress=False)
         weights.append(load_file(str(tmp_path / name / "checkpoints" / "final" / "adapter_model.safetensors")))
     assert any(v.abs().max() > 0 for k, v in weights[1].items() if "lora_B" in k)
@@ -367,7 +367,7 @@ def test_gradient_checkpointing_is_active_in_the_run_setup(tiny_causal_lm_dir, p
 
     saved = {}
     for flag in ("false", "true"):
-        cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"setup-{flag}", f"rl.gradient_checkpointing={flag}")
+        cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"setup-{flag}", f"runtime.gradient_checkpointing={flag}")
         model, tok, _, _, _, ref = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))
         ro = sample(model, tok, PROMPTS, 2, cfg.gen, 100)
         total = [0]
@@ -393,7 +393,7 @@ def test_run_setup_prepacks_the_frozen_base_layers_unless_switched_off(tiny_caus
     routed = {}
     for flag, autocast in (("true", "no"), ("false", "no"), ("true", "bf16")):
         cfg = run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, f"pack-{flag}-{autocast}", f"model.lora.prepack={flag}",
-                      f"rl.mixed_precision={autocast}")
+                      f"runtime.mixed_precision={autocast}")
         model = setup_policy(cfg, start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed))[0]
         routed[flag, autocast] = sum("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
     # 2 layers × q, k, v, o, gate, up, down, and the LM head; none under bf16 autocast, whose matmuls would not use them
@@ -408,11 +408,11 @@ def test_bad_settings_and_rewards_fail_clearly(tiny_causal_lm_dir, prompts_file,
     assert not (tmp_path / "a").exists()
     with pytest.raises(RewardError, match="returned nan"):
         train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "b",
-                                  "rl.rewards=[test_classifier_training:returns_nan]"), show_progress=False)
+                                  "reward.functions=[test_classifier_training:returns_nan]"), show_progress=False)
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "the " * 200}) + "\n" + json.dumps({"prompt": "a film"}) + "\n")
     with pytest.raises(ValueError, match="longer than 122 tokens"):
-        train_rl_generate(run_cfg(tiny_causal_lm_dir, long, tmp_path, "c", "rl.eval_prompts=1", "rl.prompts_per_step=1"),
+        train_rl_generate(run_cfg(tiny_causal_lm_dir, long, tmp_path, "c", "eval.prompts=1", "rl.prompts_per_step=1"),
                           show_progress=False)
 
 
@@ -444,8 +444,8 @@ def test_too_few_prompts_to_hold_out_is_said(tiny_causal_lm_dir, tmp_path, capsy
     few = tmp_path / "few.jsonl"
     few.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
     train_rl_generate(run_cfg(tiny_causal_lm_dir, few, tmp_path, "few", "rl.steps=1"), show_progress=False)
-    assert "no more than rl.eval_prompts=2 prompts, so training uses the held-out prompts" in capsys.readouterr().out
-    train_rl_generate(run_cfg(tiny_causal_lm_dir, few, tmp_path, "enough", "rl.steps=1", "rl.eval_prompts=1"),
+    assert "no more than eval.prompts=2 prompts, so training uses the held-out prompts" in capsys.readouterr().out
+    train_rl_generate(run_cfg(tiny_causal_lm_dir, few, tmp_path, "enough", "rl.steps=1", "eval.prompts=1"),
                       show_progress=False)
     assert "held-out prompts too" not in capsys.readouterr().out
 
@@ -454,7 +454,7 @@ def test_cli_rl_dispatches_on_policy(tiny_causal_lm_dir, prompts_file, tmp_path,
     from rewardtune.cli import main
 
     args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", f"data.path={prompts_file}",
-            "rl.steps=1", "rl.eval_prompts=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
+            "rl.steps=1", "eval.prompts=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
             "gen.max_new_tokens=3", f"runs_dir={tmp_path}", "name=cli"]
     assert main(args) == 0
     assert (tmp_path / "cli" / "checkpoints" / "final").is_dir()
@@ -495,7 +495,7 @@ def test_ppo_one_epoch_unclipped_equals_plain_policy_gradient(policy):
     torch.manual_seed(4)
     model.zero_grad(set_to_none=True)
     ppo_update(lambda loss: loss.backward(), lambda loss: None, model, head, ro, scores, None, 0.0, ppo,
-               update_plan(GenRLSettings(algorithm="ppo"), gen, ppo))
+               update_plan(GenRLSettings(algorithm="ppo"), gen, ppo=ppo))
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     # The plain policy gradient with the same token advantages (V = 0: zero-initialised head, β = 0).
     mask = ro.completion_mask
@@ -533,7 +533,7 @@ def test_ppo_kl_follows_the_estimator_and_mode(policy, kl_mode):
     model.zero_grad(set_to_none=True)
     out = ppo_update(lambda loss: loss.backward(), lambda loss: None, model, ValueHead(model.config.hidden_size), ro,
                      scores, ref, beta, ppo,
-                     update_plan(GenRLSettings(algorithm="ppo", kl_estimator="k3", kl_mode=kl_mode), gen, ppo))
+                     update_plan(GenRLSettings(algorithm="ppo", kl_estimator="k3", kl_mode=kl_mode), gen, ppo=ppo))
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     token_rewards = kl_penalized_rewards(scores, ro.logprobs, ref, mask, beta if kl_mode == "reward" else 0.0, "k3")
     adv = masked_whiten(gae(token_rewards, torch.zeros(mask.shape), mask, 1.0, 0.95)[0], mask)
@@ -587,7 +587,7 @@ def test_kl_in_reward_and_adaptive_beta(tiny_causal_lm_dir, prompts_file, tmp_pa
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_bf16_autocast_runs_with_finite_losses(tiny_causal_lm_dir, prompts_file, tmp_path, algorithm):
-    out = train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16", "rl.mixed_precision=bf16",
+    out = train_rl_generate(run_cfg(tiny_causal_lm_dir, prompts_file, tmp_path, "bf16", "runtime.mixed_precision=bf16",
                                     f"rl.algorithm={algorithm}", "rl.kl_coef=0.1"), show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]

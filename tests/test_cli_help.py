@@ -11,7 +11,7 @@ import typing
 import pytest
 
 from rewardtune.cli import main
-from rewardtune.cli_config import builtin_rewards
+from rewardtune.cli_config import REWARDS_KEY, builtin_rewards
 from rewardtune.config import shipped_configs, to_dict
 from rewardtune.quickstart import QuickstartConfig
 from rewardtune.rewards import RewardError
@@ -70,7 +70,7 @@ def test_help_config_of_the_generative_rl_is_its_own_not_the_classifiers(monkeyp
     _, shown = _run_and_help(monkeypatch, capsys, ["rl", "policy=causal-lm"], "rewardtune.train.rl_generate",
                              "train_rl_generate")
     assert shown["values"]["model.name"] == "smollm2-135m-instruct"
-    assert shown["values"]["data.path"] == "demo-prompts" and shown["values"]["rl.rewards"] == ("length",)
+    assert shown["values"]["data.path"] == "demo-prompts" and shown["values"]["reward.functions"] == ("length",)
     assert "rl.estimator" not in shown["values"] and shown["values"]["rl.algorithm"] == "grpo"
 
 
@@ -95,17 +95,17 @@ def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, caps
         settings = RLSettings(rewards=("no-such-reward",))
         module, fn = "rewardtune.train.rl_classifier", "train_rl_classifier"
     else:
-        from rewardtune.train.gen_config import GenRLSettings
+        from rewardtune.train.gen_config import RewardSettings
         from rewardtune.train.gen_setup import setup_reward
 
-        settings = GenRLSettings(rewards=("no-such-reward",))
+        settings = RewardSettings(functions=("no-such-reward",))
         module, fn = "rewardtune.train.rl_generate", "train_rl_generate"
     with pytest.raises(RewardError) as e:
         setup_reward(settings)
     accepted = re.search(r"built-ins: (.*?);", str(e.value)).group(1).split(", ")
     assert list(builtin_rewards(kind)) == accepted
     _, shown = _run_and_help(monkeypatch, capsys, ["rl", f"policy={kind}"], module, fn)
-    line = next(l for l in shown["text"].splitlines() if l.startswith("rl.rewards = "))
+    line = next(l for l in shown["text"].splitlines() if l.startswith(f"{REWARDS_KEY[kind]} = "))
     assert f"[built-ins: {', '.join(accepted)}; or rm:FOLDER" in line and "module:function]" in line
 
 

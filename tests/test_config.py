@@ -134,3 +134,58 @@ def test_config_path_takes_a_file_then_a_shipped_name(tmp_path, monkeypatch):
         config_path("nope")
     with pytest.raises(ConfigError, match="does not exist"):
         config_path("some/dir/sst2-sft")  # a path into a folder is never a shipped name
+
+
+# ---------------------------------------------------------------- keys renamed when generative RL's `rl` section split
+
+
+def test_keys_of_the_one_rl_section_load_as_their_new_keys_with_a_warning(caplog):
+    from rewardtune.train.gen_config import GenRLConfig
+
+    with caplog.at_level("WARNING", logger="rewardtune.config"):
+        cfg = load_config(GenRLConfig, None, ["rl.eval_every=3", "rl.rewards=[lexicon]", "rl.micro_batch_size=2",
+                                              "rl.on_reward_error=skip", "rl.steps=7"])
+    assert (cfg.eval.every, cfg.reward.functions, cfg.runtime.micro_batch_size) == (3, ("lexicon",), 2)
+    assert cfg.reward.on_error == "skip" and cfg.rl.steps == 7  # rl.steps stayed where it was
+    assert "rl.eval_every is now called eval.every" in caplog.text
+
+
+def test_an_old_config_file_loads_as_the_new_layout(tmp_path):
+    from rewardtune.train.gen_config import GenRLConfig
+
+    old = tmp_path / "config.yaml"  # as a run written before the split has it
+    old.write_text("rl:\n  algorithm: rloo\n  rewards: [length]\n  eval_samples: 2\n  best_metric: kl\n"
+                   "  gradient_checkpointing: true\n", encoding="utf-8")
+    cfg = load_config(GenRLConfig, old)
+    assert cfg.rl.algorithm == "rloo" and cfg.eval.samples == 2 and cfg.eval.best_metric == "kl"
+    assert cfg.runtime.gradient_checkpointing is True and cfg.reward.functions == ("length",)
+
+
+def test_an_old_key_and_its_new_name_together_are_an_error():
+    from rewardtune.train.gen_config import GenRLConfig
+
+    with pytest.raises(ConfigError, match="rl.eval_every and eval.every are the same setting"):
+        load_config(GenRLConfig, None, ["eval.every=2", "rl.eval_every=3"])
+
+
+def test_a_run_written_before_the_split_resumes(tmp_path):
+    """`--resume` compares the run's config.yaml with the config it goes on with: old keys are read as the new."""
+    import yaml
+
+    from rewardtune.config import to_dict
+    from rewardtune.run import _check_resume
+    from rewardtune.train.gen_config import RENAMED, GenRLConfig
+
+    cfg = load_config(GenRLConfig, None, ["eval.every=0", "reward.functions=[lexicon]"])
+    saved = to_dict(cfg)
+    for old, new in RENAMED.items():  # write it back in the old layout
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        saved[osec][okey] = saved[nsec].pop(nkey)
+    for section in ("reward", "eval", "runtime"):
+        assert not saved.pop(section)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    assert _check_resume(tmp_path, cfg) is None  # accepted (no checkpoint yet), nothing recorded as changed
+    assert not (tmp_path / "config_changes.jsonl").exists()
+    with pytest.raises(ConfigError, match=r"reward.functions: \['lexicon'\] -> \['length'\]"):  # a real change
+        _check_resume(tmp_path, load_config(GenRLConfig, None, ["eval.every=0", "reward.functions=[length]"]))

@@ -89,7 +89,7 @@ def test_loop_with_bf16_base_weights_and_a_float32_adapter(tiny_causal_lm_dir):
 def test_loop_under_bf16_autocast_as_the_run_samples(tiny_causal_lm_dir):
     model, tok = load_causal_lm(str(tiny_causal_lm_dir))
     model = trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8)))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # rl.mixed_precision=bf16 samples under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # runtime.mixed_precision=bf16 samples under autocast
         assert_same(*both(model, tok, GenSettings(max_new_tokens=6, temperature=1.2), 2), atol=BF16_ATOL)
 
 

@@ -239,7 +239,7 @@ def test_generative_rl_runs_on_two_processes_with_sharded_prompt_groups(tmp_path
     prompts.write_text("".join(json.dumps({"prompt": f"the film was {w}"}) + "\n" for w in WORDS[:12]))
     runs = tmp_path / "runs"
     args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",
-            "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
+            "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=3", "eval.prompts=2", "eval.every=0",
             "rl.lr=1e-2", "gen.max_new_tokens=4", f"runs_dir={runs}", "name=lm2", "ckpt.every=1",
             "rl.aggregation=token_mean"]  # token_mean: its denominator is the global token count
     proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], tmp_path / "log.txt")
@@ -371,7 +371,7 @@ def test_a_reward_failing_on_one_process_stops_both_with_a_checkpoint_that_resum
     runs = tmp_path / "runs"
     args = lambda name: ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4",  # noqa: E731
                          f"data.path={prompts}", "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=3",
-                         "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-2", "rl.rewards=[rank_reward:words]",
+                         "eval.prompts=2", "eval.every=0", "rl.lr=1e-2", "reward.functions=[rank_reward:words]",
                          "gen.max_new_tokens=4", f"runs_dir={runs}", f"name={name}"]
     logs = {n: tmp_path / f"{n}.txt" for n in ("straight", "failed", "resumed")}
     _wait(_launch("torchrun", 2, [str(tmp_path / "i1.json"), *args("straight")], logs["straight"]), logs["straight"])

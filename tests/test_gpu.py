@@ -34,7 +34,7 @@ def prompts_file(tmp_path):
 def run(model_dir, prompts, tmp_path, name, *extra):
     cfg = load_config(GenRLConfig, None, [
         f"model.name={model_dir}", f"data.path={prompts}", "rl.prompts_per_step=2", "rl.samples_per_prompt=3",
-        "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-2", "gen.max_new_tokens=6",
+        "rl.steps=3", "eval.prompts=2", "eval.every=0", "rl.lr=1e-2", "gen.max_new_tokens=6",
         f"runs_dir={tmp_path}", f"name={name}", *extra])
     torch.cuda.reset_peak_memory_stats()
     out = train_rl_generate(cfg, show_progress=False)
@@ -45,7 +45,7 @@ def run(model_dir, prompts, tmp_path, name, *extra):
     return out, train
 
 
-@pytest.mark.parametrize("extra", [[], ["rl.mixed_precision=bf16"], ["rl.algorithm=ppo", "rl.mixed_precision=bf16"],
+@pytest.mark.parametrize("extra", [[], ["runtime.mixed_precision=bf16"], ["rl.algorithm=ppo", "runtime.mixed_precision=bf16"],
                                    ["rl.algorithm=ppo", "rl.kl_mode=loss", "rl.kl_estimator=k3"]])
 def test_lora_runs_on_the_gpu(tiny_causal_lm_dir, prompts_file, tmp_path, extra):
     out, train = run(tiny_causal_lm_dir, prompts_file, tmp_path, "lora", "model.lora.r=4", "model.lora.alpha=16", *extra)
@@ -55,7 +55,7 @@ def test_lora_runs_on_the_gpu(tiny_causal_lm_dir, prompts_file, tmp_path, extra)
 
 def test_full_fine_tuning_keeps_its_frozen_reference_on_the_gpu(tiny_causal_lm_dir, prompts_file, tmp_path):
     out, _ = run(tiny_causal_lm_dir, prompts_file, tmp_path, "full", "model.lora.r=0", "rl.kl_coef=0.1", "rl.lr=1e-3",
-                 "rl.best_metric=kl_greedy", "rl.best_mode=min")
+                 "eval.best_metric=kl_greedy", "eval.best_mode=min")
     assert "kl_greedy" in out["eval"]
 
 
@@ -73,7 +73,7 @@ def test_a_reward_model_scores_on_the_gpu(tiny_encoder_dir, tiny_causal_lm_dir, 
     best = tmp_path / "rm" / "checkpoints" / "best"
     rm = build_rewards((f"rm:{best}",), device=torch.device("cuda")).fns[f"rm:{best}"]
     assert {p.device.type for p in rm.model.parameters()} == {"cuda"}
-    run(tiny_causal_lm_dir, prompts_file, tmp_path, "rm-policy", "model.lora.r=4", f"rl.rewards=[rm:{best}]")
+    run(tiny_causal_lm_dir, prompts_file, tmp_path, "rm-policy", "model.lora.r=4", f"reward.functions=[rm:{best}]")
 
 
 def test_the_chunked_head_backward_keeps_the_forward_s_autocast_on_cuda():

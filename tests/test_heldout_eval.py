@@ -21,8 +21,8 @@ from test_causal_lm_policy import PROMPTS, run_cfg
 
 def cfg(model_dir, prompts, tmp_path, name, *extra):
     """test_causal_lm_policy's tiny run, evaluated at every step, with hotter sampling and a faster learning rate."""
-    return run_cfg(model_dir, prompts, tmp_path, name, "rl.samples_per_prompt=2", "rl.eval_prompts=3",
-                   "rl.eval_every=1", "rl.lr=5e-2", "gen.temperature=1.5", *extra)
+    return run_cfg(model_dir, prompts, tmp_path, name, "rl.samples_per_prompt=2", "eval.prompts=3",
+                   "eval.every=1", "rl.lr=5e-2", "gen.temperature=1.5", *extra)
 
 
 @pytest.fixture()
@@ -73,11 +73,11 @@ def test_tempered_evaluation_takes_one_reference_pass(tiny_causal_lm_dir, tmp_pa
     assert seen == [(1.5, 1.0), (1.0,), (1.0,)]
 
 
-@pytest.mark.parametrize("metric,mode,extra", [("length_words", "min", "rl.reward_weights=[-1.0]"),  # shorter pays
-                                               ("kl_greedy", "max", "rl.reward_weights=[1.0]")])
+@pytest.mark.parametrize("metric,mode,extra", [("length_words", "min", "reward.weights=[-1.0]"),  # shorter pays
+                                               ("kl_greedy", "max", "reward.weights=[1.0]")])
 def test_the_best_checkpoint_follows_the_chosen_metric(tiny_causal_lm_dir, prompts, tmp_path, metric, mode, extra):
-    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "run", f"rl.best_metric={metric}",
-                                f"rl.best_mode={mode}", extra), show_progress=False)
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "run", f"eval.best_metric={metric}",
+                                f"eval.best_mode={mode}", extra), show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r[metric]) for r in rows if r["split"] == "eval"]
     assert [s for s, _ in evals] == [0, 1, 2, 3]
@@ -93,24 +93,24 @@ def test_the_best_checkpoint_follows_the_chosen_metric(tiny_causal_lm_dir, promp
 
 
 def test_bad_evaluation_settings_fail_before_the_run_starts(tiny_causal_lm_dir, prompts, tmp_path):
-    with pytest.raises(ValueError, match="rl.best_metric='accuracy'.*valid: reward, length_words, .*kl_greedy"):
-        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "a", "rl.best_metric=accuracy"))
-    with pytest.raises(ValueError, match=r"rl.best_metric='kl'.*rl.eval_samples=0.*kl_greedy"):
-        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "b", "rl.best_metric=kl"))
+    with pytest.raises(ValueError, match="eval.best_metric='accuracy'.*valid: reward, length_words, .*kl_greedy"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "a", "eval.best_metric=accuracy"))
+    with pytest.raises(ValueError, match=r"eval.best_metric='kl'.*eval.samples=0.*kl_greedy"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "b", "eval.best_metric=kl"))
     with pytest.raises(ValueError, match=r"reference policy, which exists with LoRA .* or with rl.kl_coef > 0"):
-        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "c", "rl.best_metric=ref_perplexity",
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "c", "eval.best_metric=ref_perplexity",
                               "model.lora.r=0", "rl.kl_coef=0"))
     assert not any((tmp_path / n).exists() for n in "abc")  # nothing was started
-    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "d", "rl.best_metric=kl", "rl.eval_samples=2",
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "d", "eval.best_metric=kl", "eval.samples=2",
                                 "rl.steps=1"), show_progress=False)
     assert set(out["best"]) == {"kl"} and "kl" in out["eval"]
-    with pytest.raises(ValueError, match=r"rl.eval_samples=-1 must be ≥ 0"):
-        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "e", "rl.eval_samples=-1"))
+    with pytest.raises(ValueError, match=r"eval.samples=-1 must be ≥ 0"):
+        train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "e", "eval.samples=-1"))
 
 
 def test_checkpoints_best_exists_when_nothing_beats_the_start(tiny_causal_lm_dir, prompts, tmp_path):
-    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "run", "rl.best_metric=kl_greedy",
-                                "rl.best_mode=min", "rl.steps=2"), show_progress=False)  # ≈ 0 at the start
+    out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "run", "eval.best_metric=kl_greedy",
+                                "eval.best_mode=min", "rl.steps=2"), show_progress=False)  # ≈ 0 at the start
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "best"] == [0]
     assert (tmp_path / "run" / "checkpoints" / "best" / "adapter_model.safetensors").exists()
@@ -124,7 +124,7 @@ def test_full_fine_tuning_measures_against_its_frozen_copy(tiny_causal_lm_dir, p
     from safetensors.torch import load_file
 
     out = train_rl_generate(cfg(tiny_causal_lm_dir, prompts, tmp_path, "full", "model.lora.r=0", "rl.kl_coef=0.1",
-                                "rl.lr=1e-3", "rl.best_metric=kl_greedy", "rl.best_mode=min"), show_progress=False)
+                                "rl.lr=1e-3", "eval.best_metric=kl_greedy", "eval.best_mode=min"), show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert all("kl" in r for r in rows if r["split"] == "train")
     evals = [r for r in rows if r["split"] == "eval"]

@@ -83,7 +83,7 @@ def test_command_line_example_runs(tiny_causal_lm_dir, tmp_path, monkeypatch):
     assert not any(w.startswith("model.name=") for w in words)  # the default model: the bundled SmolLM2
     tree = ast.parse(python_example())
     (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "myreward"]
-    assert "rl.rewards=[mymodule:myreward]" in words
+    assert "reward.functions=[mymodule:myreward]" in words
     (tmp_path / "mymodule.py").write_text(ast.get_source_segment(python_example(), fn) + "\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # what PYTHONPATH=. does for the `rewardtune` command

@@ -70,11 +70,11 @@ def commands(tiny_encoder_dir, tiny_causal_lm_dir, labelled, pairs, prompts):
             "model.lora.r=4", f"runs_dir={r}", f"name={n}"], 8),
         "rl-causal-lm-grpo": (GenRLConfig, train_rl_generate, lambda r, n: [
             f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-            "rl.samples_per_prompt=3", "rl.steps=6", "rl.eval_prompts=2", "rl.eval_every=2", "rl.lr=1e-2",
-            "rl.reward_normalize=running", "gen.max_new_tokens=5", f"runs_dir={r}", f"name={n}"], 6),
+            "rl.samples_per_prompt=3", "rl.steps=6", "eval.prompts=2", "eval.every=2", "rl.lr=1e-2",
+            "reward.normalize=running", "gen.max_new_tokens=5", f"runs_dir={r}", f"name={n}"], 6),
         "rl-causal-lm-ppo": (GenRLConfig, train_rl_generate, lambda r, n: [
             f"model.name={tiny_causal_lm_dir}", f"data.path={prompts}", "rl.algorithm=ppo", "rl.prompts_per_step=2",
-            "rl.samples_per_prompt=2", "rl.steps=4", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-3",
+            "rl.samples_per_prompt=2", "rl.steps=4", "eval.prompts=2", "eval.every=0", "rl.lr=1e-3",
             "gen.max_new_tokens=4", f"runs_dir={r}", f"name={n}"], 4),
     }
 
@@ -257,7 +257,7 @@ def test_cli_resume_of_a_causal_lm_run_finds_its_policy_kind(tiny_causal_lm_dir,
     from rewardtune.cli import main
 
     args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",
-            "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
+            "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.steps=3", "eval.prompts=2", "eval.every=0",
             "gen.max_new_tokens=4", f"runs_dir={tmp_path}", "name=lm", "ckpt.stop_after=1"]
     assert main(args) == 0 and '"stopped": true' in capsys.readouterr().out
     assert main(["rl", "--resume", str(tmp_path / "lm")]) == 0  # policy=causal-lm comes from its config.yaml
@@ -270,14 +270,14 @@ def test_a_generative_run_from_before_memory_only_keys_existed_resumes(tiny_caus
     import yaml
 
     args = [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-            "rl.samples_per_prompt=2", "rl.steps=2", "rl.eval_prompts=2", "rl.eval_every=0", "gen.max_new_tokens=4",
+            "rl.samples_per_prompt=2", "rl.steps=2", "eval.prompts=2", "eval.every=0", "gen.max_new_tokens=4",
             f"runs_dir={tmp_path}", "name=lm"]
     train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.stop_after=1"]), show_progress=False)
     saved = tmp_path / "lm" / "config.yaml"
     cfg = yaml.safe_load(saved.read_text())
     del cfg["gen"]["fast_decode"], cfg["rl"]["inference_batch_size"]  # as an older rewardtune wrote it
     saved.write_text(yaml.safe_dump(cfg))
-    out = train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "rl.inference_batch_size=2"]),
+    out = train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "runtime.inference_batch_size=2"]),
                             show_progress=False)
     assert out["steps"] == 2  # neither changes what is trained
     with pytest.raises(ConfigError, match=r"rl.lr"):  # while a real change is still refused
@@ -325,8 +325,8 @@ def fail_then_resume(train, cls, args, tmp_path, fail_at, match, total, how="nan
 
 def generative_args(model, prompts, root, eval_every):
     return lambda name: [f"model.name={model}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-                         "rl.samples_per_prompt=3", "rl.steps=4", "rl.eval_prompts=2", f"rl.eval_every={eval_every}",
-                         "rl.lr=1e-2", "rl.rewards=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
+                         "rl.samples_per_prompt=3", "rl.steps=4", "eval.prompts=2", f"eval.every={eval_every}",
+                         "rl.lr=1e-2", "reward.functions=[test_resume:flaky_reward]", "gen.max_new_tokens=5",
                          f"runs_dir={root}", f"name={name}"]
 
 
@@ -365,8 +365,8 @@ def test_a_ppo_checkpoint_from_before_the_kl_settings_applied_goes_on_as_it_ran(
 
     def args(name):
         return [f"model.name={tiny_causal_lm_dir}", f"data.path={prompts}", "rl.algorithm=ppo", "rl.prompts_per_step=2",
-                "rl.samples_per_prompt=2", "rl.steps=4", "rl.eval_prompts=2", "rl.eval_every=0", "rl.lr=1e-3",
-                "rl.kl_coef=0.2", "rl.reward_normalize=running", "gen.max_new_tokens=4", f"runs_dir={tmp_path}",
+                "rl.samples_per_prompt=2", "rl.steps=4", "eval.prompts=2", "eval.every=0", "rl.lr=1e-3",
+                "rl.kl_coef=0.2", "reward.normalize=running", "gen.max_new_tokens=4", f"runs_dir={tmp_path}",
                 f"name={name}"]
     train_rl_generate(load_config(GenRLConfig, None, args("straight")), show_progress=False)  # auto: reward, k1
     train_rl_generate(load_config(GenRLConfig, None, args("old") + ["ckpt.stop_after=2"]), show_progress=False)

@@ -86,12 +86,12 @@ def test_generative_rl_skips_failed_samples_and_counts_them(tiny_causal_lm_dir, 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abcdefgh"))
     args = [f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-            "rl.samples_per_prompt=4", "rl.steps=3", "rl.eval_prompts=2", "rl.eval_every=0",
-            "rl.rewards=[test_reward_errors:nan_on_b]", "gen.max_new_tokens=8", f"runs_dir={tmp_path}"]
+            "rl.samples_per_prompt=4", "rl.steps=3", "eval.prompts=2", "eval.every=0",
+            "reward.functions=[test_reward_errors:nan_on_b]", "gen.max_new_tokens=8", f"runs_dir={tmp_path}"]
     with pytest.raises(RewardError, match="'test_reward_errors:nan_on_b' returned nan"):
         train_rl_generate(load_config(GenRLConfig, None, args + ["name=strict"]), show_progress=False)
     # the tiny tokenizer spells completions from letters: 8 tokens × 8 samples almost surely hold a 'b'
-    out = train_rl_generate(load_config(GenRLConfig, None, args + ["name=skip", "rl.on_reward_error=skip"]),
+    out = train_rl_generate(load_config(GenRLConfig, None, args + ["name=skip", "reward.on_error=skip"]),
                             show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]

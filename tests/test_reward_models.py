@@ -232,8 +232,8 @@ def test_generative_rl_with_a_reward_model_and_a_second_reward_logs_each(pairwis
     rm = f"rm:{pairwise_rm[1] / 'checkpoints' / 'best'}"
     train_rl_generate(load_config(GenRLConfig, None, [
         f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-        "rl.samples_per_prompt=3", "rl.steps=2", "rl.eval_prompts=2", "rl.eval_every=0", "rl.sample_every=1",
-        f"rl.rewards=[{rm}, length]", "rl.reward_weights=[2.0, 0.5]", "gen.max_new_tokens=5", f"runs_dir={tmp_path}",
+        "rl.samples_per_prompt=3", "rl.steps=2", "eval.prompts=2", "eval.every=0", "eval.sample_every=1",
+        f"reward.functions=[{rm}, length]", "reward.weights=[2.0, 0.5]", "gen.max_new_tokens=5", f"runs_dir={tmp_path}",
         "name=two"]), show_progress=False)
     train = [r for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines())
              if r["split"] == "train"]

@@ -366,10 +366,10 @@ def test_a_classifier_rl_reward_may_be_a_callable():
 
 
 def test_a_generative_rl_reward_may_be_a_callable():
-    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.gen_config import RewardSettings
     from rewardtune.train.gen_setup import setup_reward
 
-    reward = setup_reward(GenRLSettings(rewards=("length", my_reward)))
+    reward = setup_reward(RewardSettings(functions=("length", my_reward)))
     assert list(reward.fns) == ["length", "my_reward"] and reward.fns["my_reward"] is my_reward
     # length: 2 words / 10 = 0.2; my_reward: len('a b') = 3 → 3.2
     assert close(reward(["p"], ["a b"]).total, [3.2])

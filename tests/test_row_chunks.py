@@ -1,5 +1,5 @@
 """Memory bounds of generative RL that must not change the result: sampling and the no-gradient passes in
-row chunks (`rl.inference_batch_size`), and PPO's micro-batches (`rl.micro_batch_size`)."""
+row chunks (`runtime.inference_batch_size`), and PPO's micro-batches (`runtime.micro_batch_size`)."""
 from __future__ import annotations
 
 import json
@@ -203,7 +203,7 @@ def test_ppo_micro_batches_do_not_change_the_steps(policy, micro):
                 p.grad = None
         torch.manual_seed(7)  # the same minibatch permutations
         stats = ppo_update(lambda loss: loss.backward(), step, model, head, ro, scores, None, 0.0, ppo,
-                           replace(update_plan(GenRLSettings(algorithm="ppo"), GenSettings(max_new_tokens=5), ppo),
+                           replace(update_plan(GenRLSettings(algorithm="ppo"), GenSettings(max_new_tokens=5), ppo=ppo),
                                    micro_batch_size=mb, no_grad_rows=2))
         runs.append((grads, losses, stats))
     (g0, l0, s0), (g1, l1, s1) = runs
@@ -220,10 +220,10 @@ def test_a_run_with_row_chunks_and_micro_batches_logs_what_one_pass_logs(tiny_ca
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 2))
     rows = []
-    for name, extra in (("whole", []), ("chunked", ["rl.inference_batch_size=3", "rl.micro_batch_size=2"])):
+    for name, extra in (("whole", []), ("chunked", ["runtime.inference_batch_size=3", "runtime.micro_batch_size=2"])):
         cfg = load_config(GenRLConfig, None, [
             f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}", "rl.prompts_per_step=2",
-            "rl.samples_per_prompt=3", "rl.steps=2", "rl.eval_prompts=4", "rl.eval_every=0", "rl.lr=1e-2",
+            "rl.samples_per_prompt=3", "rl.steps=2", "eval.prompts=4", "eval.every=0", "rl.lr=1e-2",
             "gen.max_new_tokens=6", "gen.temperature=1.5", f"runs_dir={tmp_path}", f"name={name}", *extra])
         train_rl_generate(cfg, show_progress=False)
         rows.append([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
@@ -253,7 +253,7 @@ def test_ppo_over_two_processes_takes_one_global_token_mean(policy):
 
     def grads(net, value_head, rows, all_sum):
         ppo_update(lambda loss: loss.backward(), lambda loss: None, net, value_head, ro.rows(rows), scores[rows], None,
-                   0.0, ppo, update_plan(GenRLSettings(algorithm="ppo"), GenSettings(max_new_tokens=6), ppo), all_sum)
+                   0.0, ppo, update_plan(GenRLSettings(algorithm="ppo"), GenSettings(max_new_tokens=6), ppo=ppo), all_sum)
         return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
     full = grads(copy.deepcopy(model), copy.deepcopy(head), slice(0, 8), None)

@@ -80,7 +80,7 @@ def test_imdb_pairwise_reward_model_config_runs(tiny_encoder_dir, tmp_path, monk
 def test_grpo_sentiment_config_runs(tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # its prompts ship with the package: it runs from anywhere
     argv = ["rl", "--config", "grpo-smollm2-sentiment", f"model.name={tiny_causal_lm_dir}", "rl.steps=2",
-            "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.eval_prompts=2", "rl.eval_samples=2",
+            "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "eval.prompts=2", "eval.samples=2",
             "gen.max_new_tokens=4", f"runs_dir={tmp_path}"]
     rows = _run(argv, tmp_path / "grpo-smollm2-sentiment", capsys)
     train = [r for r in rows if r.get("split") == "train"]

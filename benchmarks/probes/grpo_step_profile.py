@@ -50,7 +50,7 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     from rewardtune.rewards import reward_model
     from rewardtune.train.gen_setup import update_plan
     from rewardtune.train.pg_update import accumulate_gradients, reference_logprobs
-    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.gen_config import GenRLSettings, RuntimeSettings
     from rewardtune.train.common import setup_reference
 
     return_freed_memory()  # reads REWARDTUNE_MMAP_THRESHOLD_MB, as start_run does
@@ -68,7 +68,7 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
         prepack_frozen_linears(model)
     rm = reward_model(args.rm)
     out["rss_loaded"] = rss()
-    rl, gen = GenRLSettings(micro_batch_size=mb, kl_coef=0.04), GenSettings(max_new_tokens=32)
+    rl, gen, rt = GenRLSettings(kl_coef=0.04), GenSettings(max_new_tokens=32), RuntimeSettings(micro_batch_size=mb)
     ref = setup_reference(model, rl)
     t = time.time()
     ro = sample(model, tok, PROMPTS, 4, gen, 2000)
@@ -82,7 +82,7 @@ def child(args: argparse.Namespace, mb: int, gc: bool, dtype: str = "f32", share
     adv, times = torch.randn(16), []
     for _ in range(args.repeat):  # the update includes its own reference passes (KL loss term)
         t = time.time()
-        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen), rl.kl_coef)
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen, rt), rl.kl_coef)
         times.append(time.time() - t)
         model.zero_grad(set_to_none=True)
     out |= {"s_update_min": min(times), "s_update_all": times, "rss_end": rss()}
@@ -189,20 +189,20 @@ def reference_once_ab(repeat: int) -> dict:
     from rewardtune.policies.causal_lm import GenSettings, sample
     from rewardtune.train.gen_setup import update_plan
     from rewardtune.train.pg_update import accumulate_gradients, policy_loss, reference_logprobs
-    from rewardtune.train.gen_config import GenRLSettings
+    from rewardtune.train.gen_config import GenRLSettings, RuntimeSettings
     from rewardtune.train.common import setup_reference
 
     cap_onednn_cache()
     model, tok = load_causal_lm("smollm2-135m-instruct", torch.bfloat16)
     model = apply_lora(model, LoraSettings(r=16, alpha=32, base_dtype="bfloat16")).train()
-    rl, gen = GenRLSettings(micro_batch_size=4, kl_coef=0.04), GenSettings(max_new_tokens=32)
+    rl, gen, rt = GenRLSettings(kl_coef=0.04), GenSettings(max_new_tokens=32), RuntimeSettings(micro_batch_size=4)
     ref = setup_reference(model, rl)
     torch.manual_seed(0)
     ro, adv = sample(model, tok, PROMPTS, 4, gen, 2000), torch.randn(16)
 
     def once_first() -> float:
         t = time.time()
-        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen), rl.kl_coef)
+        accumulate_gradients(lambda loss: loss.backward(), model, ref, ro, adv, update_plan(rl, gen, rt), rl.kl_coef)
         model.zero_grad(set_to_none=True)
         return time.time() - t
 
@@ -211,7 +211,7 @@ def reference_once_ab(repeat: int) -> dict:
         for s in range(0, 16, 4):
             rows = ro.rows(slice(s, s + 4))
             ref_logp = reference_logprobs(model, ref, rows, gen.temperature)
-            policy_loss(model, rows, adv[s:s + 4], ro.completion_mask, update_plan(rl, gen), rl.kl_coef, ref_logp=ref_logp)[0].backward()
+            policy_loss(model, rows, adv[s:s + 4], ro.completion_mask, update_plan(rl, gen, rt), rl.kl_coef, ref_logp=ref_logp)[0].backward()
         model.zero_grad(set_to_none=True)
         return time.time() - t
     once_first(), per_micro_batch()

@@ -1,4 +1,4 @@
-"""What `rl.inference_batch_size` saves: peak memory and time of sampling and the reference pass of a large
+"""What `runtime.inference_batch_size` saves: peak memory and time of sampling and the reference pass of a large
 rollout, all rows at once against row chunks, on SmolLM2-135M + LoRA r=16 (fp32, prepacked as runs do).
 
 Each setting runs in its own process, so that its peak RSS is its own. The completions' token ids are hashed:

@@ -21,7 +21,7 @@ from ..rewards import text as text_rewards
 from ..collectives import failed_ranks, gather_to_cpu
 from ..run import RunContext
 from .common import setup_reference
-from .gen_config import GenRLConfig, GenRLSettings, PPOSettings
+from .gen_config import GenRLConfig, GenRLSettings, PPOSettings, RewardSettings, RuntimeSettings
 from .lm_eval import EVAL_METRICS
 from .pg_update import UpdatePlan, no_grad_rows
 from .ppo import ValueHead
@@ -32,20 +32,21 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
     return [min(len(c.split()), 10) / 10 for c in completions]
 
 
-# The generative built-in rewards by name: each factory takes the run's settings (some read a field of them).
-BUILTIN_REWARDS: dict[str, Callable[[GenRLSettings], Any]] = {
-    "length": lambda rl: length_reward, "lexicon": lambda rl: text_rewards.lexicon(),
-    "regex": lambda rl: text_rewards.regex(rl.regex), "length_penalty": lambda rl: text_rewards.length_penalty(rl.target_length),
+# The generative built-in rewards by name: each factory takes the reward settings (some read a field of them).
+BUILTIN_REWARDS: dict[str, Callable[[RewardSettings], Any]] = {
+    "length": lambda rs: length_reward, "lexicon": lambda rs: text_rewards.lexicon(),
+    "regex": lambda rs: text_rewards.regex(rs.regex), "length_penalty": lambda rs: text_rewards.length_penalty(rs.target_length),
 }
 
 
-def setup_reward(rl: GenRLSettings, accelerator: Any = None) -> CombinedReward:
-    """Built-ins: length (toy), lexicon, regex (rl.regex), length_penalty (rl.target_length); or rm:FOLDER (run on
-    the accelerator's device, the policy's), module:fn. Under several processes, normalisation sees the global
-    batch, and a reward that fails on one process fails on all, at the same call (they checkpoint and stop together)."""
-    builtins = {name: functools.partial(make, rl) for name, make in BUILTIN_REWARDS.items()}
+def setup_reward(rs: RewardSettings, accelerator: Any = None) -> CombinedReward:
+    """Built-ins: length (toy), lexicon, regex (reward.regex), length_penalty (reward.target_length); or rm:FOLDER
+    (run on the accelerator's device, the policy's), module:fn, a callable. Under several processes, normalisation
+    sees the global batch, and a reward that fails on one process fails on all, at the same call (they checkpoint and
+    stop together)."""
+    builtins = {name: functools.partial(make, rs) for name, make in BUILTIN_REWARDS.items()}
     device = None if accelerator is None else accelerator.device
-    reward = build_rewards(rl.rewards, rl.reward_weights, builtins, rl.reward_normalize, rl.on_reward_error, device)
+    reward = build_rewards(rs.functions, rs.weights, builtins, rs.normalize, rs.on_error, device)
     if accelerator is not None and accelerator.num_processes > 1:
         reward.gather, reward.rank = gather_to_cpu(accelerator), accelerator.process_index
         reward.failed_on = failed_ranks(accelerator)  # a reward failing on one process stops them all
@@ -59,20 +60,24 @@ def setup_kl_controller(rl: GenRLSettings) -> Any:
     return get_kl_controller("fixed", value=rl.kl_coef)
 
 
-def check_settings(rl: GenRLSettings, n_prompts: int, lora: bool = True) -> None:
+def check_settings(cfg: GenRLConfig, n_prompts: int) -> None:
+    """Settings that cannot run, refused before the run folder exists."""
+    rl, ev, lora = cfg.rl, cfg.eval, cfg.model.lora.r > 0
     if rl.algorithm in ("rloo", "grpo", "dr_grpo") and rl.samples_per_prompt < 2:  # ppo and reinforce do not
         raise ValueError(f"algorithm {rl.algorithm!r} compares samples within a group: "
                          f"samples_per_prompt must be ≥ 2, got {rl.samples_per_prompt}")
-    negative = [n for n in ("micro_batch_size", "inference_batch_size", "eval_samples") if getattr(rl, n) < 0]
+    sizes = {"runtime.micro_batch_size": cfg.runtime.micro_batch_size,
+             "runtime.inference_batch_size": cfg.runtime.inference_batch_size, "eval.samples": ev.samples}
+    negative = [k for k, v in sizes.items() if v < 0]
     if negative:
-        raise ValueError(f"rl.{negative[0]}={getattr(rl, negative[0])} must be ≥ 0 (0 = all rows / greedy)")
-    kl_name = "kl" if rl.eval_samples else "kl_greedy"  # the evaluation logs one of them
-    if rl.best_metric not in EVAL_METRICS or rl.best_metric in ("kl", "kl_greedy") and rl.best_metric != kl_name:
+        raise ValueError(f"{negative[0]}={sizes[negative[0]]} must be ≥ 0 (0 = all rows / greedy)")
+    kl_name = "kl" if ev.samples else "kl_greedy"  # the evaluation logs one of them
+    if ev.best_metric not in EVAL_METRICS or ev.best_metric in ("kl", "kl_greedy") and ev.best_metric != kl_name:
         valid = [m for m in EVAL_METRICS if m not in ("kl", "kl_greedy")] + [kl_name]
-        raise ValueError(f"rl.best_metric={rl.best_metric!r} is not a held-out metric of this evaluation "
-                         f"(rl.eval_samples={rl.eval_samples}); valid: {', '.join(valid)}")
-    if not lora and not rl.kl_coef and rl.best_metric in ("kl", "kl_greedy", "ref_perplexity"):
-        raise ValueError(f"rl.best_metric={rl.best_metric!r} is measured against the reference policy, which exists "
+        raise ValueError(f"eval.best_metric={ev.best_metric!r} is not a held-out metric of this evaluation "
+                         f"(eval.samples={ev.samples}); valid: {', '.join(valid)}")
+    if not lora and not rl.kl_coef and ev.best_metric in ("kl", "kl_greedy", "ref_perplexity"):
+        raise ValueError(f"eval.best_metric={ev.best_metric!r} is measured against the reference policy, which exists "
                          "with LoRA (model.lora.r > 0: the adapter disabled) or with rl.kl_coef > 0 (a frozen copy)")
     if n_prompts == 0:
         raise ValueError("the prompt set is empty")
@@ -106,16 +111,16 @@ def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompt
 
 def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
     """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`."""
-    rl = cfg.rl
+    n = cfg.eval.prompts
     prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
-    check_settings(rl, len(prompts), cfg.model.lora.r > 0)  # before the run folder exists: nothing is lost
+    check_settings(cfg, len(prompts))  # before the run folder exists: nothing is lost
     order = list(range(len(prompts)))
     random.Random(cfg.seed).shuffle(order)
     if cfg.data.val_path:  # a fixed held-out prompt set
-        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:rl.eval_prompts]
+        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:n]
         return [prompts[i] for i in order], held_out
-    held_out = [prompts[i] for i in order[:rl.eval_prompts]]
-    return [prompts[i] for i in order[rl.eval_prompts:]] or held_out, held_out
+    held_out = [prompts[i] for i in order[:n]]
+    return [prompts[i] for i in order[n:]] or held_out, held_out
 
 
 def ddp_settings() -> Any:
@@ -132,10 +137,10 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
     lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
     model, tok = load_causal_lm(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
-    if cfg.rl.gradient_checkpointing:
+    if cfg.runtime.gradient_checkpointing:
         enable_checkpointing(model)
     model = apply_lora(model, cfg.model.lora)
-    if cfg.rl.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
+    if cfg.runtime.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
         without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
     ref = setup_reference(model, cfg.rl, run.accelerator.device)
     # The value head stays outside DDP (it reads the LM head's inputs after the forward): placed on the device
@@ -146,20 +151,21 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     model, optim = run.accelerator.prepare(model, optim)
     # After prepare: only weights that stay on the CPU are packed. Not under bf16 autocast, whose matmuls do not
     # use them (held-out evaluation, run without autocast, would then pack copies only for itself).
-    if lora.r > 0 and lora.prepack and cfg.rl.mixed_precision == "no":
+    if lora.r > 0 and lora.prepack and cfg.runtime.mixed_precision == "no":
         prepack_policy(run.accelerator.unwrap_model(model), run.print)
     return model, tok, head, params, optim, ref
 
 
-def update_plan(rl: GenRLSettings, gen: GenSettings, ppo: PPOSettings | None = None) -> UpdatePlan:
+def update_plan(rl: GenRLSettings, gen: GenSettings, runtime: RuntimeSettings | None = None,
+                ppo: PPOSettings | None = None) -> UpdatePlan:
     """What every step's update uses, from the run's settings with `auto` resolved (once, here)."""
-    rl, ppo = rl.resolved(), ppo or PPOSettings()
+    rl, runtime, ppo = rl.resolved(), runtime or RuntimeSettings(), ppo or PPOSettings()
     is_ppo = rl.algorithm == "ppo"  # PPO clips the ratio of its minibatch steps and always takes token means
     objective = Objective(aggregation="token_mean" if is_ppo else rl.aggregation, max_len=gen.max_new_tokens,
                           kl_estimator=rl.kl_estimator, clip_eps=ppo.clip_eps if is_ppo else None,
                           clip_eps_high=(ppo.clip_eps_high or None) if is_ppo else None,
                           dual_clip=(ppo.dual_clip or None) if is_ppo else None)
     return UpdatePlan(objective, kl_in_reward=rl.kl_mode == "reward", temperature=gen.temperature,
-                      micro_batch_size=rl.micro_batch_size,
-                      no_grad_rows=no_grad_rows(rl.samples_per_prompt, rl.inference_batch_size),
+                      micro_batch_size=runtime.micro_batch_size,
+                      no_grad_rows=no_grad_rows(rl.samples_per_prompt, runtime.inference_batch_size),
                       share_prompt=rl.samples_per_prompt > 1, max_grad_norm=rl.max_grad_norm)

@@ -36,11 +36,11 @@ def go_on_as_before(run: RunContext, cfg: GenRLConfig, held: Any) -> GenRLConfig
                     "rl.kl_mode": [rl.kl_mode, "reward"], "rl.kl_estimator": [rl.kl_estimator, "k1"]}}) + "\n")
         run.print("note: this PPO run started when PPO always put the k1 KL in the reward; it goes on that way "
                   "(config.yaml now says rl.kl_mode=reward, rl.kl_estimator=k1)")
-    if rl.reward_normalize != "none" and rl.best_metric == "reward":
+    if cfg.reward.normalize != "none" and cfg.eval.best_metric == "reward":
         old, aside = run.checkpoints / "best", run.checkpoints / "best-normalised-reward"
         if run.is_main and old.is_dir() and not aside.exists():  # (exists: moved by an earlier, aborted resumption)
             old.rename(aside)
-        held.best = float("-inf") if rl.best_mode == "max" else float("inf")
+        held.best = float("-inf") if cfg.eval.best_mode == "max" else float("inf")
         run.print("note: held-out rewards were normalised when this run started and are raw now (its eval_start is on "
                   "the old scale); the best policy so far is in checkpoints/best-normalised-reward, and "
                   "checkpoints/best starts again")

@@ -39,7 +39,7 @@ class ValueHead(torch.nn.Module):
             return self.linear(h.float()).squeeze(-1)  # (B, T)
 
 
-def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, n: int,
+def logprobs_and_values(model: Any, value_head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, n: int,
                         temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π, V and the entropy (no gradient) for the last `n` positions in one forward pass: all read the final
     hidden states (the LM head's inputs), and the LM head runs in row chunks where it can (no (B, T, V) logits
@@ -50,23 +50,23 @@ def logprobs_and_values(model: Any, head: ValueHead, ids: torch.Tensor, mask: to
         # share a prompt.
         hidden = completion_logits(model, ids, mask, n, hidden=True, share=False)  # (B, T, H)
         logp, ent = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=True)
-        return logp, head(hidden), ent
+        return logp, value_head(hidden), ent
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
                 logits_to_keep=n + 1)
     logits = out.logits[:, :-1].float() / temperature  # (B, T, V)
-    values = head(out.hidden_states[-1][:, -n - 1:-1])  # (B, T): value of the state before each token
+    values = value_head(out.hidden_states[-1][:, -n - 1:-1])  # (B, T): value of the state before each token
     with torch.no_grad():
         ent = entropy_from_logits(logits)  # (B, T)
     return logprobs_from_logits(logits, ids[:, -n:]), values, ent
 
 
-def old_values(model: Any, head: ValueHead, ro: Rollout, rows: int = 0) -> torch.Tensor:
+def old_values(model: Any, value_head: ValueHead, ro: Rollout, rows: int = 0) -> torch.Tensor:
     """V of the rollout's states before any update (no gradient), `rows` rows per pass (0 = all). Only the
     final hidden states are needed, so the LM head runs on one position per forward call, not on every token;
     rows are prompt-major, so each prompt goes through the model once for its K samples.  → (B, T)"""
     T = ro.completion_ids.shape[1]
     with torch.no_grad():
-        return torch.cat([head(completion_logits(model, r.input_ids, r.attention_mask, T, hidden=True))
+        return torch.cat([value_head(completion_logits(model, r.input_ids, r.attention_mask, T, hidden=True))
                           for r in ro.chunks(rows)])  # pieces (b, T)
 
 
@@ -91,13 +91,13 @@ class Targets:
     ref: torch.Tensor  # the reference's log-probs (the rollout's own when there is no reference)
 
 
-def micro_batch_loss(model: Any, head: ValueHead, ro: Rollout, idx: torch.Tensor, fit: Targets, plan: UpdatePlan,
+def micro_batch_loss(model: Any, value_head: ValueHead, ro: Rollout, idx: torch.Tensor, fit: Targets, plan: UpdatePlan,
                      ppo: PPOSettings, kl_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Rows `idx`: the clipped objective (`pg_objective` with the rollout's log-probs as π_old; + kl_coef × the KL
     estimator, with the KL in the loss) + vf_coef × the clipped value loss, each a token mean; and their stats
     (no gradient)."""
     T, m = ro.completion_ids.shape[1], ro.completion_mask[idx]
-    logp, values, ent = logprobs_and_values(model, head, ro.input_ids[idx], ro.attention_mask[idx], T,
+    logp, values, ent = logprobs_and_values(model, value_head, ro.input_ids[idx], ro.attention_mask[idx], T,
                                             plan.temperature)  # (b, T) each
     pl, pst = pg_objective(logp, fit.adv[idx], m, plan.objective, old_logprobs=ro.logprobs[idx],
                            ref_logprobs=fit.ref[idx], beta=kl_coef)
@@ -108,7 +108,7 @@ def micro_batch_loss(model: Any, head: ValueHead, ro: Rollout, idx: torch.Tensor
 
 
 def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torch.Tensor], None], model: Any,
-               head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
+               value_head: ValueHead, ro: Rollout, scores: torch.Tensor, ref_logprobs: torch.Tensor | None, beta: float,
                ppo: PPOSettings, plan: UpdatePlan, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
                no_sync: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
     """Advantages once per rollout, then `epochs` × `minibatches` clipped updates; the stats are means over them.
@@ -122,7 +122,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     DDP's all-reduce held back for every micro-batch of a minibatch but the last (as pg_update.accumulate_gradients)."""
     mask, kl_estimator = ro.completion_mask, plan.objective.kl_estimator
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
-    values0 = old_values(model, head, ro, plan.no_grad_rows)  # (B, T)
+    values0 = old_values(model, value_head, ro, plan.no_grad_rows)  # (B, T)
     adv, returns = token_advantages(ro, scores, ref, values0, beta if plan.kl_in_reward else 0.0, kl_estimator, ppo,
                                     all_sum)  # (B, T), (B, T)
     fit, kl_coef = Targets(adv, returns, values0, ref), 0.0 if plan.kl_in_reward else beta
@@ -141,7 +141,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
             for i, idx in enumerate(micro):
                 w = float(mask[idx].sum()) / tokens  # this micro-batch's share of the minibatch's tokens
                 with nullcontext() if i == len(micro) - 1 else no_sync():
-                    loss, mst = micro_batch_loss(model, head, ro, idx, fit, plan, ppo, kl_coef)
+                    loss, mst = micro_batch_loss(model, value_head, ro, idx, fit, plan, ppo, kl_coef)
                     backward(w * loss)
                 for k, v in mst.items():
                     stats[k] += w * float(v)  # shares: their mean over processes is the token mean
@@ -155,7 +155,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     return out
 
 
-def ppo_step(run: RunContext, model: Any, head: ValueHead, optim: Any, params: list, ref: Callable[[], Any],
+def ppo_step(run: RunContext, model: Any, value_head: ValueHead, optim: Any, params: list, ref: Callable[[], Any],
              ro: Rollout, scores: torch.Tensor, plan: UpdatePlan, ppo: PPOSettings, beta: float,
              ok: Callable[[torch.Tensor, Any], bool]) -> dict[str, float]:
     """The update of one PPO step: reference log-probs for the KL, then PPO's epochs of minibatch updates. scores (B,)."""
@@ -166,12 +166,12 @@ def ppo_step(run: RunContext, model: Any, head: ValueHead, optim: Any, params: l
     def step(loss: torch.Tensor) -> None:
         with torch.autocast(acc.device.type, enabled=False):  # the optimiser step is not a forward pass
             if acc.num_processes > 1:  # as DDP averages the policy's gradients
-                average_gradients(list(head.parameters()), lambda g: acc.reduce(g, "mean"))
+                average_gradients(list(value_head.parameters()), lambda g: acc.reduce(g, "mean"))
             norm = torch.nn.utils.clip_grad_norm_(params, plan.max_grad_norm or float("inf"))
             if ok(loss, norm):
                 optim.step()
             optim.zero_grad(set_to_none=True)
     all_sum = (lambda t: acc.reduce(t.to(acc.device), "sum").to(t.device)) if acc.num_processes > 1 else None
     with acc.autocast():
-        return ppo_update(acc.backward, step, model, head, ro, scores.to(ro.logprobs.device), ref_logp, beta, ppo,
+        return ppo_update(acc.backward, step, model, value_head, ro, scores.to(ro.logprobs.device), ref_logp, beta, ppo,
                           plan, all_sum, lambda: acc.no_sync(model))

@@ -25,7 +25,7 @@ from ..checkpoint import CheckpointError, Checkpointer, StopGuard, rng_state
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
 from ..run import RunContext, seed_this_process, start_run
-from .gen_config import GenRLConfig, GenRLSettings
+from .gen_config import GenRLConfig
 from .gen_setup import (check_limits, ddp_settings, setup_kl_controller, setup_policy, setup_prompts, setup_reward,
                         update_plan)
 from .heldout import HeldOut, save_policy
@@ -38,7 +38,7 @@ from .ppo import ppo_step
 
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run generative RL; returns the run folder, the first and last held-out evaluations and the best value of
-    rl.best_metric."""
+    eval.best_metric."""
     return GenRLRun.setup(cfg).train(show_progress)
 
 
@@ -50,7 +50,7 @@ class GenRLRun:
     run: RunContext
     model: Any
     tok: Any
-    head: Any  # PPO's value head, or None
+    value_head: Any  # PPO's value head, or None
     params: list  # the trained parameters (the policy's and the value head's)
     optim: Any
     ref: Callable[[], Any]  # the reference policy, a context factory (see common.setup_reference)
@@ -67,29 +67,30 @@ class GenRLRun:
 
     def __post_init__(self) -> None:
         self.guard = StopGuard(self.cfg.ckpt.stop_after)
-        modules = {"model": self.model, **({"value_head": self.head} if self.head else {})}
+        modules = {"model": self.model, **({"value_head": self.value_head} if self.value_head else {})}
         self.cp = Checkpointer(self.run, self.cfg.ckpt, modules, self.optim, None, self.guard)
-        self.held = HeldOut(self.run, self.model, self.tok, self.head, self.cfg.rl, self.evaluate_at)
-        self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.ppo)
+        self.held = HeldOut(self.run, self.model, self.tok, self.value_head, self.cfg.eval, self.cfg.rl.steps,
+                            self.evaluate_at)
+        self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.runtime, self.cfg.ppo)
 
     @classmethod
     def setup(cls, cfg: GenRLConfig) -> GenRLRun:
         """Prompts, run folder, policy, reward and the checks that fail before any step (`gen_setup.py`)."""
         cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
         train_prompts, held_out = setup_prompts(cfg)
-        run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.rl.mixed_precision,
+        run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.runtime.mixed_precision,
                                                                 "kwargs_handlers": [ddp_settings()]})
-        model, tok, head, params, optim, ref = setup_policy(cfg, run)
-        reward = setup_reward(cfg.rl, run.accelerator)
+        model, tok, value_head, params, optim, ref = setup_policy(cfg, run)
+        reward = setup_reward(cfg.reward, run.accelerator)
         max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
-        return cls(cfg, run, model, tok, head, params, optim, ref, reward, train_prompts, held_out, max_prompt,
+        return cls(cfg, run, model, tok, value_head, params, optim, ref, reward, train_prompts, held_out, max_prompt,
                    setup_kl_controller(cfg.rl))
 
     def train(self, show_progress: bool = True) -> dict[str, Any]:
         """From the newest checkpoint (or step 0) to rl.steps; a stop signal or ckpt.stop_after ends it early."""
         start = self.restore_or_start()
         rl = self.cfg.rl
-        announce(self.run, rl, self.reward, self.train_prompts is self.held_out)
+        announce(self.run, self.cfg, self.reward, self.train_prompts is self.held_out)
         batches = self.prompt_batches(start)
         with self.guard:
             for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
@@ -99,14 +100,14 @@ class GenRLRun:
                     return {"stopped": True, "signal": self.guard.stop_signal, "run_dir": str(self.run.dir),
                             "steps": step}
             self.cp.save(rl.steps, self.snapshot())
-        save_policy(self.run, self.model, self.tok, self.head)
+        save_policy(self.run, self.model, self.tok, self.value_head)
         return {"run_dir": str(self.run.dir), "steps": rl.steps, "eval_start": self.held.first,
                 "eval": self.held.last, "held_out_prompts": len(self.held_out),
-                "best": {rl.best_metric: self.held.best}, "checkpoint_save_s": self.cp.save_s}
+                "best": {self.cfg.eval.best_metric: self.held.best}, "checkpoint_save_s": self.cp.save_s}
 
     def step(self, step: int, batch: list[str]) -> None:
         """One step on the global batch of prompts: rollout → score → advantages → update → log → evaluate."""
-        rl, acc = self.cfg.rl, self.run.accelerator
+        rl, ev, acc = self.cfg.rl, self.cfg.eval, self.run.accelerator
         local, began = rl.prompts_per_step // acc.num_processes, rng_state()
         mine = batch[acc.process_index * local:(acc.process_index + 1) * local]  # this process's whole prompt groups
         ro, scored, rewards, dropped, times = rollout(self.run, self.model, self.tok, self.reward, mine, self.cfg,
@@ -117,9 +118,9 @@ class GenRLRun:
         if acc.num_processes > 1:  # log and adapt β on the global batch, so every process keeps the same β
             tb, stats = global_batch(self.run, tb, stats)
         self.kl_ctl.update(stats.get("kl", 0.0), tb.rewards.numel())
-        if step % rl.log_every == 0:
+        if step % ev.log_every == 0:
             log_train_step(self.run, step, tb, stats, beta=beta, **times, time_update=time.time() - t2)
-        if rl.sample_every and step % rl.sample_every == 0:
+        if ev.sample_every and step % ev.sample_every == 0:
             log_samples(self.run, step, ro, scored, rl.samples_per_prompt)
         if self.held.due(step):
             self.evaluate_or_rescue(step)
@@ -130,7 +131,7 @@ class GenRLRun:
         (P, K) rewards."""
         rl = self.cfg.rl
         if rl.algorithm == "ppo":
-            return ppo_step(self.run, self.model, self.head, self.optim, self.params, self.ref, ro, scores, self.plan,
+            return ppo_step(self.run, self.model, self.value_head, self.optim, self.params, self.ref, ro, scores, self.plan,
                             self.cfg.ppo, beta, ok)
         return pg_step(self.run, self.model, self.optim, self.ref, ro, rewards, self.plan,
                        (rl.algorithm, rl.baseline, self.ema), beta, ok)
@@ -144,9 +145,9 @@ class GenRLRun:
 
     def evaluate_at(self, step: int) -> dict[str, float]:
         """The held-out evaluation of the policy now (`lm_eval.evaluate_lm`), against the reference when there is one."""
-        rl = self.cfg.rl
-        return evaluate_lm(self.run, self.model, self.tok, self.reward, self.held_out, self.cfg.gen, step,
-                           self.max_prompt, rl.inference_batch_size, rl.eval_samples, self.ref if rl.kl_coef else None)
+        cfg = self.cfg
+        return evaluate_lm(self.run, self.model, self.tok, self.reward, self.held_out, cfg.gen, step, self.max_prompt,
+                           cfg.runtime.inference_batch_size, cfg.eval.samples, self.ref if cfg.rl.kl_coef else None)
 
     # ---------------------------------------------------------------- reliability: state, restore, rescue
     def snapshot(self) -> dict[str, Any]:
@@ -168,7 +169,7 @@ class GenRLRun:
         self.held.load_state_dict(saved)
         if saved.get("format", 1) < STATE_FORMAT:
             self.cfg = go_on_as_before(self.run, self.cfg, self.held)
-            self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.ppo)  # the update follows the settings it goes on with
+            self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.runtime, self.cfg.ppo)  # the update follows the settings it goes on with
         if saved.get("eval_due") == saved["step"]:  # saved by evaluate_or_rescue: that evaluation first
             self.held.evaluate(saved["step"])
         return saved["step"]
@@ -199,15 +200,16 @@ class GenRLRun:
                               f"fix the cause and resume with --resume {cp.run.dir} (ckpt.resume=auto)") from e
 
 
-def announce(run: RunContext, rl: GenRLSettings, reward: CombinedReward, no_held_out: bool) -> None:
+def announce(run: RunContext, cfg: GenRLConfig, reward: CombinedReward, no_held_out: bool) -> None:
     """The run's batch, rewards, KL and choice of best, once at the start (and a warning without held-out prompts)."""
+    rl = cfg.rl
     if no_held_out:  # setup_prompts had none left to train on
-        run.print(f"warning: data.path has no more than rl.eval_prompts={rl.eval_prompts} prompts, so training uses the "
+        run.print(f"warning: data.path has no more than eval.prompts={cfg.eval.prompts} prompts, so training uses the "
                   "held-out prompts too and held-out rewards measure training prompts; give data.val_path or more prompts")
     run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator}, in the {rl.kl_mode}), "
-              f"aggregation {rl.aggregation}, best by {rl.best_metric}")
+              f"aggregation {rl.aggregation}, best by {cfg.eval.best_metric}")
 
 
 def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], cfg: GenRLConfig,
@@ -218,7 +220,7 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
     t0 = time.time()
     with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
         ro = sample(run.accelerator.unwrap_model(model), tok, prompts, cfg.rl.samples_per_prompt, cfg.gen, max_prompt,
-                    rows=cfg.rl.inference_batch_size)
+                    rows=cfg.runtime.inference_batch_size)
     t1 = time.time()
     try:
         scored = reward(ro.prompts, ro.completions)
