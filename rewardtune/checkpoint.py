@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config import doc
-from .stop import StopGuard  # noqa: F401  (Checkpointer's guard; the trainers import it from here)
+from .stop import StopGuard
 
 PREFIX = "step-"
 

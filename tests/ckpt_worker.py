@@ -10,6 +10,7 @@ process that had not failed waited at the next barrier for ever.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import sys
 from unittest import mock
@@ -17,7 +18,8 @@ from unittest import mock
 import torch
 
 from rewardtune import checkpoint
-from rewardtune.checkpoint import CheckpointError, Checkpointer, CheckpointSettings, StopGuard
+from rewardtune.checkpoint import CheckpointError, Checkpointer, CheckpointSettings
+from rewardtune.stop import StopGuard
 from rewardtune.config import load_config
 from rewardtune.run import start_run
 from rewardtune.train.gen_config import GenRLConfig
@@ -47,6 +49,7 @@ def main(out: str, runs_dir: str) -> None:
     with open(f"{out}-{rank}.json", "w", encoding="utf-8") as fh:
         json.dump(said, fh)
     torch.distributed.barrier()
+    gc.collect()  # as the CLI does: DDP models and accelerators in reference cycles would free gloo work at exit
     torch.distributed.destroy_process_group()  # left to interpreter shutdown, gloo can abort the process
 
 

@@ -8,6 +8,7 @@ completions each process decoded to OUT.json. N = 1 and N = 2 must give the same
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from unittest import mock
@@ -52,6 +53,7 @@ def main(out: str, model_dir: str, runs_dir: str) -> None:
             json.dump({"world": acc.num_processes, "metrics": res, "decoded": rows}, fh)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+        gc.collect()  # as the CLI does: DDP models and accelerators in reference cycles would free gloo work at exit
         torch.distributed.destroy_process_group()  # left to interpreter shutdown, gloo can abort the process
 
 

@@ -10,6 +10,7 @@ calls of each update. The main process writes both to OUT.json.
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import Any
@@ -82,6 +83,7 @@ def main(out: str, model_dir: str, runs_dir: str) -> None:
                        "cases": {k: {"grads": g, "allreduce_calls": c} for k, (g, c) in res.items()}}, fh)
     if dist is not None:
         dist.barrier()
+        gc.collect()  # as the CLI does: DDP models and accelerators in reference cycles would free gloo work at exit
         dist.destroy_process_group()  # left to interpreter shutdown, gloo can abort the process
 
 

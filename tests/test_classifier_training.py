@@ -307,7 +307,7 @@ def test_validation_over_processes_predicts_a_share_each_and_reports_on_all(tiny
             return [objs[0] if r == rank else o for r, o in enumerate(others)]
         with mock.patch.object(common, "predict", lambda m, t, texts, *a: seen.append(list(texts)) or real(m, t, texts, *a)), \
                 mock.patch("accelerate.utils.gather_object", gather):
-            return common.evaluate(run, model, tok, ex, ex.label_names, opt), seen, mine
+            return common.classification_report(run, model, tok, ex, ex.label_names, opt), seen, mine
 
     rep1, seen1, share1 = process(1, [torch.empty(0, 2), None])  # first: its share is what process 0's gather gets
     rep0, seen0, _ = process(0, [None, *share1])

@@ -202,7 +202,8 @@ def test_nan_loss_is_skipped_then_stops_after_too_many(tiny_encoder_dir, labelle
 def test_a_failed_checkpoint_write_is_a_checkpoint_error_and_a_bug_is_itself(tmp_path, monkeypatch, error, kind):
     """torch.save's and safetensors' disk-full errors are not OSError: a RuntimeError from a write is reported as a
     CheckpointError (with its type), while a bug such as a TypeError keeps its own type and traceback."""
-    from rewardtune.checkpoint import CheckpointSettings, Checkpointer, StopGuard
+    from rewardtune.checkpoint import CheckpointSettings, Checkpointer
+    from rewardtune.stop import StopGuard
     from rewardtune.run import start_run
     from rewardtune.train.gen_config import GenRLConfig
 
@@ -275,7 +276,7 @@ def test_a_generative_run_from_before_memory_only_keys_existed_resumes(tiny_caus
     train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.stop_after=1"]), show_progress=False)
     saved = tmp_path / "lm" / "config.yaml"
     cfg = yaml.safe_load(saved.read_text())
-    del cfg["gen"]["fast_decode"], cfg["rl"]["inference_batch_size"]  # as an older rewardtune wrote it
+    del cfg["gen"]["fast_decode"], cfg["runtime"]["inference_batch_size"]  # as an older rewardtune wrote it
     saved.write_text(yaml.safe_dump(cfg))
     out = train_rl_generate(load_config(GenRLConfig, None, args + ["ckpt.resume=auto", "runtime.inference_batch_size=2"]),
                             show_progress=False)

@@ -74,7 +74,7 @@ def test_signal_checkpoints_and_cli_resume_is_exact(sig, tiny_encoder_dir, data,
 
 def test_second_signal_exits_at_once(tmp_path):
     code = ("import os, signal, time\n"
-            "from rewardtune.checkpoint import StopGuard\n"
+            "from rewardtune.stop import StopGuard\n"
             "with StopGuard() as g:\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    assert g.should_stop(0)\n"
@@ -93,7 +93,8 @@ def test_processes_agree_to_stop_when_only_one_got_the_signal(tmp_path):
     no signal stops too; the reduction is faked, the other process's flag being 1)."""
     from types import SimpleNamespace
 
-    from rewardtune.checkpoint import Checkpointer, CheckpointSettings, StopGuard
+    from rewardtune.checkpoint import Checkpointer, CheckpointSettings
+    from rewardtune.stop import StopGuard
 
     reduced = []
 

@@ -281,7 +281,7 @@ def cache_keyword(model: Any) -> str:
 
 
 def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
-                      hidden: bool = False, share: bool = True) -> torch.Tensor:
+                      hidden: bool = False, share_prompt: bool = True) -> torch.Tensor:
     """The logits that predict each of the last `n_completion` tokens, or with `hidden` the LM head's inputs
     at those positions (the head then runs on one position per call).  ids (B, L) → (B, T, V) or (B, T, H).
 
@@ -290,12 +290,12 @@ def completion_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_compl
     Tp + K·T token positions instead of K·(Tp + T). Gradients flow through the shared keys/values, so the
     result, values and gradient, is the one-pass result up to float rounding (tested). Gradient
     checkpointing recomputes layers and cannot keep a cache, so it takes the one-pass path, as does
-    `share=False` (PPO's shuffled minibatches, whose rows rarely share a prompt; K = 1). The number of forward
+    `share_prompt=False` (PPO's shuffled minibatches, whose rows rarely share a prompt; K = 1). The number of forward
     calls thus depends on the rows; under DDP that needs `rl_generate.ddp_settings` (no buffer broadcasts).
     """
     Tp = ids.shape[1] - n_completion
     first, group = prompt_groups(ids[:, :Tp], mask[:, :Tp])
-    if not share or len(first) == len(group) or checkpointing(model):
+    if not share_prompt or len(first) == len(group) or checkpointing(model):
         # Only the last T+1 positions go through the LM head (its 49k-wide matmul is a fifth of a small
         # model's work, and the (B, L, V) logits its largest activation); the prompt's logits are never used.
         _, x = _forward(model, hidden, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
@@ -333,7 +333,7 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
 
 
 def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int, temperature: float = 1.0,
-                   entropy: bool = True, share: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   entropy: bool = True, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) and (if `entropy`) its entropy (no gradient) for the last `n_completion` positions.
     ids (B, L) → (B, T), (B, T) or None.
 
@@ -343,9 +343,9 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
     `rl_generate.ppo_step`)."""
     head = chunkable_head(model)
     if head is not None:
-        hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share=share)  # (B, T, H)
+        hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share_prompt=share_prompt)  # (B, T, H)
         return chunked_token_logprobs(hidden, head, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
-    logits = completion_logits(model, ids, mask, n_completion, share=share).float()  # (B, T, V)
+    logits = completion_logits(model, ids, mask, n_completion, share_prompt=share_prompt).float()  # (B, T, V)
     if temperature != 1.0:  # each pass over (B, T, V) costs as much as a layer of the model
         logits = logits / temperature
     logp = logprobs_from_logits(logits, ids[:, -n_completion:])  # (B, T)
@@ -356,15 +356,15 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
 
 
 def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
-                      temperatures: Sequence[float], share: bool = True) -> list[torch.Tensor]:
+                      temperatures: Sequence[float], share_prompt: bool = True) -> list[torch.Tensor]:
     """log π(token) at each of `temperatures` (no entropy) from one pass of the model's body, which is what
     costs: the LM head alone runs once per temperature. Each equals `token_logprobs` at that temperature.
     ids (B, L) → [(B, T)] one per temperature."""
     head, labels = chunkable_head(model), ids[:, -n_completion:]
     if head is not None:
-        hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share=share)  # (B, T, H)
+        hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share_prompt=share_prompt)  # (B, T, H)
         return [chunked_token_logprobs(hidden, head, labels, t, entropy=False)[0] for t in temperatures]
-    logits = completion_logits(model, ids, mask, n_completion, share=share).float()  # (B, T, V)
+    logits = completion_logits(model, ids, mask, n_completion, share_prompt=share_prompt).float()  # (B, T, V)
     out, last = [], len(temperatures) - 1
     for i, t in enumerate(temperatures):  # the last one divides in place (one (B, T, V) copy fewer at the peak),
         in_place = i == last and not logits.requires_grad  # unless autograd may have saved the logits

@@ -165,7 +165,7 @@ def encode_examples(tok: Any, ex: Examples, opt: OptimSettings) -> list[list[int
     return encode(tok, ex.texts, opt.max_length, opt.truncation)
 
 
-def evaluate(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str],
+def classification_report(run: RunContext, model: Any, tok: Any, ex: Examples, label_names: list[str],
              opt: OptimSettings) -> Report | None:
     """Classification report on `ex` for the main process (None on the others; each predicts a share: see
     `over_shares`)."""
@@ -195,7 +195,7 @@ def save_classifier(run: RunContext, model: Any, tok: Any, folder: Path, meta: d
 def report_and_keep_best(run: RunContext, model: Any, tok: Any, data: ClassifierData, opt: OptimSettings,
                          step: int, epoch: int, best: float | None, meta: dict[str, Any]) -> float | None:
     """Evaluate on val, log and print the report, save `checkpoints/best` if the metric improved."""
-    rep = evaluate(run, model, tok, data.val, data.label_names, opt)  # on every process: each predicts a share
+    rep = classification_report(run, model, tok, data.val, data.label_names, opt)  # on every process: each predicts a share
     if rep is not None:
         score = rep.metrics.get(opt.best_metric)
         if score is None:

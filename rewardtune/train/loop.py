@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpointer, CheckpointSettings, StopGuard, rng_state
+from ..checkpoint import Checkpointer, CheckpointSettings, rng_state
+from ..stop import StopGuard
 from ..rewards import RewardError
 from ..collectives import over_processes
 from ..run import RunContext, seed_this_process

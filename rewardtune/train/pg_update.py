@@ -87,7 +87,7 @@ def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Ten
     (b, T): the reference's log-probs (`reference_logprobs`), needed when β is not 0."""
     T = ro.completion_ids.shape[1]
     logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, plan.temperature,
-                               share=plan.share_prompt)  # (b, T)
+                               share_prompt=plan.share_prompt)  # (b, T)
     mask = ro.completion_mask
     loss, stats = pg_objective(logp, adv, mask, plan.objective, ref_logprobs=ref_logp, beta=beta)
     stats = {"entropy": masked_mean(ent, mask), **stats}

@@ -46,9 +46,9 @@ def logprobs_and_values(model: Any, value_head: ValueHead, ids: torch.Tensor, ma
     held).  ids (B, L) → (B, T), (B, T), (B, T)."""
     lm_head = chunkable_head(model)
     if lm_head is not None:
-        # hidden: the states before each token. One pass per row (share=False): shuffled minibatch rows rarely
+        # hidden: the states before each token. One pass per row (share_prompt=False): shuffled minibatch rows rarely
         # share a prompt.
-        hidden = completion_logits(model, ids, mask, n, hidden=True, share=False)  # (B, T, H)
+        hidden = completion_logits(model, ids, mask, n, hidden=True, share_prompt=False)  # (B, T, H)
         logp, ent = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=True)
         return logp, value_head(hidden), ent
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,

@@ -21,10 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..algorithms import EMABaseline
-from ..checkpoint import CheckpointError, Checkpointer, StopGuard, rng_state
+from ..checkpoint import CheckpointError, Checkpointer, rng_state
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
 from ..run import RunContext, seed_this_process, start_run
+from ..stop import StopGuard
 from .gen_config import GenRLConfig
 from .gen_setup import (check_limits, ddp_settings, setup_kl_controller, setup_policy, setup_prompts, setup_reward,
                         update_plan)
