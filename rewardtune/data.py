@@ -364,3 +364,10 @@ def inspect_table(table: Table, text_column: str | None = None, label_column: st
 def _percentiles(sorted_values: list[int]) -> dict[str, int]:
     n = len(sorted_values)
     return {f"p{q}": sorted_values[min(n - 1, int(q / 100 * n))] for q in (0, 50, 90, 99)} | {"max": sorted_values[-1]}
+
+
+def repeat_columns(columns: dict[str, list[Any]], k: int, rows: slice | None = None) -> dict[str, list[Any]]:
+    """Each column's values of `rows` (default all), each repeated k times in a row: aligned with K completions per
+    prompt, prompt-major, as sampling lays them out."""
+    rows = rows or slice(None)
+    return {name: [v for v in values[rows] for _ in range(k)] for name, values in columns.items()}

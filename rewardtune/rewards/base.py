@@ -1,9 +1,9 @@
 """The reward contract and the combiner (build.py turns names and callables into one).
 
-A reward function sees a batch: `fn(prompts, completions, **columns) -> list[float | None]`,
-where `columns` holds any other data columns (e.g. `label`, the gold label). `None` means
-"no opinion" on that sample. For classifiers the prompt is the input text and the
-completion is the label name the policy chose.
+A reward function sees a batch: `fn(prompts=..., completions=..., **columns) -> list[float | None]`, every
+argument by name (`signature.py` says how a function is bound), where `columns` holds the other data columns,
+aligned with the completions (e.g. `label`, the gold label; a reference answer). `None` means "no opinion" on that
+sample. For classifiers the prompt is the input text and the completion is the label name the policy chose.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+
+from .signature import RESERVED, call_reward, missing_columns
 
 
 class RewardFn(Protocol):
@@ -213,7 +215,7 @@ class CombinedReward:
               columns: dict[str, list[Any]]) -> tuple[list[float | None], torch.Tensor]:
         """One function's values and the samples it failed on (raised, NaN); failures raise unless on_error=skip."""
         try:
-            raw = fn(prompts, completions, **columns)
+            raw = call_reward(fn, prompts, completions, columns)
         except Exception as e:
             if self.on_error != "skip":
                 raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} (batch of {len(prompts)}, first "
@@ -232,13 +234,28 @@ class CombinedReward:
         vals: list[float | None] = []
         for i in range(len(prompts)):
             try:
-                v = fn(prompts[i:i + 1], completions[i:i + 1], **{k: c[i:i + 1] for k, c in columns.items()})
+                v = call_reward(fn, prompts[i:i + 1], completions[i:i + 1], {k: c[i:i + 1] for k, c in columns.items()})
                 v = check_rewards(name, v, prompts[i:i + 1], completions[i:i + 1])[0]
             except Exception:
                 v = math.nan
             vals.append(v)
         bad = torch.tensor([v is not None and not math.isfinite(v) for v in vals], dtype=torch.bool)
         return [None if b else v for v, b in zip(vals, bad.tolist())], bad
+
+    def check_columns(self, columns: Sequence[str], source: str) -> None:
+        """Every function's required parameters are columns of the data (`source` names it), and no column takes
+        the name of what every reward is given: a RewardError naming the function, the parameter and the columns."""
+        clash = [c for c in columns if c in RESERVED]
+        if clash:
+            raise RewardError(f"{source}: a column is called {clash[0]!r}, the name under which every reward gets the "
+                              f"{clash[0]}; rename that column")
+        for name, fn in self.fns.items():
+            missing = missing_columns(fn, columns)
+            if missing:
+                raise RewardError(
+                    f"reward {name!r} needs a column {missing[0]!r} (a parameter of {getattr(fn, '__qualname__', fn)!s} "
+                    f"without a default), but {source} has only: {', '.join(columns) or 'the prompt'}; add that column "
+                    f"to the data, give the parameter a default, or rename it to the column it means")
 
     def state_dict(self) -> dict[str, Any]:
         """Normalisation statistics, for checkpoints."""

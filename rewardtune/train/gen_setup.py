@@ -12,7 +12,7 @@ import torch
 
 from ..algorithms import get_kl_controller
 from ..algorithms.objectives import Objective
-from ..data import load_examples
+from ..data import Examples, read_table, to_examples
 from ..models import apply_lora, enable_checkpointing, load_causal_lm
 from ..policies.causal_lm import GenSettings, format_prompts, stop_check, without_dropout
 from ..prepack import prepack_policy
@@ -109,18 +109,39 @@ def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompt
     return max_prompt
 
 
-def setup_prompts(cfg: GenRLConfig) -> tuple[list[str], list[str]]:
-    """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`."""
+def load_prompts(path: str, prompt_column: str) -> Examples:
+    """The prompt rows of `path`: the prompt texts and every other column (what the rewards see beside them)."""
+    table = read_table(path)
+    return to_examples(table, prompt_column, None, keep_columns=[c for c in table.columns if c != prompt_column])
+
+
+def setup_prompts(cfg: GenRLConfig) -> tuple[Examples, Examples]:
+    """(training prompts in a seeded order, held-out prompts): `data.val_path`, else carved from `data.path`; each
+    with its other columns. Checked before the run folder exists (nothing is lost): the settings, and that every
+    reward's required parameters are columns of the data."""
     n = cfg.eval.prompts
-    prompts = load_examples(cfg.data.path, cfg.data.prompt_column, None).texts
-    check_settings(cfg, len(prompts))  # before the run folder exists: nothing is lost
+    prompts = load_prompts(cfg.data.path, cfg.data.prompt_column)
+    check_settings(cfg, len(prompts))
     order = list(range(len(prompts)))
     random.Random(cfg.seed).shuffle(order)
     if cfg.data.val_path:  # a fixed held-out prompt set
-        held_out = load_examples(cfg.data.val_path, cfg.data.prompt_column, None).texts[:n]
-        return [prompts[i] for i in order], held_out
-    held_out = [prompts[i] for i in order[:n]]
-    return [prompts[i] for i in order[n:]] or held_out, held_out
+        held = load_prompts(cfg.data.val_path, cfg.data.prompt_column)
+        train, held_out = prompts.subset(order), held.subset(range(min(n, len(held))))
+    else:
+        held_out, rest = prompts.subset(order[:n]), prompts.subset(order[n:])
+        train = rest if len(rest) else held_out
+    columns = [c for c in train.columns if c in held_out.columns]  # what every batch has
+    check_reward_columns(cfg.reward, columns, " and ".join(filter(None, (cfg.data.path, cfg.data.val_path))))
+    return train, held_out
+
+
+def check_reward_columns(rs: RewardSettings, columns: list[str], source: str) -> None:
+    """Every reward's required parameters are data columns, checked before any model loads (a reward model,
+    `rm:FOLDER`, needs none and is not loaded here)."""
+    specs = [f for f in rs.functions if not (isinstance(f, str) and f.startswith("rm:"))]
+    if specs:
+        builtins = {name: functools.partial(make, rs) for name, make in BUILTIN_REWARDS.items()}
+        build_rewards(specs, (), builtins).check_columns(columns, source)
 
 
 def ddp_settings() -> Any:

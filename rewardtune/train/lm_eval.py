@@ -9,6 +9,7 @@ import torch
 
 from ..algorithms import kl_k3, masked_sum
 from ..collectives import row_share
+from ..data import repeat_columns
 from ..policies.causal_lm import GenSettings, sample
 from ..rewards import CombinedReward
 from ..run import RunContext
@@ -22,7 +23,7 @@ EVAL_SEED_OFFSET = 7919  # evaluation's draws come from seed + this, never from 
 @torch.no_grad()
 def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
              step: int, max_prompt: int = 10**9, rows: int = 0, samples: int = 0,
-             reference: Callable[[], Any] | None = None) -> dict[str, float]:
+             reference: Callable[[], Any] | None = None, columns: dict[str, list[Any]] | None = None) -> dict[str, float]:
     """Held-out completions, greedy (`samples=0`) or `samples` per prompt sampled at gen's temperature with the
     same draws at every evaluation (a generator seeded from the run's seed; training's random state is left as
     it was), so evaluations differ only by the policy. Metrics: reward, length, distinct-1/2, and against the
@@ -32,7 +33,7 @@ def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, p
     unbiased when neither top-k nor top-p truncates the sampling) and their perplexity under the reference,
     exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all). Under several processes each
     evaluates a contiguous share of the prompts, with the draws one process would give them, and the metrics are
-    over every share (the same on every process)."""
+    over every share (the same on every process). `columns`: the prompts' other columns, which the rewards see."""
     net, greedy, acc = run.accelerator.unwrap_model(model), samples == 0, run.accelerator
     device, k = next(net.parameters()).device, samples or 1
     rows = max(k, rows // k * k) if rows else 0  # whole prompt groups per pass
@@ -42,7 +43,8 @@ def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, p
         torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
         ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows, only=share)
     part = {"prompts": ro.prompts, "completions": ro.completions,  # rewards raw: comparable across evaluations
-            "rewards": reward.unnormalized(ro.prompts, ro.completions).total.tolist()}
+            "rewards": reward.unnormalized(ro.prompts, ro.completions,
+                                           **repeat_columns(columns or {}, k, share)).total.tolist()}
     ref = net.disable_adapter if hasattr(net, "disable_adapter") else reference
     if ref is not None:
         mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature

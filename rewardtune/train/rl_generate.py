@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..algorithms import EMABaseline
 from ..checkpoint import CheckpointError, Checkpointer, rng_state
+from ..data import Examples, repeat_columns
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
 from ..run import RunContext, seed_this_process, start_run
@@ -56,8 +57,8 @@ class GenRLRun:
     optim: Any
     ref: Callable[[], Any]  # the reference policy, a context factory (see common.setup_reference)
     reward: CombinedReward
-    train_prompts: list[str]
-    held_out: list[str]
+    train_prompts: Examples  # the prompt texts and their rows' other columns (the rewards see them)
+    held_out: Examples
     max_prompt: int  # the longest prompt the context allows
     kl_ctl: Any  # β: fixed or adaptive
     ema: EMABaseline = field(default_factory=EMABaseline)
@@ -83,7 +84,7 @@ class GenRLRun:
                                                                 "kwargs_handlers": [ddp_settings()]})
         model, tok, value_head, params, optim, ref = setup_policy(cfg, run)
         reward = setup_reward(cfg.reward, run.accelerator)
-        max_prompt = check_limits(cfg, run, model, tok, train_prompts + held_out)
+        max_prompt = check_limits(cfg, run, model, tok, train_prompts.texts + held_out.texts)
         return cls(cfg, run, model, tok, value_head, params, optim, ref, reward, train_prompts, held_out, max_prompt,
                    setup_kl_controller(cfg.rl))
 
@@ -106,11 +107,11 @@ class GenRLRun:
                 "eval": self.held.last, "held_out_prompts": len(self.held_out),
                 "best": {self.cfg.eval.best_metric: self.held.best}, "checkpoint_save_s": self.cp.save_s}
 
-    def step(self, step: int, batch: list[str]) -> None:
+    def step(self, step: int, batch: Examples) -> None:
         """One step on the global batch of prompts: rollout → score → advantages → update → log → evaluate."""
         rl, ev, acc = self.cfg.rl, self.cfg.eval, self.run.accelerator
         local, began = rl.prompts_per_step // acc.num_processes, rng_state()
-        mine = batch[acc.process_index * local:(acc.process_index + 1) * local]  # this process's whole prompt groups
+        mine = batch.subset(range(acc.process_index * local, (acc.process_index + 1) * local))  # whole prompt groups
         ro, scored, rewards, dropped, times = rollout(self.run, self.model, self.tok, self.reward, mine, self.cfg,
                                                       self.max_prompt, functools.partial(self.rescue, step, began))
         t2, beta = time.time(), self.kl_ctl.value
@@ -137,18 +138,19 @@ class GenRLRun:
         return pg_step(self.run, self.model, self.optim, self.ref, ro, rewards, self.plan,
                        (rl.algorithm, rl.baseline, self.ema), beta, ok)
 
-    def prompt_batches(self, start: int) -> Iterator[list[str]]:
+    def prompt_batches(self, start: int) -> Iterator[Examples]:
         """The global batch of each step from step `start` + 1 on: the same on every process, and on resumption."""
         P = self.cfg.rl.prompts_per_step
-        cycle = itertools.islice(itertools.cycle(self.train_prompts), start * P, None)
+        cycle = itertools.islice(itertools.cycle(range(len(self.train_prompts))), start * P, None)
         while True:
-            yield [next(cycle) for _ in range(P)]
+            yield self.train_prompts.subset([next(cycle) for _ in range(P)])
 
     def evaluate_at(self, step: int) -> dict[str, float]:
         """The held-out evaluation of the policy now (`lm_eval.evaluate_lm`), against the reference when there is one."""
         cfg = self.cfg
-        return evaluate_lm(self.run, self.model, self.tok, self.reward, self.held_out, cfg.gen, step, self.max_prompt,
-                           cfg.runtime.inference_batch_size, cfg.eval.samples, self.ref if cfg.rl.kl_coef else None)
+        return evaluate_lm(self.run, self.model, self.tok, self.reward, self.held_out.texts, cfg.gen, step,
+                           self.max_prompt, cfg.runtime.inference_batch_size, cfg.eval.samples,
+                           self.ref if cfg.rl.kl_coef else None, self.held_out.columns)
 
     # ---------------------------------------------------------------- reliability: state, restore, rescue
     def snapshot(self) -> dict[str, Any]:
@@ -213,21 +215,21 @@ def announce(run: RunContext, cfg: GenRLConfig, reward: CombinedReward, no_held_
               f"aggregation {rl.aggregation}, best by {cfg.eval.best_metric}")
 
 
-def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], cfg: GenRLConfig,
+def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: Examples, cfg: GenRLConfig,
             max_prompt: int, rescue: Callable[[], str] = lambda: "") -> tuple[Rollout, Any, torch.Tensor, int, dict[str, float]]:
-    """Sample K completions per prompt and score them: (rollout, scores, (P, K) rewards, dropped, timings). A reward
-    that fails (RewardError) fails before this step changed anything: `rescue` keeps the steps before it (see
-    `Checkpointer.save_before_failure`) and says how, in the error."""
-    t0 = time.time()
+    """Sample K completions per prompt and score them, each with its prompt row's other columns: (rollout, scores,
+    (P, K) rewards, dropped, timings). A reward that fails (RewardError) fails before this step changed anything:
+    `rescue` keeps the steps before it (see `Checkpointer.save_before_failure`) and says how, in the error."""
+    t0, K = time.time(), cfg.rl.samples_per_prompt
     with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
-        ro = sample(run.accelerator.unwrap_model(model), tok, prompts, cfg.rl.samples_per_prompt, cfg.gen, max_prompt,
+        ro = sample(run.accelerator.unwrap_model(model), tok, prompts.texts, K, cfg.gen, max_prompt,
                     rows=cfg.runtime.inference_batch_size)
     t1 = time.time()
     try:
-        scored = reward(ro.prompts, ro.completions)
+        scored = reward(ro.prompts, ro.completions, **repeat_columns(prompts.columns, K))
     except RewardError as e:
         raise RewardError(f"{e}; {rescue()}") from e
-    rewards, dropped = drop_failed(ro, scored, len(prompts), cfg.rl.samples_per_prompt)  # (P/world, K), count
+    rewards, dropped = drop_failed(ro, scored, len(prompts), K)  # (P/world, K), count
     return ro, scored, rewards, dropped, {"time_generate": t1 - t0, "time_score": time.time() - t1}
 
 
