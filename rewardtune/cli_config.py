@@ -16,7 +16,7 @@ from .config import ConfigError, config_path, describe, load_config
 # LM's are the keys of train/gen_setup.BUILTIN_REWARDS, read when the help is printed.
 CLASSIFIER_REWARDS = ("indicator", "cost_matrix")
 POLICY_KINDS = ("classifier", "causal-lm")
-REWARDS_KEY = {"classifier": "rl.rewards", "causal-lm": "reward.functions"}  # the key naming the reward functions
+REWARDS_KEY = {"classifier": "reward.functions", "causal-lm": "reward.functions"}  # the key naming the reward functions
 
 
 def reward_note(kind: str) -> str:

@@ -130,8 +130,8 @@ def test_kl_penalty_keeps_the_policy_closer_to_its_start(tiny_encoder_dir, toy_d
 def test_cost_matrix_and_user_function_rewards_are_logged_separately(tiny_encoder_dir, toy_data, tmp_path):
     cfg = load_config(RLClassifierConfig, None, overrides(
         tiny_encoder_dir, toy_data, tmp_path, "mix", "train.epochs=1",
-        "rl.rewards=[cost_matrix, test_classifier_training:reward_per_sample_pos_only]",
-        "rl.reward_weights=[1.0, 0.5]", "rl.cost_matrix=pos/neg=-2,neg/pos=-1"))
+        "reward.functions=[cost_matrix, test_classifier_training:reward_per_sample_pos_only]",
+        "reward.weights=[1.0, 0.5]", "reward.cost_matrix=pos/neg=-2,neg/pos=-1"))
     train_rl_classifier(cfg, show_progress=False)
     row = [r for r in read_metrics(tmp_path / "mix") if r["split"] == "train"][0]
     assert "reward/cost_matrix" in row and "reward/test_classifier_training:reward_per_sample_pos_only" in row
@@ -146,7 +146,7 @@ def test_cost_matrix_and_user_function_rewards_are_logged_separately(tiny_encode
 def test_bad_reward_function_stops_with_a_clear_error_and_keeps_the_run_folder(
         tiny_encoder_dir, toy_data, tmp_path, fn, match):
     cfg = load_config(RLClassifierConfig, None, overrides(
-        tiny_encoder_dir, toy_data, tmp_path, "bad", f"rl.rewards=[test_classifier_training:{fn}]"))
+        tiny_encoder_dir, toy_data, tmp_path, "bad", f"reward.functions=[test_classifier_training:{fn}]"))
     with pytest.raises(RewardError, match=match) as e:
         train_rl_classifier(cfg, show_progress=False)
     assert f"test_classifier_training:{fn}" in str(e.value)

@@ -1,5 +1,5 @@
 """`--help-config` tells the truth: for every command (and every shipped config), what it prints, read back, is the
-config that command hands its trainer, key for key; choice fields list their values; `rl.rewards` lists the names
+config that command hands its trainer, key for key; choice fields list their values; `reward.functions` lists the names
 the trainer itself accepts. The trainers are replaced by a function that keeps the config, so nothing trains."""
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def test_every_shipped_config_is_covered_here():
 @pytest.mark.parametrize("kind", ["classifier", "causal-lm"])
 def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, capsys):
     if kind == "classifier":
-        from rewardtune.train.rl_classifier import RLSettings, setup_reward
+        from rewardtune.train.rl_classifier import ClassifierRewardSettings, setup_reward
 
-        settings = RLSettings(rewards=("no-such-reward",))
+        settings = ClassifierRewardSettings(functions=("no-such-reward",))
         module, fn = "rewardtune.train.rl_classifier", "train_rl_classifier"
     else:
         from rewardtune.train.gen_config import RewardSettings

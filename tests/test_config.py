@@ -189,3 +189,12 @@ def test_a_run_written_before_the_split_resumes(tmp_path):
     assert not (tmp_path / "config_changes.jsonl").exists()
     with pytest.raises(ConfigError, match=r"reward.functions: \['lexicon'\] -> \['length'\]"):  # a real change
         _check_resume(tmp_path, load_config(GenRLConfig, None, ["eval.every=0", "reward.functions=[length]"]))
+
+
+def test_the_classifier_rewards_moved_to_their_own_section_and_the_old_keys_still_load():
+    from rewardtune.train.rl_classifier import RLClassifierConfig
+
+    cfg = load_config(RLClassifierConfig, None, ["rl.rewards=[cost_matrix]", "rl.cost_matrix=pos/neg=-2",
+                                                 "rl.on_reward_error=skip", "rl.estimator=reinforce"])
+    assert cfg.reward.functions == ("cost_matrix",) and cfg.reward.cost_matrix == "pos/neg=-2"
+    assert cfg.reward.on_error == "skip" and cfg.rl.estimator == "reinforce"

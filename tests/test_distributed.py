@@ -404,7 +404,7 @@ def test_a_classifier_reward_failing_on_one_process_stops_both_with_a_checkpoint
     """The shared epoch loop (classifier rl) on 2 processes: the reward returns NaN on process 1 only, while scoring
     step 3; both processes stop and save the state after step 2 (each with its own random state)."""
     runs = tmp_path / "runs"
-    args = ["rl", *COMMON, "rl.estimator=reinforce", "rl.rewards=[rank_reward:words]",
+    args = ["rl", *COMMON, "rl.estimator=reinforce", "reward.functions=[rank_reward:words]",
             f"model.name={deterministic_encoder_dir}", f"data.path={reviews_file}", f"runs_dir={runs}", "name=cls"]
     proc = _launch("torchrun", 2, [str(tmp_path / "info.json"), *args], tmp_path / "log.txt",
                    {"FAIL_RANK": "1", "FAIL_AT": "3"})

@@ -349,7 +349,7 @@ def test_a_classifier_reward_failing_mid_epoch_keeps_the_steps_before(tiny_encod
     state after step 5 is checkpointed with its data position and step 6's random state; the resumed run equals a
     run that never failed."""
     args = lambda name: classifier_args(tiny_encoder_dir, labelled, tmp_path, name) + [  # noqa: E731
-        "rl.estimator=reinforce", "rl.baseline=ema", "rl.rewards=[test_resume:flaky_reward]"]
+        "rl.estimator=reinforce", "rl.baseline=ema", "reward.functions=[test_resume:flaky_reward]"]
     calls, _ = fail_then_resume(train_rl_classifier, RLClassifierConfig, args, tmp_path, 6,
                                 r"(?s)returned nan.*; while scoring step 6; the state after step 5 is "
                                 r"checkpointed in .*step-00000005", 12)

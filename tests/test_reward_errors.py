@@ -105,7 +105,7 @@ def test_classifier_rl_skip_masks_the_dropped_examples():
 
     torch.manual_seed(0)
     logits = torch.randn(3, 2, requires_grad=True)
-    rl = RLSettings(estimator="reinforce", baseline="mean", samples=4, on_reward_error="skip")
+    rl = RLSettings(estimator="reinforce", baseline="mean", samples=4)  # the reward below skips (on_error="skip")
     by_text = {"ok": 1.0, "bad": math.nan, "meh": 0.0}  # the reward depends on the text only
     reward = CombinedReward({"r": lambda p, c, label, **_: [by_text[t] for t in p]}, {"r": 1.0}, on_error="skip")
     torch.manual_seed(1)

@@ -357,9 +357,9 @@ def test_build_rewards_refuses_the_same_callable_twice_and_what_is_not_callable(
 
 
 def test_a_classifier_rl_reward_may_be_a_callable():
-    from rewardtune.train.rl_classifier import RLSettings, setup_reward
+    from rewardtune.train.rl_classifier import ClassifierRewardSettings, setup_reward
 
-    reward = setup_reward(RLSettings(rewards=("indicator", my_reward), reward_weights=(2.0, 1.0)))
+    reward = setup_reward(ClassifierRewardSettings(functions=("indicator", my_reward), weights=(2.0, 1.0)))
     assert reward.fns == {"indicator": indicator, "my_reward": my_reward}
     # indicator: 'pos' is gold → 1; my_reward: len('pos') = 3; 2·1 + 1·3 = 5
     assert close(reward(["x"], ["pos"], label=["pos"]).total, [5.0])

@@ -8,7 +8,7 @@ log-probs, exact KL and entropy) are in `policies/classifier.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from ..algorithms import EMABaseline, expected_reward_loss, masked_mean, pg_loss, reinforce, rloo, value_loss
@@ -29,9 +29,6 @@ class RLSettings:
     """The estimator, its reward and the penalties that keep the policy near its start."""
 
     estimator: Literal["expected", "reinforce", "value"] = doc("expected", "gradient estimator")
-    rewards: tuple = doc(("indicator",), "reward functions: indicator, cost_matrix, or module:function")
-    reward_weights: tuple = doc((), "one weight per reward (default 1 each)")
-    cost_matrix: str = doc("", "gold/pred=value,... for the cost_matrix reward")
     samples: int = doc(4, "labels sampled per example (reinforce, value)")
     baseline: Literal["rloo", "mean", "ema", "none"] = doc("rloo", "REINFORCE baseline")
     ema_decay: float = doc(0.9, "decay of the EMA baseline")
@@ -40,7 +37,17 @@ class RLSettings:
     exploration: Literal["epsilon", "softmax"] = doc("softmax", "value estimator: ε-greedy or Boltzmann")
     epsilon: float = doc(0.1, "value estimator: ε-greedy exploration rate")
     temperature: float = doc(0.1, "value estimator: softmax exploration temperature τ")
-    on_reward_error: Literal["raise", "skip"] = doc(
+
+
+@dataclass(frozen=True)
+class ClassifierRewardSettings:
+    """What scores a chosen label: reward functions, their weights, and what a failure does."""
+
+    functions: tuple = doc(("indicator",), "reward functions: indicator, cost_matrix, rm:FOLDER, module:function, "
+                                           "or Python callables (API)")
+    weights: tuple = doc((), "one weight per reward function (default 1 each)")
+    cost_matrix: str = doc("", "gold/pred=value,... for the cost_matrix reward")
+    on_error: Literal["raise", "skip"] = doc(
         "raise", "a reward that raises or gives NaN: stop showing the example, or drop that example (counted)")
 
 
@@ -51,12 +58,18 @@ class RLClassifierConfig:
     model: ModelSettings = nested(ModelSettings, "encoder or `sft` checkpoint to start from")
     data: DataSettings = nested(DataSettings, "training / validation / test data")
     train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
-    rl: RLSettings = nested(RLSettings, "estimator, rewards, penalties")
+    rl: RLSettings = nested(RLSettings, "estimator, samples, baseline, penalties")
+    reward: ClassifierRewardSettings = nested(ClassifierRewardSettings, "reward functions, weights, failures")
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     policy: Literal["classifier"] = doc("classifier", "what the action is (classifier: a label)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl", "run folder name")
     seed: int = doc(0, "global seed")
+
+    # Keys of the `rl` section before the rewards had their own (older config.yaml files, --resume, command lines):
+    # read as their new keys, with a warning (config.load_config).
+    RENAMED: ClassVar[dict[str, str]] = {"rl.rewards": "reward.functions", "rl.reward_weights": "reward.weights",
+                                         "rl.cost_matrix": "reward.cost_matrix", "rl.on_reward_error": "reward.on_error"}
 
 
 @dataclass
@@ -155,10 +168,10 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 }
 
 
-def setup_reward(rl: RLSettings, device: Any = None) -> CombinedReward:
-    """Built-ins: indicator, cost_matrix (rl.cost_matrix); or rm:FOLDER (run on `device`), module:fn."""
-    registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rl.cost_matrix))}
-    return build_rewards(rl.rewards, rl.reward_weights, registry, on_error=rl.on_reward_error, device=device)
+def setup_reward(rs: ClassifierRewardSettings, device: Any = None) -> CombinedReward:
+    """Built-ins: indicator, cost_matrix (reward.cost_matrix); or rm:FOLDER (run on `device`), module:fn, a callable."""
+    registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rs.cost_matrix))}
+    return build_rewards(rs.functions, rs.weights, registry, on_error=rs.on_error, device=device)
 
 
 def penalties(logits: torch.Tensor, ref_logprobs: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -193,10 +206,10 @@ class Training:
     gather: Callable[[torch.Tensor], list[torch.Tensor]] | None  # None with one process
 
 
-def setup_run_reward(rl: RLSettings, run: RunContext) -> CombinedReward:
+def setup_run_reward(rs: ClassifierRewardSettings, run: RunContext) -> CombinedReward:
     """The run's reward, on the accelerator's device; under several processes a reward failing on one stops them
     all, at the same step (else the others would wait forever in the next collective)."""
-    reward = setup_reward(rl, run.accelerator.device)
+    reward = setup_reward(rs, run.accelerator.device)
     if run.accelerator.num_processes > 1:
         reward.failed_on = failed_ranks(run.accelerator)
     return reward
@@ -213,7 +226,7 @@ def setup_training(cfg: RLClassifierConfig, run: RunContext, data: ClassifierDat
     and the reference copy is made before `prepare` moves the policy)."""
     opt, acc = cfg.train, run.accelerator
     model, tok = setup_model(cfg.model, data.label_names, opt)
-    reward = setup_run_reward(cfg.rl, run)
+    reward = setup_run_reward(cfg.reward, run)
     reference = setup_reference(model, cfg.rl, acc.device)
     ema, total = EMABaseline(decay=cfg.rl.ema_decay), total_steps(len(data.train), opt)
     optim, sched = setup_optimizer(model, opt, total)
