@@ -485,3 +485,21 @@ def test_a_signal_to_one_process_stops_both_with_its_exit_code(tmp_path, determi
     _wait(_launch("torchrun", 2, [str(tmp_path / "info2.json"), *args, "ckpt.resume=auto"], tmp_path / "log2.txt"),
           tmp_path / "log2.txt")
     assert _train_rows(runs / "sig")[-1]["step"] == 240 and step < 240
+
+
+def test_reward_columns_follow_their_prompts_on_two_processes(tiny_causal_lm_dir, tmp_path):
+    """Each process takes whole prompt rows, columns included: the reward (tests/test_reward_columns.py: trl_style)
+    raises if any completion's ground truth is not its own prompt's, in training (4 prompts over 2 processes) and in
+    the held-out evaluation (each process a share of 4 prompts, 2 samples each)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the film was {w}", "ground_truth": w}) + "\n"
+                               for w in WORDS[:12]))
+    runs, log = tmp_path / "runs", tmp_path / "log.txt"
+    args = ["rl", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={prompts}",
+            "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=2", "eval.prompts=4", "eval.samples=2",
+            "eval.every=1", "reward.functions=[test_reward_columns:trl_style]", "gen.max_new_tokens=4",
+            f"runs_dir={runs}", "name=cols"]
+    _wait(_launch("torchrun", 2, [str(tmp_path / "i.json"), *args], log), log)
+    rows = [json.loads(line) for line in (runs / "cols" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("split") == "train"] == [1, 2]
+    assert [r["step"] for r in rows if r.get("split") == "eval"] == [0, 1, 2]
