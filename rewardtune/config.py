@@ -319,7 +319,7 @@ def dump_config(cfg: Any) -> str:
 
 def describe(cls: type, prefix: str = "", defaults: Any = None, notes: typing.Mapping[str, str] | None = None) -> list[str]:
     """One line per field: dotted key, default and doc (for `--help-config`); a choice field adds its values, and a
-    key in `notes` (dotted, e.g. `rl.rewards`) adds its note in brackets (the names a free-text field takes).
+    key in `notes` (dotted, e.g. `reward.functions`) adds its note in brackets (the names a free-text field takes).
 
     The defaults are read from `defaults` (an instance; default `cls()`), not from each section's class: a command
     may build a section with defaults of its own (`nested(lambda: ModelSettings(name=...))`), and its help must

@@ -339,8 +339,8 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
 
     With the usual bias-free LM head whose outputs are the logits, the (B, T, V) logits are never held: the
     head runs on its inputs in row chunks (`head.chunked_token_logprobs`); otherwise they are computed whole.
-    Under bf16 autocast the caller's autocast covers the chunked head too (`pg_update.update`, `rl_generate.optimise`,
-    `rl_generate.ppo_step`)."""
+    Under bf16 autocast the caller's autocast covers the chunked head too (`pg_update.pg_update`, `pg_update.pg_step`,
+    `ppo.ppo_step`)."""
     head = chunkable_head(model)
     if head is not None:
         hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share_prompt=share_prompt)  # (B, T, H)

@@ -19,7 +19,7 @@ class TrainBatch:
     rewards: torch.Tensor  # (P, K) the rewards the advantages used (normalised as configured)
     lengths: torch.Tensor  # (B,) completion tokens
     components: dict[str, torch.Tensor]  # each (B,): a reward function's raw values, NaN where it had no opinion
-    dropped: int  # samples whose reward failed (rl.on_reward_error=skip)
+    dropped: int  # samples whose reward failed (reward.on_error=skip)
 
     @classmethod
     def of(cls, ro: Rollout, scored: Any, rewards: torch.Tensor, dropped: int) -> "TrainBatch":
