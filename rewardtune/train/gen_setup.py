@@ -17,6 +17,7 @@ from ..models import apply_lora, enable_checkpointing, load_causal_lm
 from ..policies.causal_lm import GenSettings, format_prompts, stop_check, without_dropout
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
+from ..rewards import metrics
 from ..rewards import text as text_rewards
 from ..collectives import failed_ranks, gather_to_cpu
 from ..run import RunContext
@@ -36,14 +37,21 @@ def length_reward(prompts: list[str], completions: list[str], **_: Any) -> list[
 BUILTIN_REWARDS: dict[str, Callable[[RewardSettings], Any]] = {
     "length": lambda rs: length_reward, "lexicon": lambda rs: text_rewards.lexicon(),
     "regex": lambda rs: text_rewards.regex(rs.regex), "length_penalty": lambda rs: text_rewards.length_penalty(rs.target_length),
+    # task metrics against a reference column (docs/rewards.md, "Task-metric rewards")
+    "exact_match": lambda rs: metrics.exact_match(rs.reference_column),
+    "token_f1": lambda rs: metrics.token_f1(rs.reference_column),
+    "bleu": lambda rs: metrics.bleu(rs.reference_column), "chrf": lambda rs: metrics.chrf(rs.reference_column),
+    "rouge": lambda rs: metrics.rouge(rs.reference_column, rs.rouge_type),
+    "label_match": lambda rs: metrics.label_match(rs.gold_column, rs.labels),
 }
 
 
 def setup_reward(rs: RewardSettings, accelerator: Any = None) -> CombinedReward:
-    """Built-ins: length (toy), lexicon, regex (reward.regex), length_penalty (reward.target_length); or rm:FOLDER
-    (run on the accelerator's device, the policy's), module:fn, a callable. Under several processes, normalisation
-    sees the global batch, and a reward that fails on one process fails on all, at the same call (they checkpoint and
-    stop together)."""
+    """Built-ins: length (toy), lexicon, regex (reward.regex), length_penalty (reward.target_length), the task metrics
+    exact_match, token_f1, bleu, chrf, rouge (reward.reference_column, reward.rouge_type) and label_match
+    (reward.gold_column, reward.labels); or rm:FOLDER (run on the accelerator's device, the policy's), module:fn, a
+    callable. Under several processes, normalisation sees the global batch, and a reward that fails on one process
+    fails on all, at the same call (they checkpoint and stop together)."""
     builtins = {name: functools.partial(make, rs) for name, make in BUILTIN_REWARDS.items()}
     device = None if accelerator is None else accelerator.device
     reward = build_rewards(rs.functions, rs.weights, builtins, rs.normalize, rs.on_error, device)
