@@ -3,7 +3,8 @@ draws every time), their rewards, length, distinct-n, and the KL to the referenc
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -18,6 +19,17 @@ from .pg_update import reference_logprobs_at
 
 EVAL_METRICS = ("reward", "length_words", "distinct_1", "distinct_2", "kl", "kl_greedy", "ref_perplexity")
 EVAL_SEED_OFFSET = 7919  # evaluation's draws come from seed + this, never from training's random stream
+
+
+@contextmanager
+def eval_draws(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside: the random state of held-out evaluation's draws, `seed` + EVAL_SEED_OFFSET (on the device too, where
+    the draws are made); outside it is as it was, so training's random stream never sees an evaluation. Shared with
+    `rewardtune eval-lm`, which reproduces a run's held-out figures from the run's seed."""
+    accel = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
+        torch.manual_seed(seed + EVAL_SEED_OFFSET)
+        yield
 
 
 @torch.no_grad()
@@ -38,9 +50,7 @@ def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, p
     device, k = next(net.parameters()).device, samples or 1
     rows = max(k, rows // k * k) if rows else 0  # whole prompt groups per pass
     share = row_share(acc, len(prompts))  # None: one process, or fewer prompts than processes (each does all)
-    accel = device.type != "cpu"  # its generator is forked (and restored) too: the draws are made on the device
-    with torch.random.fork_rng(devices=[device] if accel else [], device_type=device.type if accel else "cuda"):
-        torch.manual_seed(run.seed + EVAL_SEED_OFFSET)
+    with eval_draws(run.seed, device):
         ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows, only=share)
     part = {"prompts": ro.prompts, "completions": ro.completions,  # rewards raw: comparable across evaluations
             "rewards": reward.unnormalized(ro.prompts, ro.completions,
