@@ -92,6 +92,34 @@ def cmd_rm_score(args: argparse.Namespace) -> None:
     print(f"scores written to {out}")
 
 
+def cmd_eval_lm(args: argparse.Namespace) -> None:
+    """Completions of a prompts file by a causal LM, their rewards and corpus metrics (eval_lm.py)."""
+    from .eval_lm import EvalLMJob, eval_lm_config, format_table, run_eval_lm
+
+    for name in ("rewards", "labels"):  # a list flag swallows the key=value overrides that follow it: give them back
+        values = getattr(args, name) or []
+        args.overrides += [v for v in values if _is_override(v)]
+        setattr(args, name, [v for v in values if not _is_override(v)] or None)
+    reward = {"functions": args.rewards, "weights": args.weights, "reference_column": args.reference_column,
+              "rouge_type": args.rouge_type, "gold_column": args.gold_column, "labels": args.labels,
+              "regex": args.regex, "target_length": args.target_length, "on_error": args.on_error}
+    gen = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "top_p": args.top_p,
+           "top_k": args.top_k, "chat_template": args.chat_template or None}
+    cfg = eval_lm_config(args.overrides, {"reward": reward, "gen": gen})
+    if not args.rewards and not any(o.startswith("reward.functions=") for o in args.overrides):
+        raise ConfigError("give the rewards to score with: --rewards NAME ... (built-ins, rm:FOLDER, module:function)")
+    job = EvalLMJob(args.checkpoint, args.data, cfg.reward, cfg.gen, args.samples, args.seed, args.prompt_column,
+                    args.reference_column or "", args.batch_size, args.out or "")
+    result = run_eval_lm(job)
+    print(format_table(result))
+    if args.out:
+        print(f"completions and metrics written to {args.out}/completions.jsonl and {args.out}/metrics.json")
+
+
+def _is_override(text: str) -> bool:
+    return text.startswith(("reward.", "gen.")) and "=" in text
+
+
 def cmd_models_list(args: argparse.Namespace) -> None:
     from .models import list_models
 
@@ -195,6 +223,8 @@ def _training_commands(sub: Any) -> None:
     p.add_argument("--out", help="write per-example predictions to this JSONL file")
     p.set_defaults(func=cmd_eval)
 
+    _eval_lm_command(sub)
+
     rm = sub.add_parser("rm", help="train and use reward models").add_subparsers(dest="sub", required=True)
     p = rm.add_parser("train", help="pointwise (labels), regression (scores) or pairwise (chosen/rejected) reward model")
     config_args(p)
@@ -209,6 +239,37 @@ def _training_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="JSONL with each row and its score (default: RM_DIR/../../scores.jsonl)")
     p.set_defaults(func=cmd_rm_score)
+
+
+def _eval_lm_command(sub: Any) -> None:
+    p = sub.add_parser("eval-lm", help="a causal LM's completions of a prompts file: rewards, BLEU/chrF/ROUGE, "
+                                       "length, distinct-n; JSONL + metrics")
+    p.add_argument("checkpoint", help="alias, model folder, or a run's checkpoints/best|final (weights or LoRA adapter)")
+    p.add_argument("--data", required=True, help="prompts file (the prompt column and any columns the rewards use)")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--rewards", nargs="+", help="reward functions as reward.functions takes them: built-ins, "
+                                                "rm:FOLDER, module:function")
+    p.add_argument("--weights", nargs="+", type=float, help="one weight per reward (default 1 each)")
+    p.add_argument("--reference-column", help="reference text(s) per row: corpus BLEU/chrF and ROUGE against it, and "
+                                              "reward.reference_column (default: 'reference' when the file has it)")
+    p.add_argument("--rouge-type", choices=["rouge1", "rouge2", "rougeL"], help="reward.rouge_type")
+    p.add_argument("--gold-column", help="reward.gold_column (label_match)")
+    p.add_argument("--labels", nargs="+", help="reward.labels (label_match)")
+    p.add_argument("--regex", help="reward.regex")
+    p.add_argument("--target-length", type=int, help="reward.target_length (length_penalty)")
+    p.add_argument("--on-error", choices=["raise", "skip"], help="reward.on_error")
+    p.add_argument("--samples", type=int, default=0, help="0 = one greedy completion per prompt; K = K sampled")
+    p.add_argument("--temperature", type=float, help="gen.temperature (sampled)")
+    p.add_argument("--max-new-tokens", type=int, help="gen.max_new_tokens")
+    p.add_argument("--top-p", type=float, help="gen.top_p")
+    p.add_argument("--top-k", type=int, help="gen.top_k")
+    p.add_argument("--chat-template", action="store_true", help="gen.chat_template: prompts as user turns")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed: draws from seed + EVAL_SEED_OFFSET, as a "
+                                                       "run's held-out evaluation")
+    p.add_argument("--batch-size", type=int, default=0, help="rows decoded at once (0 = all); memory only")
+    p.add_argument("--out", help="folder for completions.jsonl and metrics.json (default: print only)")
+    p.add_argument("overrides", nargs="*", help="reward.* and gen.* key=value overrides, e.g. gen.stop_strings=[.]")
+    p.set_defaults(func=cmd_eval_lm)
 
 
 def _model_and_data_commands(sub: Any) -> None:
@@ -248,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     from .memory import cap_onednn_cache
 
     cap_onednn_cache()  # before any model runs (eval, quickstart): see memory.py
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # After CHECKPOINT, argparse takes no more positionals: eval-lm's overrides after its options come back as extras
+    if extra and not (args.func is cmd_eval_lm and all(_is_override(e) for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     from .data import DataError
     from .models import ModelError
     from .checkpoint import CheckpointError, NonFiniteError
