@@ -20,7 +20,6 @@ from .config import ConfigError, from_dict, load_config, nested
 from .data import DataError, Examples, repeat_columns
 from .models import ModelError, load_causal_lm, load_tokenizer
 from .policies.causal_lm import GenSettings, Rollout, sample, stop_check
-from .rewards import CombinedReward
 from .rewards.metrics import require, rouge, texts_of
 from .train.gen_config import RewardSettings
 from .train.gen_setup import check_prompt_lengths, check_reward_columns, load_prompts, setup_reward
