@@ -43,6 +43,19 @@ def cmd_rl(args: argparse.Namespace) -> None:
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
 
 
+def cmd_sft(args: argparse.Namespace) -> None:
+    """`policy` (override, else the config file, else classifier) picks the config and the trainer, as for `rl`."""
+    from .train import sft, sft_lm, sft_lm_config
+
+    kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
+             "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm)}
+    kind = policy_kind(args)
+    if kind not in kinds:
+        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(POLICY_KINDS)}")
+    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind == "causal-lm" else None
+    _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     """Classification report, confusion matrix and per-example predictions of a checkpoint on a data file."""
     from pathlib import Path
@@ -202,14 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _training_commands(sub: Any) -> None:
     from .train.reward_model import RMConfig, train_reward_model
-    from .train.sft import SFTConfig, train_sft
 
     p = sub.add_parser("quickstart", help="prepare the bundled models, load the demo data, run the main job")
     config_args(p)
     p.set_defaults(func=cmd_quickstart)
-    p = sub.add_parser("sft", help="supervised baseline: cross-entropy fine-tuning of a classifier")
+    p = sub.add_parser("sft", help="supervised fine-tuning: policy=classifier (default; cross-entropy on labels) or "
+                                   "policy=causal-lm (cross-entropy on completions)")
     config_args(p)
-    p.set_defaults(func=_train_command(SFTConfig, train_sft, "sft"))
+    p.set_defaults(func=cmd_sft)
     p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default) or policy=causal-lm")
     config_args(p)
     p.set_defaults(func=cmd_rl)

@@ -161,7 +161,8 @@ HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "tr
 ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
          "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",
          "ppo.clip_eps_high": 0.0, "ppo.dual_clip": 0.0, "reward.reference_column": "reference",
-         "reward.rouge_type": "rougeL", "reward.gold_column": "label", "reward.labels": []}
+         "reward.rouge_type": "rougeL", "reward.gold_column": "label", "reward.labels": [],
+         "policy": "classifier"}  # SFTConfig's, added with `sft policy=causal-lm` (the other configs always had it)
 
 
 def _check_resume(run_dir: Path, config: Any, is_main: bool = True) -> Path | None:

@@ -19,6 +19,7 @@ from rewardtune.train.gen_config import GenRLConfig
 from rewardtune.train.reward_model import RMConfig
 from rewardtune.train.rl_classifier import RLClassifierConfig
 from rewardtune.train.sft import SFTConfig
+from rewardtune.train.sft_lm_config import SFTLMConfig
 
 from helpers import flat_config, parse_help_config
 
@@ -26,6 +27,8 @@ from helpers import flat_config, parse_help_config
 COMMANDS = {
     ("quickstart",): (QuickstartConfig, "rewardtune.quickstart", "run_quickstart"),
     ("sft",): (SFTConfig, "rewardtune.train.sft", "train_sft"),
+    ("sft", "policy=classifier"): (SFTConfig, "rewardtune.train.sft", "train_sft"),
+    ("sft", "policy=causal-lm"): (SFTLMConfig, "rewardtune.train.sft_lm", "train_sft_lm"),
     ("rl",): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=classifier"): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=causal-lm"): (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate"),

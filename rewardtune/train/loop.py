@@ -39,11 +39,12 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
                  total: int, max_grad_norm: float, log_every: int,
                  batches: Callable[[int, int], Iterable[Any]], batch_loss: BatchLoss,
                  end_of_epoch: Callable[[int, int, float | None], float | None],
-                 state: dict[str, Any] | None = None, desc: str = "train", show_progress: bool = True) -> LoopResult:
-    """Run `epochs` (at most `total` optimiser steps); `state` holds objects with state_dict/load_state_dict
-    (EMA baselines, reward statistics) that are checkpointed with the run."""
-    state = state or {}
-    guard = StopGuard(ckpt.stop_after)
+                 state: dict[str, Any] | None = None, desc: str = "train", show_progress: bool = True,
+                 after_step: Callable[[int, int, float | None], float | None] | None = None) -> LoopResult:
+    """Run `epochs` (at most `total` optimiser steps); `state` holds objects with state_dict/load_state_dict (EMA
+    baselines, reward statistics) checkpointed with the run. `after_step(step, epoch, best)` → best: an evaluation
+    between steps (before the step's checkpoint, so a resumed run does not repeat it)."""
+    state, guard = state or {}, StopGuard(ckpt.stop_after)
     cp = Checkpointer(run, ckpt, {"model": model}, optim, sched, guard)
     res, epoch0, start = _restore_or_start(run, cp, state)
 
@@ -69,6 +70,7 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
                 if res.step % log_every == 0 or res.step == total:
                     row = over_processes(run, {"loss": loss.detach(), **stats}, getattr(batch, "weight", 1.0))
                     run.log(res.step, epoch=epoch, split="train", lr=sched.get_last_lr()[0], **row)
+                res.best = after_step(res.step, epoch, res.best) if after_step else res.best
                 last = res.step >= total
                 if not last and cp.step_done(res.step, lambda: snapshot(epoch, i + 1)):
                     res.train_s += time.time() - t_epoch

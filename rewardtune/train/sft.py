@@ -6,7 +6,7 @@ the validation report and the best checkpoint; at the end, the test report.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ class SFTConfig:
     data: DataSettings = nested(DataSettings, "training / validation / test data")
     train: OptimSettings = nested(OptimSettings, "optimiser, schedule, batching")
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
+    policy: Literal["classifier"] = doc("classifier", "what is trained (classifier: a label head; causal-lm: "
+                                                      "`rewardtune sft policy=causal-lm`, train/sft_lm.py)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft", "run folder name")
     seed: int = doc(0, "global seed (initialisation, batch order)")
