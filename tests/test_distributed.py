@@ -503,3 +503,21 @@ def test_reward_columns_follow_their_prompts_on_two_processes(tiny_causal_lm_dir
     rows = [json.loads(line) for line in (runs / "cols" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("split") == "train"] == [1, 2]
     assert [r["step"] for r in rows if r.get("split") == "eval"] == [0, 1, 2]
+
+
+def test_lm_sft_runs_on_two_processes(tiny_causal_lm_dir, tmp_path):
+    """`sft policy=causal-lm` under torchrun: each process a share of every batch, the validation split over both,
+    and the reward-scored generations of the held-out prompts (each process a share); the run ends, validated twice."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"the film was {w}", "completion": f" {w} and {w}"}) + "\n"
+                            for w in WORDS[:12]))
+    runs, log = tmp_path / "runs", tmp_path / "log.txt"
+    args = ["sft", "policy=causal-lm", f"model.name={tiny_causal_lm_dir}", "model.lora.r=4", f"data.path={data}",
+            "data.val_fraction=0.25", "train.epochs=2", "train.batch_size=4", "train.lr=0.01", "train.log_every=1",
+            "eval.prompts=2", "eval.max_new_tokens=4", "reward.functions=[token_f1]",
+            "reward.reference_column=completion", f"runs_dir={runs}", "name=sft-lm"]
+    _wait(_launch("torchrun", 2, [str(tmp_path / "i.json"), *args], log), log)
+    rows = [json.loads(line) for line in (runs / "sft-lm" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    assert len(evals) >= 2 and all(math.isfinite(r["loss"]) for r in evals if "loss" in r), evals
+    assert (runs / "sft-lm" / "checkpoints" / "final").is_dir()
