@@ -23,7 +23,7 @@ from .policies.causal_lm import GenSettings, Rollout, sample, stop_check
 from .rewards.metrics import require, rouge, texts_of
 from .train.gen_config import RewardSettings
 from .train.gen_setup import check_prompt_lengths, check_reward_columns, load_prompts, setup_reward
-from .train.lm_eval import _eval_metrics, eval_draws  # the trainer's own definitions: the same figures
+from .train.lm_eval import eval_metrics, eval_draws  # the trainer's own definitions: the same figures
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 SCALES = {"bleu": "sacrebleu corpus_bleu, 0-100", "chrf": "sacrebleu corpus_chrf, 0-100",
@@ -138,7 +138,7 @@ def run_eval_lm(job: EvalLMJob, device: str | None = None) -> EvalLMResult:
     columns = repeat_columns(prompts.columns, k)
     scored = reward.unnormalized(ro.prompts, ro.completions, **columns)
     records = completion_records(ro, scored, columns, k)
-    metrics = _eval_metrics({"completions": ro.completions, "rewards": scored.total.tolist()}, job.samples == 0)
+    metrics = eval_metrics({"completions": ro.completions, "rewards": scored.total.tolist()}, job.samples == 0)
     metrics |= component_means(scored)
     if ref_column:
         metrics |= corpus_metrics(ro.completions, columns[ref_column], ref_column)

@@ -16,7 +16,7 @@ from rewardtune.eval_lm import EvalLMJob, corpus_metrics, load_policy, run_eval_
 from rewardtune.models import apply_lora, load_causal_lm
 from rewardtune.policies.causal_lm import GenSettings
 from rewardtune.train.gen_config import GenRLConfig, RewardSettings
-from rewardtune.train.lm_eval import _distinct
+from rewardtune.train.lm_eval import distinct_n
 from rewardtune.train.rl_generate import train_rl_generate
 
 HYPS = ["the cat sat on the mat", "a quick brown fox jumps", "hello there world"]
@@ -85,7 +85,7 @@ def test_end_to_end_cli_writes_completions_and_metrics(tiny_causal_lm_dir, tmp_p
     assert m["reward/token_f1"] == pytest.approx(sum(r["rewards"]["token_f1"] for r in rows) / 6, abs=1e-6)
     words = [r["completion"].split() for r in rows]
     assert m["length_words"] == pytest.approx(sum(map(len, words)) / 6)
-    assert m["distinct_2"] == pytest.approx(_distinct(words, 2))
+    assert m["distinct_2"] == pytest.approx(distinct_n(words, 2))
     assert set(m) >= {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "distinct_1"}
     assert saved["decoding"] == "sampled x2" and saved["gen"]["top_k"] == 50 and saved["reference_column"] == "reference"
     # the same seed gives the same draws; greedy is one completion per prompt

@@ -151,12 +151,12 @@ def test_the_frozen_reference_is_placed_on_the_accelerator_s_device(tiny_causal_
 
 
 def test_distinct_n_by_hand():
-    from rewardtune.train.lm_eval import _distinct
+    from rewardtune.train.lm_eval import distinct_n
 
     words = [["a", "b", "a"], ["a", "b"], []]
     # unigrams: a b a a b → {a, b}: 2 / 5; bigrams: (a b) (b a) (a b) → 2 distinct / 3
-    assert _distinct(words, 1) == pytest.approx(2 / 5) and _distinct(words, 2) == pytest.approx(2 / 3)
-    assert _distinct([[]], 2) == 0.0  # no n-grams at all: 0, not a division by zero
+    assert distinct_n(words, 1) == pytest.approx(2 / 5) and distinct_n(words, 2) == pytest.approx(2 / 3)
+    assert distinct_n([[]], 2) == 0.0  # no n-grams at all: 0, not a division by zero
 
 
 def moved_policy(model_dir, tmp_path):

@@ -66,7 +66,7 @@ def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, p
         kl = ro.logprobs - ref_at[0] if greedy else kl_k3(ro.logprobs, ref_at[0])  # (B, T)
         ref_logp = ref_at[-1]  # (B, T) at temperature 1
         part |= {"tokens": float(mask.sum()), "kl": float(masked_sum(kl, mask)), "ref": float(masked_sum(ref_logp, mask))}
-    m = _eval_metrics(_gather_shares(acc, part) if share is not None else part, greedy)
+    m = eval_metrics(_gather_shares(acc, part) if share is not None else part, greedy)
     run.log(step, split="eval", decoding="greedy" if greedy else f"sampled x{samples}", **m)
     for i in range(min(3, len(ro.prompts))):
         run.log_sample(step, split="eval", prompt=ro.prompts[i], completion=ro.completions[i],
@@ -83,12 +83,12 @@ def _gather_shares(acc: Any, part: dict[str, Any]) -> dict[str, Any]:
             for key, v in part.items()}
 
 
-def _eval_metrics(whole: dict[str, Any], greedy: bool) -> dict[str, float]:
+def eval_metrics(whole: dict[str, Any], greedy: bool) -> dict[str, float]:
     """The held-out metrics of all completions: reward, length and distinct-n; KL per token and the reference's
     perplexity when the reference was measured."""
     words = [c.split() for c in whole["completions"]]
     m = {"reward": sum(whole["rewards"]) / len(whole["rewards"]), "length_words": sum(map(len, words)) / len(words),
-         "distinct_1": _distinct(words, 1), "distinct_2": _distinct(words, 2)}
+         "distinct_1": distinct_n(words, 1), "distinct_2": distinct_n(words, 2)}
     if "tokens" in whole:
         n = max(whole["tokens"], 1.0)
         m["kl_greedy" if greedy else "kl"] = whole["kl"] / n
@@ -96,6 +96,6 @@ def _eval_metrics(whole: dict[str, Any], greedy: bool) -> dict[str, float]:
     return m
 
 
-def _distinct(words: list[list[str]], n: int) -> float:
+def distinct_n(words: list[list[str]], n: int) -> float:
     grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
     return len(set(grams)) / max(1, len(grams))
