@@ -21,20 +21,6 @@ from record import peak_rss_mib, record
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "train.jsonl.gz"
 
 
-def make_pairs(texts: list[str], ratings: list[int], n: int, seed: int) -> list[dict]:
-    """n random (chosen, rejected) pairs with |rating difference| ≥ 4, no pair drawn twice."""
-    rng = random.Random(seed)
-    seen, pairs = set(), []
-    while len(pairs) < n:
-        i, j = rng.randrange(len(texts)), rng.randrange(len(texts))
-        if abs(ratings[i] - ratings[j]) < 4 or (i, j) in seen or (j, i) in seen:
-            continue
-        seen.add((i, j))
-        hi, lo = (i, j) if ratings[i] > ratings[j] else (j, i)
-        pairs.append({"prompt": "", "chosen": texts[hi], "rejected": texts[lo]})
-    return pairs
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mode", choices=["pointwise", "pairwise"], required=True)
@@ -54,6 +40,7 @@ def main() -> None:
 
     from rewardtune.config import load_config
     from rewardtune.data import load_examples, split
+    from rewardtune.pairs import make_pairs  # the rules `rewardtune data pairs` uses
     from rewardtune.train.reward_model import RMConfig, train_reward_model
 
     imdb = load_examples(DATA, keep_columns=["rating"])

@@ -31,27 +31,31 @@ def _train_command(config_cls: type, train_fn: Any, command: str, notes: dict[st
     return cmd
 
 
+def _by_policy(args: argparse.Namespace, kinds: dict[str, tuple[type, Any]]) -> str:
+    """The policy kind the command runs (`policy` override, else the config file, else classifier), checked."""
+    kind = policy_kind(args)
+    if kind not in kinds:
+        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(POLICY_KINDS)}")
+    return kind
+
+
 def cmd_rl(args: argparse.Namespace) -> None:
-    """`policy` (override, else the config file, else classifier) picks the config and the trainer."""
+    """`policy` picks the config and the trainer."""
     from .train import gen_config, rl_classifier, rl_generate
 
     kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
              "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate)}
-    kind = policy_kind(args)
-    if kind not in kinds:
-        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(POLICY_KINDS)}")
+    kind = _by_policy(args, kinds)
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    """`policy` (override, else the config file, else classifier) picks the config and the trainer, as for `rl`."""
+    """`policy` picks the config and the trainer, as for `rl`."""
     from .train import sft, sft_lm, sft_lm_config
 
     kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
              "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm)}
-    kind = policy_kind(args)
-    if kind not in kinds:
-        raise ConfigError(f"policy {kind!r} is not one of: {', '.join(POLICY_KINDS)}")
+    kind = _by_policy(args, kinds)
     notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind == "causal-lm" else None
     _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
 

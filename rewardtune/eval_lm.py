@@ -18,7 +18,7 @@ import torch
 
 from .config import ConfigError, from_dict, load_config, nested
 from .data import DataError, Examples, repeat_columns
-from .models import ModelError, load_causal_lm, load_tokenizer
+from .models import ModelError, load_causal_lm, load_trained_causal_lm
 from .policies.causal_lm import GenSettings, Rollout, sample, stop_check
 from .rewards.metrics import require, rouge, texts_of
 from .train.gen_config import RewardSettings
@@ -77,7 +77,7 @@ def load_policy(name: str, device: str | torch.device = "cpu") -> tuple[Any, Any
     with the adapter on top, unmerged as the run evaluated it."""
     adapter = Path(name).expanduser() / "adapter_config.json"
     try:
-        model, tok = _load_adapter(adapter) if adapter.is_file() else load_causal_lm(name)
+        model, tok = load_trained_causal_lm(adapter.parent) if adapter.is_file() else load_causal_lm(name)
     except (OSError, ValueError, KeyError) as e:  # transformers' way of saying "not a causal LM folder"
         raise ModelError(f"{name}: cannot be loaded as a causal LM ({type(e).__name__}: {e})") from None
     model.to(device).eval()
@@ -86,18 +86,6 @@ def load_policy(name: str, device: str | torch.device = "cpu") -> tuple[Any, Any
 
         prepack_frozen_linears(model, max_share=0.25)  # as the run did (model.lora.prepack): its numbers and speed
     return model, tok
-
-
-def _load_adapter(adapter: Path) -> tuple[Any, Any]:
-    from peft import PeftModel
-
-    base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise ModelError(f"{adapter}: no base_model_name_or_path; the adapter's base model is unknown")
-    model, _ = load_causal_lm(base)
-    tok = load_tokenizer(str(adapter.parent))  # the run saved its tokenizer beside the adapter
-    tok.padding_side = "left"  # as load_causal_lm sets it: batched generation pads on the left
-    return PeftModel.from_pretrained(model, adapter.parent), tok
 
 
 def check_input(job: EvalLMJob) -> tuple[Examples, str]:

@@ -231,6 +231,22 @@ def load_causal_lm(name: str, dtype: Any = None) -> tuple[Any, Any]:
     return contiguous_head_input(model), tok
 
 
+def load_trained_causal_lm(folder: str | Path) -> tuple[Any, Any]:
+    """A causal LM saved as a LoRA adapter (`heldout.save_policy` with model.lora.r > 0): its base model, named in
+    adapter_config.json, with the adapter on top, unmerged; the tokenizer saved beside it, left-padded."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path; the adapter's base model is "
+                         "unknown")
+    model, _ = load_causal_lm(base)
+    tok = load_tokenizer(str(folder))  # the run saved its tokenizer beside the adapter
+    tok.padding_side = "left"  # as load_causal_lm sets it: batched generation pads on the left
+    return PeftModel.from_pretrained(model, folder), tok
+
+
 def enable_checkpointing(model: Any) -> None:
     """Non-reentrant activation checkpointing: works with frozen inputs (LoRA) and with no_grad sampling.
 

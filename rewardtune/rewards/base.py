@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from .signature import RESERVED, call_reward, missing_columns
+from .signature import RESERVED, Binding, binding, call_reward, missing_columns
 
 
 class RewardFn(Protocol):
@@ -145,6 +145,8 @@ class CombinedReward:
     # Several processes: `failed_on(this process failed)` → the ranks whose scoring failed (a collective). Every
     # process then raises at the same call, so none waits forever in a later collective for one that stopped.
     failed_on: Callable[[bool], list[int]] | None = None
+    # How each function is called (its signature, read once: scoring runs every step, per sample when skipping).
+    bindings: dict[str, Binding] = field(default_factory=dict, repr=False)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> RewardResult:
         """Score a training batch: normalised as configured (the running statistics see it)."""
@@ -215,7 +217,7 @@ class CombinedReward:
               columns: dict[str, list[Any]]) -> tuple[list[float | None], torch.Tensor]:
         """One function's values and the samples it failed on (raised, NaN); failures raise unless on_error=skip."""
         try:
-            raw = call_reward(fn, prompts, completions, columns)
+            raw = call_reward(fn, prompts, completions, columns, self._binding(name, fn))
         except Exception as e:
             if self.on_error != "skip":
                 raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e} (batch of {len(prompts)}, first "
@@ -234,13 +236,19 @@ class CombinedReward:
         vals: list[float | None] = []
         for i in range(len(prompts)):
             try:
-                v = call_reward(fn, prompts[i:i + 1], completions[i:i + 1], {k: c[i:i + 1] for k, c in columns.items()})
+                v = call_reward(fn, prompts[i:i + 1], completions[i:i + 1], {k: c[i:i + 1] for k, c in columns.items()},
+                                self._binding(name, fn))
                 v = check_rewards(name, v, prompts[i:i + 1], completions[i:i + 1])[0]
             except Exception:
                 v = math.nan
             vals.append(v)
         bad = torch.tensor([v is not None and not math.isfinite(v) for v in vals], dtype=torch.bool)
         return [None if b else v for v, b in zip(vals, bad.tolist())], bad
+
+    def _binding(self, name: str, fn: Callable[..., Any]) -> Binding:
+        if name not in self.bindings:
+            self.bindings[name] = binding(fn)
+        return self.bindings[name]
 
     def check_columns(self, columns: Sequence[str], source: str) -> None:
         """Every function's required parameters are columns of the data (`source` names it), and no column takes
