@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from . import cli_recipes
 from .cli_config import POLICY_KINDS, REWARDS_KEY, config_args, load_command_config, policy_kind, reward_note
 from .config import ConfigError, config_path, shipped_configs
 from .quickstart import QuickstartConfig
@@ -319,6 +320,7 @@ def _model_and_data_commands(sub: Any) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="stratifies the split ('' for none)")
     p.set_defaults(func=cmd_data_pairs)
+    cli_recipes.add_commands(data)
 
 
 def main(argv: list[str] | None = None) -> int:
