@@ -58,10 +58,9 @@ def _changed(model_dir, run_dir) -> bool:
     return not torch.equal(start[key], next(v for k, v in best.items() if k.endswith(key.split("bert.")[-1])))
 
 
-@pytest.mark.parametrize("extra", [[], ["train.max_steps=2"]])
-def test_sft_smoke_run(tiny_encoder_dir, tagged, tmp_path, extra):
-    out = train_sft_tagger(load_config(TaggerSFTConfig, None, _args(tiny_encoder_dir, tagged, tmp_path, "sft", *extra)),
-                           show_progress=False)
+def test_sft_smoke_run(tiny_encoder_dir, tagged, tmp_path):
+    out = train_sft_tagger(load_config(TaggerSFTConfig, None, _args(tiny_encoder_dir, tagged, tmp_path, "sft")),
+                           show_progress=False)  # one epoch: 4 steps
     train, val = _rows(tmp_path / "sft", "train"), _rows(tmp_path / "sft", "val")
     assert train and all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
     assert val and {"f1", "macro_f1", "token_accuracy", "f1/PER"} <= val[-1].keys() and out["best"] == val[-1]["f1"]
@@ -94,14 +93,14 @@ def test_rl_smoke_runs(tiny_encoder_dir, tagged, tmp_path, extra):
 @pytest.mark.parametrize("trainer", ["sft", "rl"])
 def test_stop_and_resume_is_bit_identical(tiny_encoder_dir, tagged, tmp_path, trainer):
     cls, train = {"sft": (TaggerSFTConfig, train_sft_tagger), "rl": (TaggerRLConfig, train_rl_tagger)}[trainer]
-    extra = ["train.epochs=2"] + (["rl.baseline=greedy", "rl.kl_coef=0.05"] if trainer == "rl" else [])
+    extra = ["train.epochs=2", "data.max_examples=20"] + (["rl.baseline=greedy", "rl.kl_coef=0.05"] if trainer == "rl" else [])
     train(load_config(cls, None, _args(tiny_encoder_dir, tagged, tmp_path, "straight", *extra)), show_progress=False)
     first = train(load_config(cls, None, _args(tiny_encoder_dir, tagged, tmp_path, "resumed", *extra,
                                                "ckpt.stop_after=3")), show_progress=False)
-    assert first["stopped"] and first["steps"] == 3  # mid-epoch: the data position matters
+    assert first["stopped"] and first["steps"] == 3  # 3 steps per epoch (20 / 8): a step into the second epoch
     train(load_config(cls, None, _args(tiny_encoder_dir, tagged, tmp_path, "resumed", *extra, "ckpt.resume=auto")),
           show_progress=False)
-    a, b = (load_file(str(tmp_path / n / "checkpoints" / "step-00000008" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / n / "checkpoints" / "step-00000006" / "model.safetensors"))
             for n in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("train_")} for r in rows]  # noqa: E731
