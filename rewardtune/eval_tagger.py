@@ -18,21 +18,21 @@ from .rewards.spans import entity_report
 from .tagging import TaggedExamples, check_fast, collate_tagged, encode_tagged, word_tags
 
 
-def load_tagger(name: str, tag_names: Sequence[str]) -> tuple[Any, Any]:
+def load_tagger(name: str, tag_names: Sequence[str], trainable: bool = False) -> tuple[Any, Any]:
     """(AutoModelForTokenClassification over `tag_names`, fast tokenizer): a new head on an encoder, or a
-    trained tagger (whose tag set must be the same)."""
+    trained tagger (whose tag set must be the same; a LoRA adapter stays trainable when `trainable`)."""
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
-    path = resolve(name)
-    meta = Path(path) / "rewardtune.json"
+    meta = Path(name) / "rewardtune.json"  # a rewardtune checkpoint: a folder (an adapter has no config.json)
     if meta.exists():
         have = json.loads(meta.read_text()).get("tag_names")
         if have is not None and list(have) != list(tag_names):
-            raise ModelError(f"{path} is a tagger trained on the tags {have}, but the data's tag set is "
+            raise ModelError(f"{name} is a tagger trained on the tags {have}, but the data's tag set is "
                              f"{list(tag_names)}; give data.labels in that order")
-        if (Path(path) / "adapter_config.json").exists():
-            return load_trained_tagger(path)
+        if (Path(name) / "adapter_config.json").exists():
+            return load_trained_tagger(name, trainable)
+    path = resolve(name)
     tok = load_tokenizer(path)
     check_fast(tok)
     id2label = dict(enumerate(tag_names))
@@ -47,8 +47,9 @@ def load_tagger(name: str, tag_names: Sequence[str]) -> tuple[Any, Any]:
     return model, tok
 
 
-def load_trained_tagger(folder: str | Path) -> tuple[Any, Any]:
-    """A tagger saved by a rewardtune trainer: full weights, or a LoRA adapter over its base encoder."""
+def load_trained_tagger(folder: str | Path, trainable: bool = False) -> tuple[Any, Any]:
+    """A tagger saved by a rewardtune trainer: full weights, or a LoRA adapter over its base encoder (frozen unless
+    `trainable`: a run that starts from it trains the same adapter)."""
     folder = Path(folder)
     meta = tagger_meta(folder)
     if not (folder / "adapter_config.json").exists():
@@ -58,7 +59,7 @@ def load_trained_tagger(folder: str | Path) -> tuple[Any, Any]:
     base_name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     base, _ = load_tagger(base_name, meta["tag_names"])
     tok = load_tokenizer(str(folder))
-    return PeftModel.from_pretrained(base, folder), tok
+    return PeftModel.from_pretrained(base, folder, is_trainable=trainable), tok
 
 
 def tagger_meta(folder: str | Path) -> dict[str, Any]:

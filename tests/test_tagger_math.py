@@ -19,6 +19,13 @@ def _valid(seq: list[int], tr) -> bool:
     return bool(tr.start[seq[0]]) and all(bool(tr.allowed[a, b]) for a, b in zip(seq, seq[1:]))
 
 
+def test_the_tagger_module_is_a_policy_kind():
+    from rewardtune.policies import tagger
+    from rewardtune.policies.protocol import PolicyKind
+
+    assert isinstance(tagger, PolicyKind)
+
+
 def test_bio_transitions_by_hand():
     tr = bio_transitions(TAGS)
     assert tr.start.tolist() == [True, True, False, True, False]  # I- never opens a sentence

@@ -108,9 +108,13 @@ def test_stop_and_resume_is_bit_identical(tiny_encoder_dir, tagged, tmp_path, tr
 
 
 def test_cli_sft_then_rl_then_eval(tiny_encoder_dir, tagged, tmp_path, capsys):
-    assert main(["sft", "policy=tagger", *_args(tiny_encoder_dir, tagged, tmp_path, "s", "train.max_steps=2")]) == 0
+    """LoRA sft, then rl continuing the same adapter (it must train), then `rewardtune eval` of the result."""
+    lora = ["train.max_steps=2", "model.lora.r=4"]
+    assert main(["sft", "policy=tagger", *_args(tiny_encoder_dir, tagged, tmp_path, "s", *lora)]) == 0
     best = tmp_path / "s" / "checkpoints" / "best"
-    assert main(["rl", "policy=tagger", *_args(best, tagged, tmp_path, "r", "train.max_steps=2")]) == 0
+    assert main(["rl", "policy=tagger", *_args(best, tagged, tmp_path, "r", *lora)]) == 0
+    a, b = (load_file(str(tmp_path / n / "checkpoints" / "best" / "adapter_model.safetensors")) for n in "sr")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if "lora_" in k)
     capsys.readouterr()
     out = tmp_path / "pred.jsonl"
     assert main(["eval", str(tmp_path / "r" / "checkpoints" / "best"), "--data", str(tagged / "dev.jsonl"),

@@ -120,7 +120,7 @@ def check_tagger_metric(opt: OptimSettings, data: TaggedData) -> None:
 
 def setup_tagger_model(model: ModelSettings, tag_names: list[str], opt: OptimSettings) -> tuple[Any, Any]:
     """A token classifier over `tag_names` (from an encoder or a tagger checkpoint), with LoRA if asked."""
-    net, tok = load_tagger(model.name, tag_names)
+    net, tok = load_tagger(model.name, tag_names, trainable=True)
     if opt.freeze_embeddings:
         net.get_input_embeddings().weight.requires_grad_(False)
     if opt.fast_dropout:
