@@ -8,6 +8,7 @@ evaluation counts a gold entity there as missed. The rows' words stay whole for 
 """
 from __future__ import annotations
 
+import logging
 import reprlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Sequence
 import torch
 
 from .data import DataError, Table, read_table
+
+log = logging.getLogger("rewardtune.data")
 
 
 @dataclass
@@ -86,6 +89,8 @@ def to_tagged(table: Table, tokens_column: str = "tokens", tags_column: str = "t
             continue
         words.append(w)
         tags.append(t)
+    if reasons:
+        log.warning("skipped %d invalid row(s) of %s; first: %s", len(reasons), table.source, "; ".join(reasons[:3]))
     if not words:
         raise DataError(f"{table.source}: no valid rows left" + (f" ({len(reasons)} skipped)" if reasons else ""))
     names = list(tag_names) or order_tags({t for row in tags for t in row})
