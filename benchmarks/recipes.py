@@ -63,7 +63,7 @@ def run_seed(recipe: str, seed: int, rows: Path, work: Path, args: argparse.Name
     tokens = yaml.safe_load((Path("rewardtune/configs") / f"recipe-{recipe}-rl.yaml").read_text())["gen"][
         "max_new_tokens"]
     data = [f"data.path={rows / 'train.jsonl'}", f"data.val_path={rows / 'select.jsonl'}", f"runs_dir={work}",
-            f"seed={seed}"]
+            f"seed={seed}", *args.set]
     sft_name, rl_name = f"sft-s{seed}", f"rl-s{seed}"
     t_sft = sh(["sft", "--config", f"recipe-{recipe}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
                 *data], work / f"{sft_name}.log")
@@ -84,6 +84,8 @@ def main() -> None:
     p.add_argument("--sft-steps", type=int, default=250)
     p.add_argument("--rl-steps", type=int, default=100)
     p.add_argument("--report-rows", type=int, default=300, help="held-out rows scored at the end (at most 300)")
+    p.add_argument("--set", nargs="*", default=[], help="key=value overrides for both sft and rl (e.g. a smoke run: "
+                                                        "eval.prompts=4)")
     p.add_argument("--work", default="runs/bench-recipes", help="folder for rows, runs and evaluations")
     args = p.parse_args()
     work = Path(args.work) / args.recipe

@@ -60,6 +60,18 @@ def test_sst2_classifier_configs_run(name, command, tiny_encoder_dir, tmp_path, 
     assert (tmp_path / name / "checkpoints" / "best").is_dir()
 
 
+@pytest.mark.parametrize("name,command", [("wikiann-tagger-sft", ["sft"]), ("wikiann-tagger-rl", ["rl"])])
+def test_wikiann_tagger_configs_run(name, command, tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    _in_repo(monkeypatch, name)
+    argv = [*command, "--config", name, f"model.name={tiny_encoder_dir}", "data.max_examples=16",
+            "data.max_val_examples=8", "train.max_steps=2", "train.batch_size=8", "train.max_length=32",
+            "train.log_every=1", f"runs_dir={tmp_path}"]
+    rows = _run(argv, tmp_path / name, capsys)
+    val = [r for r in rows if r.get("split") == "val"]
+    assert val and 0.0 <= val[-1]["f1"] <= 1.0 and "f1/PER" in val[-1], rows  # entity F1 on 8 WikiANN dev sentences
+    assert (tmp_path / name / "checkpoints" / "best").is_dir()
+
+
 def test_imdb_pairwise_reward_model_config_runs(tiny_encoder_dir, tmp_path, monkeypatch, capsys):
     _in_repo(monkeypatch, "imdb-rm-pairwise")
     imdb = needs_shared_data("imdb", "train.jsonl.gz")
@@ -94,19 +106,22 @@ def test_shipped_configs_load_and_name_their_command():
     from rewardtune.train.gen_config import GenRLConfig
     from rewardtune.train.reward_model import RMConfig
     from rewardtune.train.rl_classifier import RLClassifierConfig
+    from rewardtune.train.rl_tagger import TaggerRLConfig
     from rewardtune.train.sft import SFTConfig
     from rewardtune.train.sft_lm_config import SFTLMConfig
+    from rewardtune.train.tagger import TaggerSFTConfig
 
-    classes = {"sft": SFTConfig, "rl": RLClassifierConfig, "rm train": RMConfig, "rl-lm": GenRLConfig,
-               "sft-lm": SFTLMConfig}
+    classes = {"sft": SFTConfig, "rl": RLClassifierConfig, "rm train": RMConfig, "rl-causal-lm": GenRLConfig,
+               "sft-causal-lm": SFTLMConfig, "sft-tagger": TaggerSFTConfig, "rl-tagger": TaggerRLConfig}
     for name, path in shipped_configs().items():
         text = path.read_text()
         assert text.startswith("# ") and len(text.splitlines()[0]) > 20, name
         command = re.search(r"rewardtune (sft|rl|rm train) --config (\S+)", text)
         assert command and command.group(2) == name, name
         kind = command.group(1)
-        if kind in ("rl", "sft") and yaml.safe_load(text).get("policy") == "causal-lm":
-            kind += "-lm"
+        policy = yaml.safe_load(text).get("policy", "classifier")
+        if policy != "classifier":
+            kind = f"{kind}-{policy}"
         cfg = load_config(classes[kind], path)
         assert cfg.name == name  # its run folder is runs/<config name>
 
