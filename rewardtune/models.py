@@ -170,7 +170,7 @@ def resolve(name: str) -> str:
         return str(prepare(name))
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ModelError(f"{path} is a folder but has no config.json; is it a Hugging Face model folder?")
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")):
@@ -282,7 +282,10 @@ def load_classifier(name: str, num_labels: int, id2label: dict[int, str] | None 
 
     path = resolve(name)
     if (Path(path) / "adapter_config.json").exists():
-        return load_trained_classifier(path)
+        # A LoRA checkpoint as a starting point (sft → rl): its adapter and head merged into the base, so that
+        # training goes on from it (a new adapter if model.lora.r > 0); loaded as a PeftModel it was frozen.
+        trained, tok = load_trained_classifier(path)
+        return trained.merge_and_unload().requires_grad_(True), tok
     tok = load_tokenizer(path)
     id2label = id2label or {i: str(i) for i in range(num_labels)}
     _check_trained_head(path, num_labels)
