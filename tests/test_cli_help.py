@@ -46,6 +46,10 @@ SHIPPED = {
     "grpo-smollm2-sentiment": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",)),
     "wikiann-tagger-sft": (TaggerSFTConfig, "rewardtune.train.tagger", "train_sft_tagger", ("sft",)),
     "wikiann-tagger-rl": (TaggerRLConfig, "rewardtune.train.rl_tagger", "train_rl_tagger", ("rl",)),
+    **{f"recipe-{r}-sft": (SFTLMConfig, "rewardtune.train.sft_lm", "train_sft_lm", ("sft",))
+       for r in ("mt", "dialogue", "qa", "intent")},
+    **{f"recipe-{r}-rl": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",))
+       for r in ("mt", "dialogue", "qa", "intent")},
 }
 
 
