@@ -54,8 +54,11 @@ def snips_terms(d: OffPolicyData) -> Tensor:
 
     The terms are the ratio's linearisation (delta method): their mean is exactly V̂ and their sample variance
     / N is the ratio's asymptotic variance. Self-normalising removes the dependence on the scale of w (bias
-    O(1/N), far less variance when weights are large)."""
+    O(1/N), far less variance when weights are large). With every weight 0 (π never takes a logged action) the log
+    says nothing: the terms are 0."""
     w_bar = d.w.mean()
+    if w_bar == 0:
+        return torch.zeros_like(d.reward)
     value = (d.w * d.reward).sum() / d.w.sum()
     return value + d.w * (d.reward - value) / w_bar  # (N,)
 
