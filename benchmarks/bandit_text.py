@@ -38,13 +38,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {"agnews": ("topic/agnews/train.jsonl.gz", 100), "banking77": ("intent/banking77/train.jsonl.gz", 385)}
 
 
-def features(task: str, texts: list[str], cache: Path, max_length: int) -> torch.Tensor:
-    """MiniLM-L6 mean-pooled features (N, 384), standardised, cached per task and size."""
-    path = cache / f"{task}-{len(texts)}-{max_length}.pt"
+def features(task: str, texts: list[str], cache: Path, max_length: int, seed: int) -> torch.Tensor:
+    """MiniLM-L6 mean-pooled features (N, 384), standardised, cached per task, size and seed (which rows)."""
+    path = cache / f"{task}-{len(texts)}-{max_length}-seed{seed}.pt"
     if not path.exists():
         from rewardtune.models import load_classifier
 
         model, tok = load_classifier("minilm-l6", 2)
+        torch.set_num_threads(2)
         t = time.time()
         feats = embed(model, tok, texts, max_length, batch_size=64).float()
         print(f"embedded {len(texts)} texts in {time.time() - t:.0f} s", flush=True)
@@ -55,14 +56,17 @@ def features(task: str, texts: list[str], cache: Path, max_length: int) -> torch
 
 
 def fit_linear(x: torch.Tensor, n_actions: int, loss_fn, epochs: int, seed: int, select=None, lr: float = 1e-2,
-               batch: int = 64, wd: float = 1e-4) -> torch.nn.Linear:
-    """A linear softmax policy trained by minibatch Adam on loss_fn(logits, rows); the epoch with the best
-    select(policy) is kept (the last one without `select`)."""
+               batch: int = 64, wd: float = 1e-4, start: torch.nn.Linear | None = None) -> torch.nn.Linear:
+    """A linear softmax policy trained by minibatch Adam on loss_fn(logits, rows), from `start`'s weights or from
+    zero (uniform); the start and each epoch are candidates, the best select(policy) is kept (without `select`: the
+    last epoch)."""
     torch.manual_seed(seed)
     lin = torch.nn.Linear(x.shape[1], n_actions)
-    torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)  # start uniform, as a logger-free policy
+    torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
+    if start is not None:
+        lin.load_state_dict(start.state_dict())
     opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=wd)
-    best, best_state = -float("inf"), None
+    best, best_state = (select(lin), {k: v.clone() for k, v in lin.state_dict().items()}) if select else (0.0, None)
     for _ in range(epochs):
         for rows in torch.randperm(len(x)).split(batch):
             loss = loss_fn(lin(x[rows]), rows)
@@ -70,7 +74,7 @@ def fit_linear(x: torch.Tensor, n_actions: int, loss_fn, epochs: int, seed: int,
             loss.backward()
             opt.step()
         score = select(lin) if select else 0.0
-        if best_state is None or score > best:
+        if best_state is None or score > best or not select:
             best, best_state = score, {k: v.clone() for k, v in lin.state_dict().items()}
     lin.load_state_dict(best_state)
     return lin
@@ -92,7 +96,7 @@ def ope_rows(log: BanditLog, x: torch.Tensor, pi: torch.Tensor, q_hat: torch.Ten
     return estimates(off_policy_data(log, pi, q_hat), ["ips", "snips"] + (["dr"] if q_hat is not None else []))
 
 
-def learners(x, log: BanditLog, y_true, n_actions, val_rows, train_rows, q_train, epochs, seed):
+def learners(x, log: BanditLog, y_true, n_actions, val_rows, train_rows, q_train, epochs, seed, start, lr):
     """name → fitted linear policy: each off-policy objective on the log, and sft on the true labels."""
     xt = x[train_rows]
     t_log = log_subset(log, train_rows)
@@ -108,10 +112,13 @@ def learners(x, log: BanditLog, y_true, n_actions, val_rows, train_rows, q_train
             b = LoggedBatch(logits, t_log.actions[rows], t_log.rewards[rows].float(), t_log.propensities[rows].float(),
                             q_train[rows].float() if name == "dr" else None)
             return fn(b, 0.0, baseline)[0]
-        out[name] = fit_linear(xt, n_actions, loss, epochs, seed, snips_val)
+        t = time.time()
+        out[name] = fit_linear(xt, n_actions, loss, epochs, seed, snips_val, lr=lr, start=start)
+        print(f"  {name}: {time.time() - t:.1f} s", flush=True)
     yt, yv = y_true[train_rows], y_true[val_rows]
     out["sft"] = fit_linear(xt, n_actions, lambda lg, rows: torch.nn.functional.cross_entropy(lg, yt[rows]), epochs,
-                            seed, lambda lin: (probs_of(lin, xv).argmax(-1) == yv).double().mean().item())
+                            seed, lambda lin: (probs_of(lin, xv).argmax(-1) == yv).double().mean().item(), lr=lr,
+                            start=start)
     return out
 
 
@@ -126,14 +133,14 @@ def run_task(args) -> None:
     idx_logger, idx_log = order[:n_logger], order[n_logger:n_logger + args.log_rows]
     idx_test = order[n_logger + args.log_rows:n_logger + args.log_rows + args.test_rows]
     sub = ex.subset(idx_logger + idx_log + idx_test)
-    x = features(args.task, sub.texts, Path(args.cache), args.max_length)
+    x = features(args.task, sub.texts, Path(args.cache), args.max_length, args.seed)
     y = torch.tensor(sub.labels)
     n_a, names = len(ex.label_names), ex.label_names
     xl, xg, xh = x[:n_logger], x[n_logger:n_logger + args.log_rows], x[n_logger + args.log_rows:]
     yl, yg, yh = y[:n_logger], y[n_logger:n_logger + args.log_rows], y[n_logger + args.log_rows:]
     # the weak logging policy: a linear softmax classifier on the few labelled rows (full batch, 100 epochs)
-    logger = fit_linear(xl, n_a, lambda lg, rows: torch.nn.functional.cross_entropy(lg, yl[rows]), 100, args.seed,
-                        batch=len(xl), wd=1e-3)
+    logger = fit_linear(xl, n_a, lambda lg, rows: torch.nn.functional.cross_entropy(lg, yl[rows]),
+                        args.logger_epochs, args.seed, batch=len(xl), wd=1e-3)
     mu_log, mu_test = (softmax_exploration(probs_of(logger, xx), args.temperature) for xx in (xg, xh))
     log = make_log(sub.texts[n_logger:n_logger + args.log_rows], mu_log, yg.tolist(), args.seed, names)
     heldout = make_log(sub.texts[n_logger + args.log_rows:], mu_test, yh.tolist(), args.seed + 1, names)
@@ -147,9 +154,12 @@ def run_task(args) -> None:
     print(f"logging policy on held-out texts: expected accuracy {acc_logger['logging_expected_accuracy']:.4f}, "
           f"greedy {acc_logger['logging_greedy_accuracy']:.4f}")
     base = {"bench": "bandit_text", "task": args.task, "log_rows": len(log), "test_rows": len(heldout),
-            "logger_rows": n_logger, "temperature": args.temperature, "seed": args.seed, **acc_logger}
+            "logger_rows": n_logger, "temperature": args.temperature, "seed": args.seed, "start": args.start, "lr": args.lr,
+            "logger_epochs": args.logger_epochs,
+            **acc_logger}
     q_heldout = cross_fit(xh.double(), heldout.actions, heldout.rewards, n_a, args.dr_l2, seed=args.seed)
-    pols = learners(xg, log, yg, n_a, val_rows, train_rows, q_train, args.epochs, args.seed)
+    pols = learners(xg, log, yg, n_a, val_rows, train_rows, q_train, args.epochs, args.seed,
+                    logger if args.start == "logger" else None, args.lr)
     print(f"{'policy':10} {'accuracy':>8}   " + "   ".join(f"{e:>26}" for e in ("IPS", "SNIPS", "DR")))
     for name, lin in pols.items():
         pi = greedy_policy(probs_of(lin, xh))
@@ -172,10 +182,10 @@ def run_e2e(args) -> None:
     ex = load_examples(DATA / path)
     order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(args.seed)).tolist()
     sub = ex.subset(order[:n_logger + args.log_rows + args.test_rows])
-    x = features("agnews", sub.texts, Path(args.cache), args.max_length)
+    x = features("agnews", sub.texts, Path(args.cache), args.max_length, args.seed)
     y = torch.tensor(sub.labels)
     logger = fit_linear(x[:n_logger], 4, lambda lg, rows: torch.nn.functional.cross_entropy(lg, y[:n_logger][rows]),
-                        100, args.seed, batch=n_logger, wd=1e-3)
+                        args.logger_epochs, args.seed, batch=n_logger, wd=1e-3)
     out = Path(args.cache) / "e2e"
     out.mkdir(parents=True, exist_ok=True)
     spans = {"train": (n_logger, n_logger + args.e2e_rows), "heldout": (len(sub) - args.e2e_test, len(sub))}
@@ -206,16 +216,22 @@ def main() -> None:
     ap.add_argument("--task", choices=list(TASKS), default="agnews")
     ap.add_argument("--log-rows", type=int, default=3000)
     ap.add_argument("--test-rows", type=int, default=1000)
-    ap.add_argument("--temperature", type=float, default=1.0, help="logging policy: μ ∝ p^(1/τ)")
+    ap.add_argument("--temperature", type=float, default=2.0, help="logging policy: μ ∝ p^(1/τ)")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate of the learned policies")
+    ap.add_argument("--logger-epochs", type=int, default=100, help="full-batch epochs of the logging classifier")
+    ap.add_argument("--start", choices=["logger", "zero"], default="logger",
+                    help="learned policies (and sft) start from the logging policy's weights, or from zero (uniform)")
     ap.add_argument("--dr-l2", type=float, default=10.0)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the embedding pass and `--e2e` use more)")
     ap.add_argument("--cache", default="/tmp/rewardtune-bandit-bench")
     ap.add_argument("--e2e", action="store_true", help="also run `bandit train` + `ope` (AG News, MiniLM)")
     ap.add_argument("--e2e-rows", type=int, default=600)
     ap.add_argument("--e2e-test", type=int, default=300)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)  # the linear heads are tiny: extra threads only wait on each other
     run_e2e(args) if args.e2e else run_task(args)
 
 
