@@ -168,6 +168,13 @@ def test_convert_then_ope_commands(tiny_encoder_dir, log_file, test_file, tmp_pa
     assert main(["ope", str(best), "--log", str(out), "--bootstrap", "50"]) == 0
     printed = capsys.readouterr().out
     assert all(f"\n{name} " in printed for name in ("ips", "snips", "dr")) and "bootstrap [" in printed
+    from rewardtune.config import ConfigError
+    from rewardtune.train.bandit import start_actions
+    warm = load_config(BanditConfig, None, [f"model.name={best}", f"data.path={out}"])
+    assert start_actions(warm) == ("neg", "pos")  # a warm start keeps the checkpoint's head order
+    with pytest.raises(ConfigError, match="differ from the labels of the checkpoint"):
+        train_bandit(load_config(BanditConfig, None, [f"model.name={best}", f"data.path={out}", "data.actions=pos,neg",
+                                                      f"runs_dir={tmp_path}", "name=warm"]), show_progress=False)
     labelled = write(tmp_path / "labelled.jsonl", [{"text": r["text"], "label": r["label"]} for r in toy_rows(4, 2)])
     assert main(["ope", str(best), "--log", str(labelled)]) == 2  # a labelled file is not a log: a clear error
     assert "no field 'action'" in capsys.readouterr().err

@@ -8,7 +8,9 @@ The epoch loop, exact resumption and checkpoints are the classifier trainers' (t
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -21,7 +23,7 @@ from ..bandit.log import BanditLog, LogColumns, load_log
 from ..checkpoint import CheckpointSettings
 from ..collectives import over_shares
 from ..config import ConfigError, ModelSettings, doc, nested
-from ..data import Examples, load_examples
+from ..data import Examples, load_examples, normalize_label
 from ..eval import evaluate_classifier, predict
 from ..policies import classifier as policy
 from ..run import RunContext, start_run
@@ -41,7 +43,8 @@ class LogDataSettings:
     reward_column: str = doc("reward", "field holding the reward")
     propensity_column: str = doc("propensity", "field holding μ(a|x), the logging policy's probability of the action")
     candidates_column: str = doc("", "field holding each row's candidate actions ('' = every action)")
-    actions: tuple = doc((), "the action set in order; empty = the logged actions, sorted")
+    actions: tuple = doc((), "the action set in order; empty = the starting checkpoint's labels, else the logged "
+                             "actions, sorted")
     val_path: str = doc("", "validation log; empty = carve val_fraction from `path`")
     val_fraction: float = doc(0.1, "fraction of the log held out for off-policy model selection")
     seed: int = doc(0, "seed of the train/validation split")
@@ -83,12 +86,25 @@ class Logs:
     test: Examples | None
 
 
-def setup_logs(d: LogDataSettings) -> Logs:
-    """Train/validation logs with one action set, and the labelled test file; all checked before any run folder."""
+def start_actions(cfg: BanditConfig) -> tuple:
+    """The action set in the policy head's order: `data.actions`, else the starting checkpoint's labels (a policy
+    warm-started from the logging classifier keeps its head), else () (the logged actions, sorted)."""
+    meta = Path(cfg.model.name) / "rewardtune.json"
+    labels = tuple(json.loads(meta.read_text())["label_names"]) if meta.is_file() else ()
+    given = tuple(str(normalize_label(a)) for a in cfg.data.actions)
+    if labels and given and given != labels:
+        raise ConfigError(f"data.actions {list(given)} differ from the labels of the checkpoint {cfg.model.name} "
+                          f"({list(labels)}, in its head's order); give them in that order, or leave data.actions empty")
+    return given or labels
+
+
+def setup_logs(d: LogDataSettings, actions: tuple = ()) -> Logs:
+    """Train/validation logs with one action set (`actions`, else the logged ones), and the labelled test file; all
+    checked before any run folder."""
     if not d.path:
         raise ConfigError("give the log to learn from: data.path=FILE (rows of text, action, reward, propensity)")
     cols = LogColumns(d.text_column, d.action_column, d.reward_column, d.propensity_column, d.candidates_column)
-    full = load_log(d.path, cols, d.actions)
+    full = load_log(d.path, cols, actions)
     if d.val_path:
         train, val = full, load_log(d.val_path, cols, full.action_names)
     else:
@@ -183,7 +199,7 @@ def final_test(cfg: BanditConfig, run: RunContext, test: Examples | None, step: 
 
 def train_bandit(cfg: BanditConfig, show_progress: bool = True) -> dict[str, Any]:
     """Learn from the log; returns the best validation estimate, the run folder and the test metrics."""
-    logs = setup_logs(cfg.data)  # a bad row fails before the run folder exists
+    logs = setup_logs(cfg.data, start_actions(cfg))  # a bad row fails before the run folder exists
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     opt, names = cfg.train, logs.train.action_names
     model, tok = setup_model(cfg.model, names, opt)
