@@ -58,15 +58,18 @@ def features(task: str, texts: list[str], cache: Path, max_length: int, seed: in
 def fit_linear(x: torch.Tensor, n_actions: int, loss_fn, epochs: int, seed: int, select=None, lr: float = 1e-2,
                batch: int = 64, wd: float = 1e-4, start: torch.nn.Linear | None = None) -> torch.nn.Linear:
     """A linear softmax policy trained by minibatch Adam on loss_fn(logits, rows), from `start`'s weights or from
-    zero (uniform); the start and each epoch are candidates, the best select(policy) is kept (without `select`: the
-    last epoch)."""
+    zero (uniform); the best select(policy) over the epochs (and a warm start) is kept (without `select`: the last
+    epoch)."""
     torch.manual_seed(seed)
     lin = torch.nn.Linear(x.shape[1], n_actions)
     torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
     if start is not None:
         lin.load_state_dict(start.state_dict())
     opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=wd)
-    best, best_state = (select(lin), {k: v.clone() for k, v in lin.state_dict().items()}) if select else (0.0, None)
+    # a warm start is a candidate itself (learning may not beat it); a zero start is not: its greedy policy is one
+    # tie-broken action, whose SNIPS rests on the few rows that logged it (1.0 if those few were rewarded)
+    best, best_state = ((select(lin), {k: v.clone() for k, v in lin.state_dict().items()}) if select and start
+                        else (0.0, None))
     for _ in range(epochs):
         for rows in torch.randperm(len(x)).split(batch):
             loss = loss_fn(lin(x[rows]), rows)
