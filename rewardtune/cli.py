@@ -44,7 +44,8 @@ def cmd_rl(args: argparse.Namespace) -> None:
     from .train import gen_config, rl_classifier, rl_generate
 
     kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
-             "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate)}
+             "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
+             "seq2seq": (gen_config.GenRLConfig, rl_generate.train_rl_generate)}
     kind = _by_policy(args, kinds)
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
 
@@ -54,9 +55,10 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from .train import sft, sft_lm, sft_lm_config
 
     kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
-             "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm)}
+             "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
+             "seq2seq": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm)}
     kind = _by_policy(args, kinds)
-    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind == "causal-lm" else None
+    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind != "classifier" else None
     _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
 
 
@@ -224,10 +226,10 @@ def _training_commands(sub: Any) -> None:
     config_args(p)
     p.set_defaults(func=cmd_quickstart)
     p = sub.add_parser("sft", help="supervised fine-tuning: policy=classifier (default; cross-entropy on labels) or "
-                                   "policy=causal-lm (cross-entropy on completions)")
+                                   "policy=causal-lm or seq2seq (cross-entropy on completions)")
     config_args(p)
     p.set_defaults(func=cmd_sft)
-    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default) or policy=causal-lm")
+    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default), causal-lm or seq2seq")
     config_args(p)
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
