@@ -72,6 +72,12 @@ def family(kind: str) -> LMFamily:
     return FAMILIES[kind]
 
 
+def family_of(model: Any) -> LMFamily:
+    """The family of a loaded model, from its config (for a command given a checkpoint, which says what it is)."""
+    inner = getattr(model, "module", model)
+    return SEQ2SEQ if getattr(inner.config, "is_encoder_decoder", False) else CAUSAL_LM
+
+
 def check_model_kind(fam: LMFamily, name: str) -> None:
     """`name`'s config says the architecture `fam` needs (read before any run folder exists or weights load)."""
     if seq2seq.is_encoder_decoder(name) == fam.encoder_decoder:

@@ -52,6 +52,23 @@ def load_seq2seq_lm(name: str, dtype: Any = None) -> tuple[Any, Any]:
     return model, tok
 
 
+def load_trained_seq2seq(folder: Any) -> tuple[Any, Any]:
+    """A seq2seq model saved as a LoRA adapter (`heldout.save_policy` with model.lora.r > 0): its base model, named in
+    adapter_config.json, with the adapter on top, unmerged; the tokenizer saved beside it."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    base = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{Path(folder) / 'adapter_config.json'}: no base_model_name_or_path; the base model is unknown")
+    model, _ = load_seq2seq_lm(base)
+    tok = load_tokenizer(str(folder))
+    tok.padding_side = "right"
+    return PeftModel.from_pretrained(model, folder), tok
+
+
 def _inner(model: Any) -> Any:
     """The model under DDP's wrapper (peft's wrapper forwards what is read here)."""
     return getattr(model, "module", model)
