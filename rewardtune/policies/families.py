@@ -55,8 +55,13 @@ def causal_token_outputs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: i
     return logprobs_from_logits(logits, ids[:, -n:]), out.hidden_states[-1][:, -n - 1:-1], ent
 
 
+def _causal(name: str) -> Callable[..., Any]:
+    """causal_lm.<name>, looked up at each call: a function patched or rebound there (tests, probes) is the one run."""
+    return lambda *args, **kwargs: getattr(causal_lm, name)(*args, **kwargs)
+
+
 CAUSAL_LM = LMFamily(
-    "causal-lm", load_causal_lm, causal_lm.sample, causal_lm.token_logprobs, causal_lm.token_logprobs_at,
+    "causal-lm", load_causal_lm, _causal("sample"), _causal("token_logprobs"), _causal("token_logprobs_at"),
     causal_token_outputs, lambda model, ids, mask, n: causal_lm.completion_logits(model, ids, mask, n, hidden=True),
     lambda config, new: getattr(config, "max_position_embeddings", 2048) - new, encoder_decoder=False)
 SEQ2SEQ = LMFamily(
