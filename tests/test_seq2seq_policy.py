@@ -208,3 +208,30 @@ def test_eval_lm_on_a_seq2seq_adapter_gives_the_runs_held_out_reward(tiny_seq2se
                     GenSettings(max_new_tokens=5))
     got = run_eval_lm(job, device="cpu")
     assert got.metrics["reward"] == pytest.approx(last["reward"]) and len(got.records) == 2
+
+
+def test_the_command_line_dispatches_policy_seq2seq(tiny_seq2seq, tmp_path, capsys):
+    from rewardtune.cli import main
+
+    assert main(["rl", "policy=seq2seq", f"model.name={tiny_seq2seq['t5']}", f"data.path={_prompts(tmp_path)}",
+                 "rl.steps=1", "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "eval.prompts=1",
+                 "gen.max_new_tokens=3", "model.lora.r=2", f"runs_dir={tmp_path}", "name=cli"]) == 0
+    out = capsys.readouterr().out
+    assert "rl (grpo, seq2seq)" in out and json.loads(out[out.index("{\n"):])["steps"] == 1
+
+
+def test_a_chat_row_with_several_assistant_turns_is_refused_for_seq2seq(tiny_seq2seq, tmp_path):
+    from rewardtune.data import DataError
+    from rewardtune.models import load_tokenizer
+    from rewardtune.train.sft_lm_config import SFTLMData
+    from rewardtune.train.sft_lm_data import check_seq2seq_rows, read_rows
+
+    tok = load_tokenizer(str(tiny_seq2seq["t5"]))
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}[SEP] {% else %}[CLS] {% endif %}"
+                         "{{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}[SEP] {% endif %}")
+    turns = [{"role": "user", "content": "the film"}, {"role": "assistant", "content": "was good"}]
+    path = _write(tmp_path / "chat.jsonl", [{"messages": turns}, {"messages": turns * 2}])
+    rows = read_rows(str(path), SFTLMData(), tok, 64, False)
+    check_seq2seq_rows(rows.subset([0]))  # one assistant turn, the last: context → encoder, the turn → decoder
+    with pytest.raises(DataError, match=r"chat.jsonl, line 2: .*several assistant turns"):
+        check_seq2seq_rows(rows)
