@@ -235,3 +235,12 @@ def test_a_chat_row_with_several_assistant_turns_is_refused_for_seq2seq(tiny_seq
     check_seq2seq_rows(rows.subset([0]))  # one assistant turn, the last: context → encoder, the turn → decoder
     with pytest.raises(DataError, match=r"chat.jsonl, line 2: .*several assistant turns"):
         check_seq2seq_rows(rows)
+
+
+def test_full_fine_tuning_keeps_a_frozen_copy_as_the_reference(tiny_seq2seq, tmp_path):
+    out = train_rl_generate(_rl_cfg(tiny_seq2seq["bart"], _prompts(tmp_path), tmp_path, "full", "model.lora.r=0",
+                                    "rl.kl_coef=0.1", "rl.steps=1"), show_progress=False)
+    assert out["eval"]["kl_greedy"] != 0.0 and math.isfinite(out["eval"]["ref_perplexity"])  # against the copy
+    start = load_file(str(tiny_seq2seq["bart"] / "model.safetensors"))
+    final = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model.safetensors"))
+    assert any(not torch.equal(start[k], final[k]) for k in start if k in final)
