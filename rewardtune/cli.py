@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from . import cli_recipes
 from .cli_config import POLICY_KINDS, REWARDS_KEY, config_args, load_command_config, policy_kind, reward_note
 from .config import ConfigError, config_path, shipped_configs
 from .quickstart import QuickstartConfig
@@ -41,24 +42,26 @@ def _by_policy(args: argparse.Namespace, kinds: dict[str, tuple[type, Any]]) -> 
 
 def cmd_rl(args: argparse.Namespace) -> None:
     """`policy` picks the config and the trainer."""
-    from .train import gen_config, rl_classifier, rl_generate
+    from .train import gen_config, rl_classifier, rl_generate, rl_tagger
 
     kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
              "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
-             "seq2seq": (gen_config.GenRLConfig, rl_generate.train_rl_generate)}
+             "seq2seq": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
+             "tagger": (rl_tagger.TaggerRLConfig, rl_tagger.train_rl_tagger)}
     kind = _by_policy(args, kinds)
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
     """`policy` picks the config and the trainer, as for `rl`."""
-    from .train import sft, sft_lm, sft_lm_config
+    from .train import sft, sft_lm, sft_lm_config, tagger
 
     kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
              "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
-             "seq2seq": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm)}
+             "seq2seq": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
+             "tagger": (tagger.TaggerSFTConfig, tagger.train_sft_tagger)}
     kind = _by_policy(args, kinds)
-    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind != "classifier" else None
+    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind in ("causal-lm", "seq2seq") else None
     _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
 
 
@@ -71,6 +74,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .models import load_trained_classifier
 
     meta = json.loads((Path(args.checkpoint) / "rewardtune.json").read_text()) if (Path(args.checkpoint) / "rewardtune.json").exists() else None
+    if meta and meta.get("policy") == "tagger":  # entity-level report of a token tagger (eval_tagger.py)
+        from .eval_tagger import eval_tagger_command
+
+        return eval_tagger_command(args)
     model, tok = load_trained_classifier(args.checkpoint)
     names = meta["label_names"]
     ex = load_examples(args.data, args.text_column, args.label_column, names, args.split)
@@ -321,6 +328,7 @@ def _model_and_data_commands(sub: Any) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="stratifies the split ('' for none)")
     p.set_defaults(func=cmd_data_pairs)
+    cli_recipes.add_commands(data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,9 @@ from rewardtune.rewards import RewardError
 from rewardtune.train.gen_config import GenRLConfig
 from rewardtune.train.reward_model import RMConfig
 from rewardtune.train.rl_classifier import RLClassifierConfig
+from rewardtune.train.rl_tagger import TaggerRLConfig
 from rewardtune.train.sft import SFTConfig
+from rewardtune.train.tagger import TaggerSFTConfig
 from rewardtune.train.sft_lm_config import SFTLMConfig
 
 from helpers import flat_config, parse_help_config
@@ -32,6 +34,8 @@ COMMANDS = {
     ("rl",): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=classifier"): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=causal-lm"): (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate"),
+    ("sft", "policy=tagger"): (TaggerSFTConfig, "rewardtune.train.tagger", "train_sft_tagger"),
+    ("rl", "policy=tagger"): (TaggerRLConfig, "rewardtune.train.rl_tagger", "train_rl_tagger"),
     ("rm", "train"): (RMConfig, "rewardtune.train.reward_model", "train_reward_model"),
 }
 # each shipped config and the command that runs it
@@ -40,6 +44,8 @@ SHIPPED = {
     "sst2-rl-expected": (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier", ("rl",)),
     "imdb-rm-pairwise": (RMConfig, "rewardtune.train.reward_model", "train_reward_model", ("rm", "train")),
     "grpo-smollm2-sentiment": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",)),
+    "wikiann-tagger-sft": (TaggerSFTConfig, "rewardtune.train.tagger", "train_sft_tagger", ("sft",)),
+    "wikiann-tagger-rl": (TaggerRLConfig, "rewardtune.train.rl_tagger", "train_rl_tagger", ("rl",)),
 }
 
 
@@ -90,9 +96,14 @@ def test_every_shipped_config_is_covered_here():
     assert set(SHIPPED) == set(shipped_configs())
 
 
-@pytest.mark.parametrize("kind", ["classifier", "causal-lm"])
+@pytest.mark.parametrize("kind", ["classifier", "causal-lm", "tagger"])
 def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, capsys):
-    if kind == "classifier":
+    if kind == "tagger":
+        from rewardtune.train.rl_tagger import TaggerRewardSettings, setup_tagger_reward as setup_reward
+
+        settings = TaggerRewardSettings(functions=("no-such-reward",))
+        module, fn = "rewardtune.train.rl_tagger", "train_rl_tagger"
+    elif kind == "classifier":
         from rewardtune.train.rl_classifier import ClassifierRewardSettings, setup_reward
 
         settings = ClassifierRewardSettings(functions=("no-such-reward",))

@@ -12,7 +12,8 @@ import torch
 
 from ..algorithms import get_kl_controller
 from ..algorithms.objectives import Objective
-from ..data import Examples, read_table, to_examples
+from ..config import ConfigError
+from ..data import DataError, Examples, read_table, to_examples
 from ..models import apply_lora, enable_checkpointing
 from ..policies.causal_lm import GenSettings, format_prompts, stop_check, without_dropout
 from ..policies.families import family
@@ -99,8 +100,9 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_tem
     bad = [i for i, n in enumerate(lengths) if n > max_tokens]
     if bad:
         how = " with the chat template" if chat_template else ""
-        raise ValueError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens{how} (the context minus "
-                         f"max_new_tokens); first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
+        raise DataError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens{how} (the context minus "
+                        f"max_new_tokens); first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}; "
+                        "shorten or drop those prompts, lower gen.max_new_tokens, or use a model with a longer context")
 
 
 def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
@@ -113,7 +115,7 @@ def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompt
     stop_check(tok, cfg.gen)  # stop strings this tokenizer cannot handle: the config's error, before any step
     world = run.accelerator.num_processes
     if cfg.rl.prompts_per_step % world:
-        raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
+        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
                          "each process takes whole prompt groups")
     return max_prompt
 

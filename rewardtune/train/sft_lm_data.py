@@ -69,6 +69,9 @@ def _segments(row: dict, where: str, data: SFTLMData, tok: Any) -> tuple[list[tu
                 what = "is missing" if row.get(col) is None else f"is a {type(row[col]).__name__}, not text"
                 raise DataError(f"{where}: field {col!r} {what}; each row needs text in {p!r} and {c!r} (set "
                                 f"data.prompt_column / data.completion_column), or chat turns in {m!r}")
+        if not row[p].strip():
+            raise DataError(f"{where}: field {p!r} is empty and the row has no {m!r}: nothing to complete; write the "
+                            f"prompt, give the row chat turns in {m!r}, or drop it")
         if not row[c].strip():
             raise DataError(f"{where}: field {c!r} is empty: there is nothing to train on; fill it or drop the row")
         return [(row[p], False), (row[c], True)], row[p], row[c]
