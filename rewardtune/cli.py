@@ -47,6 +47,7 @@ def cmd_rl(args: argparse.Namespace) -> None:
 
     kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
              "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
+             "seq2seq": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
              "tagger": (rl_tagger.TaggerRLConfig, rl_tagger.train_rl_tagger)}
     kind = _by_policy(args, kinds)
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
@@ -58,9 +59,10 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
              "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
+             "seq2seq": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
              "tagger": (tagger.TaggerSFTConfig, tagger.train_sft_tagger)}
     kind = _by_policy(args, kinds)
-    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind == "causal-lm" else None
+    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind in ("causal-lm", "seq2seq") else None
     _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
 
 
@@ -233,10 +235,10 @@ def _training_commands(sub: Any) -> None:
     config_args(p)
     p.set_defaults(func=cmd_quickstart)
     p = sub.add_parser("sft", help="supervised fine-tuning: policy=classifier (default; cross-entropy on labels) or "
-                                   "policy=causal-lm (cross-entropy on completions)")
+                                   "policy=causal-lm or seq2seq (cross-entropy on completions)")
     config_args(p)
     p.set_defaults(func=cmd_sft)
-    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default) or policy=causal-lm")
+    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default), causal-lm or seq2seq")
     config_args(p)
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")

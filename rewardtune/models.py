@@ -342,7 +342,7 @@ def apply_lora(model: Any, lora: LoraSettings, task_type: str | None = None) -> 
     since a LoRA update of a randomly initialised head makes no sense.
     """
     task_type = task_type or _task_type(model)
-    if lora.base_dtype != "float32" and (lora.r <= 0 or task_type != "CAUSAL_LM"):
+    if lora.base_dtype != "float32" and (lora.r <= 0 or task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM")):
         raise ModelError(f"model.lora.base_dtype={lora.base_dtype} needs a LoRA adapter (model.lora.r > 0) on a causal LM; "
                          "full fine-tuning and classifier heads keep float32 weights. Fix: model.lora.base_dtype=float32")
     if lora.r <= 0:
@@ -371,6 +371,8 @@ def _task_type(model: Any) -> str:
         return "SEQ_CLS"
     if arch.endswith("ForCausalLM"):
         return "CAUSAL_LM"
+    if getattr(model.config, "is_encoder_decoder", False):  # T5, BART, Marian (MarianMTModel)
+        return "SEQ_2_SEQ_LM"
     return "FEATURE_EXTRACTION"
 
 
