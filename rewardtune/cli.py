@@ -69,6 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval import evaluate_classifier, format_confusion
     from .models import load_trained_classifier
 
+    if (Path(args.checkpoint) / "checkpoints" / "best").is_dir():  # a run folder: its best checkpoint
+        args.checkpoint = str(Path(args.checkpoint) / "checkpoints" / "best")
     meta = json.loads((Path(args.checkpoint) / "rewardtune.json").read_text()) if (Path(args.checkpoint) / "rewardtune.json").exists() else None
     model, tok = load_trained_classifier(args.checkpoint)
     names = meta["label_names"]
@@ -205,7 +207,10 @@ def cmd_configs_show(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="rewardtune", description="Reward-driven fine-tuning of language models.")
+    parser.add_argument("--version", action="version", version=f"rewardtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _training_commands(sub)
     _model_and_data_commands(sub)
@@ -233,7 +238,7 @@ def _training_commands(sub: Any) -> None:
     config_args(p)
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/sft/checkpoints/best")
+    p.add_argument("checkpoint", help="a run folder (its checkpoints/best) or a checkpoint folder")
     p.add_argument("--data", required=True, help="data file to evaluate on")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")

@@ -172,13 +172,19 @@ def resolve(name: str) -> str:
         return str(prepare(name))
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ModelError(f"{path} is a folder but has no config.json; is it a Hugging Face model folder?")
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")):
         raise ModelError(f"model {name!r} is not a model folder (aliases: {', '.join(ALIASES)})")
     _check_hub_reachable(name)
     return name
+
+
+def check_model(name: str) -> None:
+    """`name` names a model that can load (an alias, a model or adapter folder, a usable hub id), before a run
+    folder is made: nothing loads here but a bundled alias's one-time preparation."""
+    resolve(name)
 
 
 def _check_hub_reachable(name: str) -> None:

@@ -25,7 +25,8 @@ from ..checkpoint import CheckpointError, Checkpointer, rng_state
 from ..data import Examples, repeat_columns
 from ..policies.causal_lm import Rollout, sample
 from ..rewards import CombinedReward, RewardError
-from ..run import RunContext, seed_this_process, start_run
+from ..models import check_model
+from ..run import RunContext, discard_failed_start, seed_this_process, start_run
 from ..stop import StopGuard
 from .gen_config import GenRLConfig
 from .gen_setup import (check_limits, ddp_settings, setup_kl_controller, setup_policy, setup_prompts, setup_reward,
@@ -38,6 +39,7 @@ from .pg_update import UpdatePlan, pg_step
 from .ppo import ppo_step
 
 
+@discard_failed_start
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run generative RL; returns the run folder, the first and last held-out evaluations and the best value of
     eval.best_metric."""
@@ -80,6 +82,7 @@ class GenRLRun:
         """Prompts, run folder, policy, reward and the checks that fail before any step (`gen_setup.py`)."""
         cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
         train_prompts, held_out = setup_prompts(cfg)
+        check_model(cfg.model.name)
         run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.runtime.mixed_precision,
                                                                 "kwargs_handlers": [ddp_settings()]})
         model, tok, value_head, params, optim, ref = setup_policy(cfg, run)
