@@ -188,7 +188,7 @@ HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "tr
             "runtime.micro_batch_size", "runtime.inference_batch_size", "runtime.gradient_checkpointing",  # memory only
             "gen.fast_decode")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
-ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
+ADDED = {"data.subset": "first", "data.config": "", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
          "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",
          "ppo.clip_eps_high": 0.0, "ppo.dual_clip": 0.0, "reward.reference_column": "reference",
          "reward.rouge_type": "rougeL", "reward.gold_column": "label", "reward.labels": [],

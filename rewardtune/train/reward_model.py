@@ -230,9 +230,9 @@ class ScalarTask:
 def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     """Pairwise (Bradley–Terry) or regression (MSE) training of a one-output head; best kept by val metric."""
     opt, task = cfg.train, TASKS[cfg.rm.mode]
-    items = task.load(read_table(cfg.data.path, cfg.data.split), cfg.data, cfg.rm)  # data and model checked first
+    items = task.load(read_table(cfg.data.path, cfg.data.split, cfg.data.config), cfg.data, cfg.rm)  # data and model checked first
     if cfg.data.val_path:
-        train, val = items, task.load(read_table(cfg.data.val_path, cfg.data.split), cfg.data, cfg.rm)
+        train, val = items, task.load(read_table(cfg.data.val_path, cfg.data.split, cfg.data.config), cfg.data, cfg.rm)
     else:
         train, val = _split_rows(items, cfg.data)
     check_model(cfg.model.name)
