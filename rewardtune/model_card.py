@@ -30,6 +30,8 @@ class CardFacts:
 
 def algorithm(config: dict[str, Any]) -> str:
     """What trained the model, in words, from the resolved config's sections."""
+    if not config:
+        return "unknown (a checkpoint exported without its run folder)"
     if "rm" in config:
         return f"reward model ({config['rm'].get('mode', 'pointwise')}), `rewardtune rm train`"
     rl = config.get("rl") or {}
@@ -56,6 +58,8 @@ def rewards(config: dict[str, Any]) -> str:
 def data(config: dict[str, Any]) -> str:
     """The data files (or hub datasets) and the columns read from them."""
     d, rm = config.get("data") or {}, config.get("rm") or {}
+    if not d:
+        return "unknown (no run folder)"
     parts = [f"train: `{d.get('path')}`"] + [f"{k[:-5]}: `{d[k]}`" for k in ("val_path", "test_path") if d.get(k)]
     if config.get("policy") == "causal-lm":
         cols = {k: d.get(k) for k in ("prompt_column", "completion_column")}

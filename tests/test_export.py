@@ -144,3 +144,31 @@ def test_cli_export_and_refusals(lm_run, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     with pytest.raises(ExportError, match="neither a run folder"):
         export_run(tmp_path, tmp_path / "b")
+
+
+def test_a_pairwise_reward_model_exports_as_a_one_output_classifier(tiny_encoder_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rewardtune.train.reward_model import RMConfig, train_reward_model
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": "", "chosen": f"great fun film {'very ' * (i % 3)}",
+                                         "rejected": f"boring bad plot {'so ' * (i % 3)}"}) + "\n" for i in range(12)))
+    cfg = load_config(RMConfig, None, [f"model.name={tiny_encoder_dir}", "rm.mode=pairwise", f"data.path={pairs}",
+                                       "data.val_fraction=0.25", "train.epochs=1", "train.batch_size=4",
+                                       f"runs_dir={tmp_path}", "name=rm"])
+    run = Path(train_reward_model(cfg, show_progress=False)["run_dir"])
+    ref = _cls_logits(*load_trained_classifier(run / "checkpoints" / "best"))
+    out = export_run(run, tmp_path / "rm-out")
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    torch.testing.assert_close(_cls_logits(model, AutoTokenizer.from_pretrained(out)), ref)
+    assert ref.shape[-1] == 1 and "reward model (pairwise)" in (out / "README.md").read_text()
+
+
+def test_a_bare_checkpoint_exports_with_what_is_known(cls_runs, tmp_path):
+    import shutil
+
+    bare = tmp_path / "ckpt"
+    shutil.copytree(cls_runs[0] / "checkpoints" / "best", bare)  # no run folder around it
+    card = (export_run(bare, tmp_path / "out") / "README.md").read_text()
+    assert "**Algorithm**: unknown" in card and "**Data**: unknown" in card and "(none logged)" in card
