@@ -172,3 +172,31 @@ def test_a_bare_checkpoint_exports_with_what_is_known(cls_runs, tmp_path):
     shutil.copytree(cls_runs[0] / "checkpoints" / "best", bare)  # no run folder around it
     card = (export_run(bare, tmp_path / "out") / "README.md").read_text()
     assert "**Algorithm**: unknown" in card and "**Data**: unknown" in card and "(none logged)" in card
+
+
+def test_push_calls_the_hub_client_and_reports_its_failure_in_one_line(lm_run, tmp_path, monkeypatch, capsys):
+    """Online pushing with huggingface_hub's HfApi replaced by a recorder (no network here): the repo is created,
+    the exported folder uploaded; an error from the client becomes one line with the fix."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", sorted(p.name for p in Path(folder_path).iterdir()), repo_id))
+            if repo_id == "me/denied":
+                raise PermissionError("403 Forbidden: you cannot write to me/denied\n(long details)")
+            return type("Info", (), {"commit_url": f"https://hub.example/{repo_id}/commit/1"})()
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr("rewardtune.hub.unreachable", lambda: "")
+    assert main(["export", str(lm_run), "--out", str(tmp_path / "a"), "--push-to-hub", "me/model", "--private"]) == 0
+    assert "pushed to https://hub.example/me/model/commit/1" in capsys.readouterr().out
+    assert calls[0] == ("create", "me/model", True, True)
+    assert calls[1][0] == "upload" and "README.md" in calls[1][1] and "adapter_model.safetensors" in calls[1][1]
+    assert main(["export", str(lm_run), "--out", str(tmp_path / "b"), "--push-to-hub", "me/denied"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "403 Forbidden" in err and "hf auth login" in err
+    assert (tmp_path / "b" / "README.md").exists()  # the export itself is kept: push again later
