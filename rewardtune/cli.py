@@ -10,6 +10,7 @@ from typing import Any
 
 from .cli_bandit import add_commands as add_bandit_commands
 from . import cli_recipes
+from . import cli_export
 from .cli_config import POLICY_KINDS, REWARDS_KEY, config_args, load_command_config, policy_kind, reward_note
 from .config import ConfigError, config_path, shipped_configs
 from .quickstart import QuickstartConfig
@@ -74,6 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval import evaluate_classifier, format_confusion
     from .models import load_trained_classifier
 
+    if (Path(args.checkpoint) / "checkpoints" / "best").is_dir():  # a run folder: its best checkpoint
+        args.checkpoint = str(Path(args.checkpoint) / "checkpoints" / "best")
     meta = json.loads((Path(args.checkpoint) / "rewardtune.json").read_text()) if (Path(args.checkpoint) / "rewardtune.json").exists() else None
     if meta and meta.get("policy") == "tagger":  # entity-level report of a token tagger (eval_tagger.py)
         from .eval_tagger import eval_tagger_command
@@ -214,11 +217,15 @@ def cmd_configs_show(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="rewardtune", description="Reward-driven fine-tuning of language models.")
+    parser.add_argument("--version", action="version", version=f"rewardtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _training_commands(sub)
     _model_and_data_commands(sub)
     add_bandit_commands(sub)
+    cli_export.add_commands(sub)
     configs = sub.add_parser("configs", help="the configs that ship with rewardtune (use one with --config NAME)")
     configs = configs.add_subparsers(dest="sub", required=True)
     configs.add_parser("list", help="name and what each runs").set_defaults(func=cmd_configs_list)
@@ -242,7 +249,7 @@ def _training_commands(sub: Any) -> None:
     config_args(p)
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/sft/checkpoints/best")
+    p.add_argument("checkpoint", help="a run folder (its checkpoints/best) or a checkpoint folder")
     p.add_argument("--data", required=True, help="data file to evaluate on")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")

@@ -67,12 +67,14 @@ class ModelSettings:
 class DataSettings:
     """Where examples come from and which columns mean what."""
 
-    path: str = doc("demo", "file, aclImdb-style folder, hub dataset name, or 'demo'")
+    path: str = doc("demo", "file (jsonl, json, csv, tsv, parquet), save_to_disk or aclImdb-style folder, hub "
+                            "dataset name, or 'demo'")
     text_column: str = doc("text", "column holding the input text")
     label_column: str = doc("label", "column holding the label ('' for none)")
     prompt_column: str = doc("prompt", "column holding prompts (generation tasks)")
     labels: tuple = doc((), "the label set in order; empty = inferred from the data")
     split: str = doc("train", "split for folder / hub sources")
+    config: str = doc("", "hub dataset config name (e.g. sst2 of glue); empty = the dataset's default")
     skip_invalid: bool = doc(False, "skip bad rows (counted and logged) instead of failing")
     val_path: str = doc("", "validation file; empty = carve val_fraction from `path`")
     val_fraction: float = doc(0.1, "fraction held out when val_path is empty")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import logging
 import random
@@ -19,33 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .tables import (DataError, RowStream, Table, collect, is_json_array, is_saved_dataset, read_hub,  # noqa: F401
+                     read_json_array, read_saved_dataset)
+
 log = logging.getLogger("rewardtune.data")
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_FILES = {"demo": DEMO_DIR / "reviews.jsonl", "demo-prompts": DEMO_DIR / "prompts.jsonl"}
-FORMATS = (".jsonl", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".parquet")
+FORMATS = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".parquet")
 _FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".gz")  # a missing file, not a hub name
 csv.field_size_limit(2**31 - 1)  # long reviews are data, not an attack
-
-
-class DataError(ValueError):
-    """Input data that cannot be used, with the file, line, field and what was expected."""
-
-
-@dataclass
-class Table:
-    """Raw rows as read, each with its location for error messages."""
-
-    rows: list[dict[str, Any]]
-    where: list[str]  # "file line N" per row
-    source: str
-
-    @property
-    def columns(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for row in self.rows[:1000]:
-            seen.update(dict.fromkeys(row))
-        return list(seen)
 
 
 @dataclass
@@ -71,26 +53,65 @@ class Examples:
 
 
 # ---------------------------------------------------------------- readers
-def read_table(path: str | Path, split: str = "train") -> Table:
-    """Read rows from a file (jsonl[.gz], csv, tsv, parquet), an aclImdb folder, 'demo', or a hub name."""
-    spath = str(path)
-    if spath in DEMO_FILES:
-        path = DEMO_FILES[spath]
-    p = Path(path).expanduser()
+def read_table(path: str | Path, split: str = "train", config: str = "") -> Table:
+    """Read rows from a file (jsonl[.gz], json (lines or an array), csv, tsv, parquet), a `save_to_disk` folder, an
+    aclImdb folder, 'demo', or a hub name (`config`: the hub dataset's config name, e.g. glue's sst2)."""
+    lines = _line_rows(path, split, config)
+    if lines is not None:
+        return collect(lines, _source(path))
+    p = _local(path)
     if p.is_dir():
-        return _read_imdb_folder(p, split)
+        return read_saved_dataset(p, split) if is_saved_dataset(p) else _read_imdb_folder(p, split)
     if p.exists():
         name = p.name.lower()
-        if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-            return _read_jsonl(p)
-        if name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-            return _read_delimited(p)
+        if name.endswith(".json"):
+            return read_json_array(p)
         if name.endswith(".parquet"):
             return _read_parquet(p)
-        raise DataError(f"{p}: unknown file type; expected one of {', '.join(FORMATS)} or an aclImdb-style folder")
-    if spath.startswith(("/", ".", "~")) or Path(spath).suffix.lower() in _FILE_SUFFIXES:
-        raise DataError(f"{spath}: no such file or folder")
-    return _read_hub(spath, split)
+        raise DataError(f"{p}: unknown file type; expected one of {', '.join(FORMATS)}, a save_to_disk folder or an "
+                        "aclImdb-style folder")
+    if str(path).startswith(("/", ".", "~")) or Path(str(path)).suffix.lower() in _FILE_SUFFIXES:
+        raise DataError(f"{path}: no such file or folder")
+    from .hub import unreachable
+
+    return read_hub(str(path), split, config, unreachable())
+
+
+def stream_table(path: str | Path, split: str = "train", config: str = "") -> Table | RowStream:
+    """As `read_table`, but the rows of a line-based file (jsonl, JSON Lines .json, csv, tsv, gzipped or not) are
+    read as they are used, not held whole first (`load_examples` keeps only the columns it needs of each)."""
+    lines = _line_rows(path, split, config)
+    return RowStream(_nonempty(lines, _source(path)), _source(path)) if lines is not None else read_table(path, split, config)
+
+
+def _local(path: str | Path) -> Path:
+    return Path(DEMO_FILES.get(str(path), path)).expanduser()
+
+
+def _source(path: str | Path) -> str:
+    return str(_local(path))
+
+
+def _line_rows(path: str | Path, split: str, config: str) -> Iterator[tuple[dict[str, Any], str]] | None:
+    """The (row, where) pairs of a line-based file, read lazily; None for every other source."""
+    p = _local(path)
+    if not p.is_file():
+        return None
+    name = p.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")) or (name.endswith(".json") and not is_json_array(p)):
+        return _iter_jsonl(p)
+    if name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        return _iter_delimited(p)
+    return None
+
+
+def _nonempty(pairs: Iterator[tuple[dict[str, Any], str]], source: str) -> Iterator[tuple[dict[str, Any], str]]:
+    empty = True
+    for pair in pairs:
+        empty = False
+        yield pair
+    if empty:
+        raise DataError(f"{source}: the file holds no rows")
 
 
 def _open_bytes_lines(p: Path) -> Iterator[bytes]:
@@ -102,8 +123,8 @@ def _open_bytes_lines(p: Path) -> Iterator[bytes]:
         raise DataError(f"{p}: cannot read compressed/binary data ({e}); is the file truncated or corrupt?") from None
 
 
-def _read_jsonl(p: Path) -> Table:
-    rows, where = [], []
+def _iter_jsonl(p: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """(row, where) of each non-blank line of a JSON Lines file, as it is read."""
     for n, raw in enumerate(_open_bytes_lines(p), start=1):
         try:
             line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a leading BOM is not data
@@ -119,24 +140,24 @@ def _read_jsonl(p: Path) -> Table:
             raise DataError(f"{p}, line {n}: unreadable JSON ({e}): {line[:80]!r}") from None
         if not isinstance(obj, dict):
             raise DataError(f"{p}, line {n}: expected a JSON object with named fields, got {type(obj).__name__}")
-        rows.append(obj)
-        where.append(f"{p}, line {n}")
-    if not rows:
-        raise DataError(f"{p}: the file holds no rows")
-    return Table(rows, where, str(p))
+        yield obj, f"{p}, line {n}"
 
 
-def _read_delimited(p: Path) -> Table:
+def _decoded_lines(p: Path) -> Iterator[str]:
+    """The file's lines as text, one at a time (never the whole file in memory as bytes and again as text)."""
+    for n, raw in enumerate(_open_bytes_lines(p), start=1):
+        try:
+            yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}, line {n}: not valid UTF-8 ({raw[e.start:e.start + 4]!r})") from None
+
+
+def _iter_delimited(p: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """(row, where) of each non-blank row of a CSV/TSV file with a header line, as it is read."""
     delimiter = "\t" if ".tsv" in p.name.lower() else ","
-    data = b"".join(_open_bytes_lines(p))
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}, line {line}: not valid UTF-8 ({data[e.start:e.start + 4]!r})") from None
     # TSV files such as GLUE's are not quoted: a stray '"' in a sentence must stay literal.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(_decoded_lines(p), delimiter=delimiter, quoting=quoting)
     header = next((values for values in reader if any(v.strip() for v in values)), None)
     if header is None:
         raise DataError(f"{p}: no header line (the file is empty or holds only blank lines)")
@@ -144,8 +165,7 @@ def _read_delimited(p: Path) -> Table:
     if repeated:  # dict(zip(...)) would keep only the last of them
         raise DataError(f"{p}, line {reader.line_num}: column name(s) {', '.join(map(repr, repeated))} "
                         "appear more than once in the header")
-    rows, where = [], []
-    start = reader.line_num + 1
+    start, found = reader.line_num + 1, False
     for values in reader:
         line, start = start, reader.line_num + 1  # a quoted field may span lines: name the first
         if not any(v.strip() for v in values):
@@ -155,11 +175,10 @@ def _read_delimited(p: Path) -> Table:
                 f"{p}, line {line}: {len(values)} fields but the header has {len(header)} "
                 f"({', '.join(header)})" + _span_hint(line, reader.line_num)
             )
-        rows.append(dict(zip(header, values)))
-        where.append(f"{p}, line {line}")
-    if not rows:
+        found = True
+        yield dict(zip(header, values)), f"{p}, line {line}"
+    if not found:
         raise DataError(f"{p}: the file has a header but no rows")
-    return Table(rows, where, str(p))
 
 
 def _span_hint(first: int, last: int) -> str:
@@ -202,25 +221,6 @@ def _read_imdb_folder(p: Path, split: str) -> Table:
     return Table(rows, where, str(base))
 
 
-def _read_hub(name: str, split: str) -> Table:
-    from .models import ModelError, _check_hub_reachable
-
-    try:
-        _check_hub_reachable(name)
-    except ModelError:
-        raise DataError(
-            f"{name!r} is not a file, folder or 'demo', so it was taken as a Hugging Face dataset name, "
-            "but the hub cannot be reached. Give a local file (jsonl, csv, tsv, parquet) or an aclImdb folder."
-        ) from None
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:
-        raise DataError(f"hub dataset {name!r} (split {split!r}) could not be loaded: {e}") from None
-    return Table(list(ds), [f"{name}[{split}] row {i + 1}" for i in range(len(ds))], f"hub:{name}")
-
-
 # ---------------------------------------------------------------- validation
 def normalize_label(value: Any) -> int | str:
     """Labels may be ints or strings; '1' and 1 and 1.0 are the same label."""
@@ -239,7 +239,7 @@ def normalize_label(value: Any) -> int | str:
     raise TypeError(f"expected an int or string label, got {type(value).__name__} {reprlib.repr(value)}")
 
 
-def to_examples(table: Table, text_column: str = "text", label_column: str | None = "label",
+def to_examples(table: Table | RowStream, text_column: str = "text", label_column: str | None = "label",
                 labels: Sequence[Any] = (), skip_invalid: bool = False,
                 keep_columns: Sequence[str] = ()) -> Examples:
     """Validate rows into `Examples`; `labels` fixes the label set (else it is inferred, sorted)."""
@@ -252,7 +252,7 @@ def to_examples(table: Table, text_column: str = "text", label_column: str | Non
     except TypeError as e:
         raise DataError(f"the given label set {reprlib.repr(list(labels))}: {e}") from None
     texts, raw_labels, extra, reasons = [], [], {c: [] for c in keep_columns}, []
-    for row, where in zip(table.rows, table.where):
+    for row, where in table.items():
         try:
             text, label = _check_row(row, text_column, label_column, label_set)
         except DataError as e:
@@ -310,9 +310,9 @@ def _encodable(text: str) -> bool:
 
 def load_examples(path: str | Path, text_column: str = "text", label_column: str | None = "label",
                   labels: Sequence[Any] = (), split: str = "train", skip_invalid: bool = False,
-                  keep_columns: Sequence[str] = ()) -> Examples:
-    """`read_table` + `to_examples` in one call."""
-    table = read_table(path, split)
+                  keep_columns: Sequence[str] = (), config: str = "") -> Examples:
+    """`read_table` + `to_examples` in one call; a line-based file is streamed (`stream_table`)."""
+    table = stream_table(path, split, config)
     return to_examples(table, text_column, label_column, labels, skip_invalid, keep_columns)
 
 

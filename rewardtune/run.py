@@ -7,16 +7,20 @@ initialisation is identical before accelerate shards the data.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from .config import dump_config
 from .memory import cap_onednn_cache, return_freed_memory
+
+T = TypeVar("T")
 
 
 def _jsonable(v: Any) -> Any:
@@ -68,6 +72,32 @@ class RunContext:
     def print(self, *args: Any) -> None:
         if self.is_main:
             print(*args, flush=True)
+
+
+def discard_failed_start(train: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a trainer `train(cfg, ...)`: when it fails before its run folder holds anything but what `start_run`
+    wrote (config.yaml, an empty checkpoints/), the folder it created is removed, so that a failed start (a model
+    that does not load, a reward that cannot be built) does not block the name. A folder that existed before (a
+    resumption), or that holds metrics or checkpoints, is kept."""
+    @functools.wraps(train)
+    def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> T:
+        folder = Path(cfg.runs_dir) / cfg.name
+        existed = folder.exists() and any(folder.iterdir())
+        try:
+            return train(cfg, *args, **kwargs)
+        except BaseException:
+            if not existed and _only_start(folder) and int(os.environ.get("RANK", "0")) == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+    return wrapper
+
+
+def _only_start(folder: Path) -> bool:
+    """The folder holds only what start_run writes: config.yaml and an empty checkpoints/."""
+    if not folder.is_dir():
+        return False
+    left = {p.name for p in folder.iterdir()} - {"config.yaml", ".write-test"}
+    return left <= {"checkpoints"} and not any((folder / "checkpoints").iterdir()) if left else True
 
 
 def seed_this_process(run: RunContext) -> None:
@@ -158,7 +188,7 @@ HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "tr
             "runtime.micro_batch_size", "runtime.inference_batch_size", "runtime.gradient_checkpointing",  # memory only
             "gen.fast_decode")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
-ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
+ADDED = {"data.subset": "first", "data.config": "", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
          "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",
          "ppo.clip_eps_high": 0.0, "ppo.dual_clip": 0.0, "reward.reference_column": "reference",
          "reward.rouge_type": "rougeL", "reward.gold_column": "label", "reward.labels": [],

@@ -179,7 +179,9 @@ DATA_ERRORS = [
     Bad("path-missing-ndjson-relative", lambda tmp: "data/nope.ndjson", ("no such file",)),
     Bad("path-missing-upper-case", lambda tmp: "data/NOPE.CSV", ("no such file",)),
     Bad("path-unknown-extension", lines("d.xml", "<a/>"), ("unknown file type", ".jsonl")),
-    Bad("path-plain-json-array", raw("d.json", json.dumps(ROWS).encode()), ("unknown file type",)),
+    # A .json file is JSON Lines or one array of objects (tests/test_data_formats.py); an array of anything else is not
+    Bad("json-array-of-numbers", raw("d.json", b"[1, 2]"), ("element 1", "expected a JSON object")),
+    Bad("json-array-cut-short", raw("d.json", json.dumps(ROWS).encode()[:-5]), ("invalid JSON array",)),
 ]
 
 

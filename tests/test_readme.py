@@ -72,7 +72,7 @@ def test_python_example_runs(tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):
     exec(compile(code.replace(REAL_MODEL, str(tiny_causal_lm_dir)), str(README), "exec"), {"__name__": "__main__"})
     printed = capsys.readouterr().out
     assert "'eval_start'" in printed and "'eval'" in printed
-    run_dir = tmp_path / "runs" / "my-grpo"
+    (run_dir,) = (tmp_path / "runs").glob("rl-lm-*")  # the notebook API's own run name
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "final").is_dir()
     rows = train_rows(run_dir)
     assert len(rows) == 8 and all("reward/myreward" in r for r in rows)

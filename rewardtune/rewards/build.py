@@ -10,7 +10,7 @@ import importlib
 from typing import Any, Callable, Sequence
 
 from .base import NORMALIZERS, CombinedReward, RewardError
-from .model import reward_model
+from .model import check_folder, reward_model
 
 
 def load_function(spec: str) -> Callable[..., Any]:
@@ -55,14 +55,18 @@ def reward_names(rewards: Sequence[str | Callable[..., Any]]) -> list[str]:
     return names
 
 
-def _resolve(reward: str | Callable[..., Any], registry: dict[str, Callable[[], Any]], device: Any) -> Callable[..., Any]:
-    """One listed reward → its function."""
+def _resolve(reward: str | Callable[..., Any], registry: dict[str, Callable[[], Any]], device: Any,
+             load_models: bool = True) -> Callable[..., Any]:
+    """One listed reward → its function (a reward model's folder only checked, not loaded, without `load_models`)."""
     if not isinstance(reward, str):
         if not callable(reward):
             raise RewardError(f"reward {reward!r}: expected a name or a callable, got {type(reward).__name__}")
         return reward  # the caller's own function, used as is
     if reward in registry:
         return registry[reward]()
+    if reward.startswith("rm:") and not load_models:  # its files checked; the model loads with the run
+        check_folder(reward[3:])
+        return lambda prompts, completions, **_: [0.0] * len(completions)
     if reward.startswith("rm:"):  # a trained reward model folder, scored with its own tokenizer
         return reward_model(reward[3:], **({"device": str(device)} if device is not None else {}))
     if ":" in reward:
@@ -73,17 +77,18 @@ def _resolve(reward: str | Callable[..., Any], registry: dict[str, Callable[[], 
 
 def build_rewards(names: Sequence[str | Callable[..., Any]], weights: Sequence[float] = (),
                   registry: dict[str, Callable[[], Any]] | None = None, normalize: str = "none",
-                  on_error: str = "raise", device: Any = None) -> CombinedReward:
+                  on_error: str = "raise", device: Any = None, load_models: bool = True) -> CombinedReward:
     """Rewards (a built-in name, `rm:FOLDER`, `module:function`, or a callable: see `reward_names` for what a callable
     is called) and weights (default 1 each) → a CombinedReward. `device`: where reward models run (the trainer
-    passes its accelerator's; None = the CPU)."""
+    passes its accelerator's; None = the CPU). `load_models=False`: every name and setting checked, a reward model's
+    folder too, but not loaded (a check before the run folder exists; the result stands in and scores 0)."""
     if not names:
         raise RewardError("no reward functions given")
     if weights and len(weights) != len(names):
         raise RewardError(f"{len(weights)} reward weights for {len(names)} reward functions")
     registry = registry or {}
     keys = reward_names(names)
-    fns = {key: _resolve(r, registry, device) for key, r in zip(keys, names)}
+    fns = {key: _resolve(r, registry, device, load_models) for key, r in zip(keys, names)}
     ws = [float(x) for x in weights] if weights else [1.0] * len(names)
     if normalize not in NORMALIZERS:
         raise RewardError(f"reward normalisation {normalize!r}: expected one of {', '.join(NORMALIZERS)}")

@@ -60,7 +60,8 @@ class ClassifierData:
 def setup_data(data: DataSettings) -> ClassifierData:
     """Train/val(/test) examples with one shared label set."""
     def load(path: str, labels: Any) -> Examples:
-        return load_examples(path, data.text_column, data.label_column, labels, data.split, data.skip_invalid)
+        return load_examples(path, data.text_column, data.label_column, labels, data.split, data.skip_invalid,
+                             config=data.config)
 
     full = load(data.path, data.labels)
     labels = data.labels or tuple(full.label_names)

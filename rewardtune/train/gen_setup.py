@@ -120,9 +120,9 @@ def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompt
     return max_prompt
 
 
-def load_prompts(path: str, prompt_column: str) -> Examples:
+def load_prompts(path: str, prompt_column: str, split: str = "train", config: str = "") -> Examples:
     """The prompt rows of `path`: the prompt texts and every other column (what the rewards see beside them)."""
-    table = read_table(path)
+    table = read_table(path, split, config)
     return to_examples(table, prompt_column, None, keep_columns=[c for c in table.columns if c != prompt_column])
 
 
@@ -131,12 +131,12 @@ def setup_prompts(cfg: GenRLConfig) -> tuple[Examples, Examples]:
     with its other columns. Checked before the run folder exists (nothing is lost): the settings, and that every
     reward's required parameters are columns of the data."""
     n = cfg.eval.prompts
-    prompts = load_prompts(cfg.data.path, cfg.data.prompt_column)
+    prompts = load_prompts(cfg.data.path, cfg.data.prompt_column, cfg.data.split, cfg.data.config)
     check_settings(cfg, len(prompts))
     order = list(range(len(prompts)))
     random.Random(cfg.seed).shuffle(order)
     if cfg.data.val_path:  # a fixed held-out prompt set
-        held = load_prompts(cfg.data.val_path, cfg.data.prompt_column)
+        held = load_prompts(cfg.data.val_path, cfg.data.prompt_column, cfg.data.split, cfg.data.config)
         train, held_out = prompts.subset(order), held.subset(range(min(n, len(held))))
     else:
         held_out, rest = prompts.subset(order[:n]), prompts.subset(order[n:])

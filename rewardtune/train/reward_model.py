@@ -20,7 +20,8 @@ from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
 from ..collectives import over_shares
-from ..run import RunContext, start_run
+from ..models import check_model
+from ..run import RunContext, discard_failed_start, start_run
 from .common import (OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer,
                      shares)
 from .loop import train_epochs
@@ -55,6 +56,7 @@ class RMConfig:
     seed: int = doc(0, "global seed")
 
 
+@discard_failed_start
 def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict[str, Any]:
     """Train and save a reward model; its folder is `<run>/checkpoints/best`."""
     if cfg.rm.mode == "pointwise":
@@ -228,12 +230,13 @@ class ScalarTask:
 def _scalar_head(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     """Pairwise (Bradley–Terry) or regression (MSE) training of a one-output head; best kept by val metric."""
     opt, task = cfg.train, TASKS[cfg.rm.mode]
-    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(opt))
-    items = task.load(read_table(cfg.data.path, cfg.data.split), cfg.data, cfg.rm)
+    items = task.load(read_table(cfg.data.path, cfg.data.split, cfg.data.config), cfg.data, cfg.rm)  # data and model checked first
     if cfg.data.val_path:
-        train, val = items, task.load(read_table(cfg.data.val_path, cfg.data.split), cfg.data, cfg.rm)
+        train, val = items, task.load(read_table(cfg.data.val_path, cfg.data.split, cfg.data.config), cfg.data, cfg.rm)
     else:
         train, val = _split_rows(items, cfg.data)
+    check_model(cfg.model.name)
+    run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(opt))
     model, tok = setup_model(cfg.model, ["reward"], opt)  # LoRA, frozen embeddings, fast dropout as asked
     tok.truncation_side = cfg.rm.truncation_side
     total = -(-len(train) // opt.batch_size) * opt.epochs

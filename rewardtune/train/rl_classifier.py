@@ -17,7 +17,8 @@ from ..collectives import failed_ranks, gather_rows
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..policies import classifier as policy
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
-from ..run import RunContext, start_run
+from ..models import check_model
+from ..run import RunContext, discard_failed_start, start_run
 from .common import (ClassifierData, OptimSettings, accelerator_kwargs, check_best_metric, encode_examples,
                      epoch_batches, final_test, report_and_keep_best, setup_data, setup_model, setup_optimizer,
                      setup_reference, steps_per_epoch)
@@ -168,10 +169,12 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 }
 
 
-def setup_reward(rs: ClassifierRewardSettings, device: Any = None) -> CombinedReward:
-    """Built-ins: indicator, cost_matrix (reward.cost_matrix); or rm:FOLDER (run on `device`), module:fn, a callable."""
+def setup_reward(rs: ClassifierRewardSettings, device: Any = None, load_models: bool = True) -> CombinedReward:
+    """Built-ins: indicator, cost_matrix (reward.cost_matrix); or rm:FOLDER (run on `device`), module:fn, a callable.
+    `load_models=False`: checked only (before the run folder exists; see `build_rewards`)."""
     registry = {"indicator": lambda: indicator, "cost_matrix": lambda: cost_matrix(parse_cost_matrix(rs.cost_matrix))}
-    return build_rewards(rs.functions, rs.weights, registry, on_error=rs.on_error, device=device)
+    return build_rewards(rs.functions, rs.weights, registry, on_error=rs.on_error, device=device,
+                         load_models=load_models)
 
 
 def penalties(logits: torch.Tensor, ref_logprobs: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -268,10 +271,13 @@ def finish(run: RunContext, data: ClassifierData, opt: OptimSettings, res: LoopR
             "test": test.metrics if test else None}
 
 
+@discard_failed_start
 def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run RL on a classifier; returns the best validation score and the run folder."""
-    data = setup_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
+    data = setup_data(cfg.data)  # bad data, a bad best_metric, model or reward fail before the run folder exists
     check_best_metric(cfg.train, data)
+    check_model(cfg.model.name)
+    setup_reward(cfg.reward, load_models=False)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     t, opt = setup_training(cfg, run, data), cfg.train
     meta = {"label_names": data.label_names, "max_length": opt.max_length, "truncation": opt.truncation,

@@ -26,7 +26,8 @@ from ..data import Examples, repeat_columns
 from ..policies.causal_lm import Rollout
 from ..policies.families import check_model_kind, family
 from ..rewards import CombinedReward, RewardError
-from ..run import RunContext, seed_this_process, start_run
+from ..models import check_model
+from ..run import RunContext, discard_failed_start, seed_this_process, start_run
 from ..stop import StopGuard
 from .gen_config import GenRLConfig
 from .gen_setup import (check_limits, ddp_settings, setup_kl_controller, setup_policy, setup_prompts, setup_reward,
@@ -39,6 +40,7 @@ from .pg_update import UpdatePlan, pg_step
 from .ppo import ppo_step
 
 
+@discard_failed_start
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run generative RL; returns the run folder, the first and last held-out evaluations and the best value of
     eval.best_metric."""
@@ -81,6 +83,7 @@ class GenRLRun:
         """Prompts, run folder, policy, reward and the checks that fail before any step (`gen_setup.py`)."""
         cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
         train_prompts, held_out = setup_prompts(cfg)
+        check_model(cfg.model.name)
         check_model_kind(family(cfg.policy), cfg.model.name)  # a causal LM given to policy=seq2seq, or the reverse
         run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.runtime.mixed_precision,
                                                                 "kwargs_handlers": [ddp_settings()]})

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
-from ..run import start_run
+from ..models import check_model
+from ..run import discard_failed_start, start_run
 from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
 from .loop import train_epochs
@@ -33,10 +34,12 @@ class SFTConfig:
     seed: int = doc(0, "global seed (initialisation, batch order)")
 
 
+@discard_failed_start
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run SFT; returns the best validation score, last metrics and the run folder."""
-    data = setup_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
+    data = setup_data(cfg.data)  # bad data, a bad best_metric or model fail before the run folder exists
     check_best_metric(cfg.train, data)
+    check_model(cfg.model.name)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     model, tok = setup_model(cfg.model, data.label_names, cfg.train)
     opt = cfg.train

@@ -24,6 +24,7 @@ class SFTLMData:
     val_fraction: float = doc(0.1, "fraction of `path` held out (seeded) when val_path is empty")
     seed: int = doc(0, "seed of the train/validation split")
     split: str = doc("train", "split for hub datasets")
+    config: str = doc("", "hub dataset config name; empty = the dataset's default")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class LMRows:
 
 def read_rows(path: str, data: SFTLMData, tok: Any, max_length: int, truncate: bool) -> LMRows:
     """Every row of `path`, checked and tokenised (see the module's docstring for what is a target)."""
-    table = read_table(path, data.split)
+    table = read_table(path, data.split, data.config)
     own = {data.prompt_column, data.completion_column, data.messages_column}
     others = [c for c in table.columns if c not in own]
     out = LMRows(columns={c: [] for c in [*others, data.completion_column]})
