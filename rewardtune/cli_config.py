@@ -15,8 +15,8 @@ from .config import ConfigError, config_path, describe, load_config
 # listed here for the help; tests/test_cli_help.py checks them against its "unknown reward" message). The causal
 # LM's are the keys of train/gen_setup.BUILTIN_REWARDS, read when the help is printed.
 CLASSIFIER_REWARDS = ("indicator", "cost_matrix")
-POLICY_KINDS = ("classifier", "causal-lm")
-REWARDS_KEY = {"classifier": "reward.functions", "causal-lm": "reward.functions"}  # the key naming the reward functions
+POLICY_KINDS = ("classifier", "causal-lm", "span")
+REWARDS_KEY = {"classifier": "reward.functions", "causal-lm": "reward.functions", "span": "reward.functions"}  # the key naming the reward functions
 
 
 def reward_note(kind: str) -> str:
@@ -30,6 +30,10 @@ def builtin_rewards(kind: str) -> tuple[str, ...]:
         from .train.gen_setup import BUILTIN_REWARDS
 
         return tuple(BUILTIN_REWARDS)
+    if kind == "span":
+        from .train.span_config import SPAN_REWARDS
+
+        return SPAN_REWARDS
     return CLASSIFIER_REWARDS
 
 
