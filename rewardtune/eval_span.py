@@ -24,7 +24,7 @@ def load_span_model(name: str) -> tuple[Any, Any]:
     from transformers import AutoModelForQuestionAnswering
     from transformers.utils import logging as hf_logging
 
-    path = resolve(name)
+    path = name if (Path(name) / "adapter_config.json").exists() else resolve(name)  # an adapter has no config.json
     if (Path(path) / "adapter_config.json").exists():
         from peft import PeftModel
 

@@ -84,7 +84,7 @@ def test_rl_span_runs_with_each_baseline(tiny_encoder_dir, qa_file, tmp_path, mo
 
 
 def test_rl_span_resumes_exactly(tiny_encoder_dir, qa_file, tmp_path):
-    more = ["train.epochs=2", "rl.kl_coef=0.1"]
+    more = ["rl.kl_coef=0.1", "rl.baseline=greedy"]
     straight = train_span_rl(load_config(SpanRLConfig, None, args(tiny_encoder_dir, qa_file, tmp_path, "a", *more)),
                              show_progress=False)
     total = straight["steps"]
@@ -123,3 +123,20 @@ def test_help_config_of_span_commands_lists_their_keys(capsys):
     out = capsys.readouterr().out
     assert "rl.baseline = 'rloo'" in out and "span.stride = 128" in out and "train.max_length = 384" in out
     assert "token_f1, exact_match" in out
+
+
+def test_rl_from_a_lora_span_checkpoint_starts_from_its_policy(tiny_encoder_dir, qa_file, tmp_path):
+    from rewardtune.eval_span import load_span_model
+    from rewardtune.train.span import setup_span_model
+
+    train_span_sft(load_config(SpanSFTConfig, None, args(tiny_encoder_dir, qa_file, tmp_path, "lora", "model.lora.r=4",
+                                                         "train.max_steps=2")), show_progress=False)
+    best = tmp_path / "lora" / "checkpoints" / "best"
+    saved, tok = load_span_model(str(best))
+    cfg = load_config(SpanRLConfig, None, args(best, qa_file, tmp_path, "rl", "model.lora.r=4", "train.max_steps=1"))
+    start, _ = setup_span_model(cfg)  # the adapter merged, a fresh one on top (zero at first: the same policy)
+    x = tok("what was it", "the film was good", return_tensors="pt")
+    a, b = saved.eval()(**x), start.eval()(**x)
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5) and torch.allclose(a.end_logits, b.end_logits,
+                                                                                        atol=1e-5)
+    assert train_span_rl(cfg, show_progress=False)["steps"] == 1

@@ -55,11 +55,13 @@ def setup_span_data(cfg: SpanSFTConfig | SpanRLConfig) -> SpanData:
 def setup_span_model(cfg: SpanSFTConfig | SpanRLConfig) -> tuple[Any, Any]:
     """The start/end model (an encoder's new head, or a span checkpoint), with LoRA if asked."""
     net, tok = load_span_model(cfg.model.name)
+    if hasattr(net, "merge_and_unload"):  # a LoRA span checkpoint: its adapter merged is the initial policy (and π₀)
+        net = net.merge_and_unload()
     if cfg.train.freeze_embeddings:
         net.get_input_embeddings().weight.requires_grad_(False)
     if cfg.train.fast_dropout:
         use_fast_dropout(net)
-    return (with_lora(net, cfg.model.lora) if not hasattr(net, "disable_adapter") else net), tok
+    return with_lora(net, cfg.model.lora), tok
 
 
 def window_batches(w: Windows, cfg: Any, epoch: int, run: RunContext, pad_id: int, start: int = 0):
@@ -141,7 +143,8 @@ def rl_batch_loss(cfg: SpanRLConfig, run: RunContext, model: Any, reward: Combin
         s, e = policy.span_logits(model, inputs)  # (b, T) each
         spans, logp = policy.sample(s, e, allowed, rl.samples, max_len)  # (b, K, 2), (b, K)
         rewards, comps, keep = score_spans(reward, data, batch, spans)  # (b, K), {}, (b,)
-        joint = policy.joint_logprobs(s, e, allowed, max_len)  # (b, T, T)
+        with torch.set_grad_enabled(bool(rl.kl_coef or rl.entropy_coef)):  # else the table is only read
+            joint = policy.joint_logprobs(s, e, allowed, max_len)  # (b, T, T)
         greedy = None
         if rl.baseline == "greedy":
             greedy = score_spans(reward, data, batch, policy.greedy(joint.detach())[0][:, None, :])[0][:, 0]  # (b,)
