@@ -20,6 +20,7 @@ from rewardtune.train.reward_model import RMConfig
 from rewardtune.train.rl_classifier import RLClassifierConfig
 from rewardtune.train.sft import SFTConfig
 from rewardtune.train.sft_lm_config import SFTLMConfig
+from rewardtune.train.span_config import SpanRLConfig, SpanSFTConfig
 
 from helpers import flat_config, parse_help_config
 
@@ -33,6 +34,8 @@ COMMANDS = {
     ("rl", "policy=classifier"): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=causal-lm"): (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate"),
     ("rm", "train"): (RMConfig, "rewardtune.train.reward_model", "train_reward_model"),
+    ("sft", "policy=span"): (SpanSFTConfig, "rewardtune.train.span", "train_span_sft"),
+    ("rl", "policy=span"): (SpanRLConfig, "rewardtune.train.span", "train_span_rl"),
 }
 # each shipped config and the command that runs it
 SHIPPED = {
@@ -40,6 +43,11 @@ SHIPPED = {
     "sst2-rl-expected": (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier", ("rl",)),
     "imdb-rm-pairwise": (RMConfig, "rewardtune.train.reward_model", "train_reward_model", ("rm", "train")),
     "grpo-smollm2-sentiment": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",)),
+    **{name: (SFTConfig, "rewardtune.train.sft", "train_sft", ("sft",))
+       for name in ("semeval-re-sft", "banking77-sft", "clinc150-sft", "agnews-sft")},
+    "clinc150-rl-oos-cost": (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier", ("rl",)),
+    "squad-span-sft": (SpanSFTConfig, "rewardtune.train.span", "train_span_sft", ("sft",)),
+    "squad-span-rl": (SpanRLConfig, "rewardtune.train.span", "train_span_rl", ("rl",)),
 }
 
 
@@ -90,13 +98,19 @@ def test_every_shipped_config_is_covered_here():
     assert set(SHIPPED) == set(shipped_configs())
 
 
-@pytest.mark.parametrize("kind", ["classifier", "causal-lm"])
+@pytest.mark.parametrize("kind", ["classifier", "causal-lm", "span"])
 def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, capsys):
     if kind == "classifier":
         from rewardtune.train.rl_classifier import ClassifierRewardSettings, setup_reward
 
         settings = ClassifierRewardSettings(functions=("no-such-reward",))
         module, fn = "rewardtune.train.rl_classifier", "train_rl_classifier"
+    elif kind == "span":
+        from rewardtune.train.span import setup_span_reward as setup_reward
+        from rewardtune.train.span_config import SpanRewardSettings
+
+        settings = SpanRewardSettings(functions=("no-such-reward",))
+        module, fn = "rewardtune.train.span", "train_span_rl"
     else:
         from rewardtune.train.gen_config import RewardSettings
         from rewardtune.train.gen_setup import setup_reward

@@ -189,3 +189,9 @@ def test_split_by_article_keeps_articles_whole_and_is_seeded(tmp_path):
     assert split_by_article(ex, 0.4, seed=0)[1].ids == val.ids
     with pytest.raises(DataError, match="at least 2"):
         split_by_article(ex.subset([0]), 0.5)
+
+
+def test_the_span_module_provides_every_piece_a_trainer_asks_of_a_policy():
+    from rewardtune.policies.protocol import PolicyKind
+
+    assert isinstance(policy, PolicyKind)

@@ -121,7 +121,7 @@ def gold_nll(start_logits: torch.Tensor, end_logits: torch.Tensor, allowed: torc
     return -logprobs(start_logits, end_logits, allowed, gold[:, None, :], max_len).squeeze(-1) / 2
 
 
-def reference_joint(model: Any, reference: Callable[[], Any], inputs: Mapping[str, torch.Tensor],
+def reference_logprobs(model: Any, reference: Callable[[], Any], inputs: Mapping[str, torch.Tensor],
                     allowed: torch.Tensor, max_len: int) -> torch.Tensor:
     """log π_ref of every span, no gradient (the reference as `train.common.setup_reference` gives it). → (b, T, T)"""
     with torch.no_grad(), reference() as ref:

@@ -25,7 +25,7 @@ from ..run import RunContext, start_run
 from ..batching import batch_order
 from .common import accelerator_kwargs, save_classifier, setup_optimizer, setup_reference, shares, steps_per_epoch
 from .loop import LoopResult, train_epochs
-from .span_config import SpanRLConfig, SpanSFTConfig, check_span_config
+from .span_config import SpanRLConfig, SpanRewardSettings, SpanSFTConfig, check_span_config
 
 ANSWERS = "answers"  # the column the rewards read the gold answer texts from
 # Baselines of the sampled spans' rewards: (rewards (b, K), greedy span's rewards (b,)) → advantages (b, K).
@@ -113,10 +113,10 @@ def sft_batch_loss(cfg: SpanSFTConfig, run: RunContext, model: Any) -> Callable[
     return batch_loss
 
 
-def setup_span_reward(cfg: SpanRLConfig, run: RunContext) -> CombinedReward:
+def setup_span_reward(r: SpanRewardSettings, device: Any = None) -> CombinedReward:
+    """Built-ins token_f1 and exact_match (against the `answers` column), or rm:FOLDER (run on `device`), module:fn."""
     registry = {"token_f1": lambda: token_f1(ANSWERS), "exact_match": lambda: exact_match(ANSWERS)}
-    r = cfg.reward
-    return build_rewards(r.functions, r.weights, registry, on_error=r.on_error, device=run.accelerator.device)
+    return build_rewards(r.functions, r.weights, registry, on_error=r.on_error, device=device)
 
 
 def score_spans(reward: CombinedReward, data: SpanData, batch: Any, spans: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -154,7 +154,7 @@ def rl_batch_loss(cfg: SpanRLConfig, run: RunContext, model: Any, reward: Combin
         ent = policy.entropy(joint).mean()
         total, stats = loss - rl.entropy_coef * ent, {"reward": rewards.mean(), "entropy": ent.detach(), **comps}
         if rl.kl_coef:
-            kl = policy.kl(joint, policy.reference_joint(model, reference, inputs, allowed, max_len)).mean()
+            kl = policy.kl(joint, policy.reference_logprobs(model, reference, inputs, allowed, max_len)).mean()
             total, stats["kl"] = total + rl.kl_coef * kl, kl.detach()
         if rl.ce_coef:
             ce = policy.gold_nll(s, e, allowed, batch.gold.to(acc.device), max_len).mean()
@@ -171,7 +171,7 @@ def run_span(cfg: SpanSFTConfig | SpanRLConfig, show_progress: bool = True) -> d
     is_rl = isinstance(cfg, SpanRLConfig)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, accelerator_kwargs(cfg.train))
     model, tok = setup_span_model(cfg)
-    reward = setup_span_reward(cfg, run) if is_rl else None
+    reward = setup_span_reward(cfg.reward, run.accelerator.device) if is_rl else None
     reference = setup_reference(model, cfg.rl, run.accelerator.device) if is_rl else None
     sp, opt = cfg.span, cfg.train
     data.train_w = make_windows(tok, data.train, opt.max_length, sp.stride, sp.max_answer_tokens)
