@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from .cli_bandit import add_commands as add_bandit_commands
+from . import cli_recipes
 from .cli_config import POLICY_KINDS, REWARDS_KEY, config_args, load_command_config, policy_kind, reward_note
 from .config import ConfigError, config_path, shipped_configs
 from .quickstart import QuickstartConfig
@@ -41,10 +43,12 @@ def _by_policy(args: argparse.Namespace, kinds: dict[str, tuple[type, Any]]) -> 
 
 def cmd_rl(args: argparse.Namespace) -> None:
     """`policy` picks the config and the trainer."""
-    from .train import gen_config, rl_classifier, rl_generate, span, span_config
+    from .train import gen_config, rl_classifier, rl_generate, rl_tagger, span, span_config
 
     kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
              "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
+             "seq2seq": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
+             "tagger": (rl_tagger.TaggerRLConfig, rl_tagger.train_rl_tagger),
              "span": (span_config.SpanRLConfig, span.train_span_rl)}
     kind = _by_policy(args, kinds)
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
@@ -52,13 +56,15 @@ def cmd_rl(args: argparse.Namespace) -> None:
 
 def cmd_sft(args: argparse.Namespace) -> None:
     """`policy` picks the config and the trainer, as for `rl`."""
-    from .train import sft, sft_lm, sft_lm_config, span, span_config
+    from .train import sft, sft_lm, sft_lm_config, span, span_config, tagger
 
     kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
              "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
+             "seq2seq": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
+             "tagger": (tagger.TaggerSFTConfig, tagger.train_sft_tagger),
              "span": (span_config.SpanSFTConfig, span.train_span_sft)}
     kind = _by_policy(args, kinds)
-    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind == "causal-lm" else None
+    notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind in ("causal-lm", "seq2seq") else None
     _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
 
 
@@ -71,6 +77,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .models import load_trained_classifier
 
     meta = json.loads((Path(args.checkpoint) / "rewardtune.json").read_text()) if (Path(args.checkpoint) / "rewardtune.json").exists() else None
+    if meta and meta.get("policy") == "tagger":  # entity-level report of a token tagger (eval_tagger.py)
+        from .eval_tagger import eval_tagger_command
+
+        return eval_tagger_command(args)
     if meta and meta.get("policy") == "span":  # extractive QA: SQuAD EM/F1 (eval_span.py)
         from .eval_span import eval_span_checkpoint
 
@@ -215,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _training_commands(sub)
     _model_and_data_commands(sub)
+    add_bandit_commands(sub)
     configs = sub.add_parser("configs", help="the configs that ship with rewardtune (use one with --config NAME)")
     configs = configs.add_subparsers(dest="sub", required=True)
     configs.add_parser("list", help="name and what each runs").set_defaults(func=cmd_configs_list)
@@ -231,10 +242,10 @@ def _training_commands(sub: Any) -> None:
     config_args(p)
     p.set_defaults(func=cmd_quickstart)
     p = sub.add_parser("sft", help="supervised fine-tuning: policy=classifier (default; cross-entropy on labels) or "
-                                   "policy=causal-lm (cross-entropy on completions)")
+                                   "policy=causal-lm or seq2seq (cross-entropy on completions)")
     config_args(p)
     p.set_defaults(func=cmd_sft)
-    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default) or policy=causal-lm")
+    p = sub.add_parser("rl", help="reward-driven fine-tuning: policy=classifier (default), causal-lm or seq2seq")
     config_args(p)
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("eval", help="classification report, confusion matrix and predictions of a checkpoint")
@@ -326,6 +337,7 @@ def _model_and_data_commands(sub: Any) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="stratifies the split ('' for none)")
     p.set_defaults(func=cmd_data_pairs)
+    cli_recipes.add_commands(data)
 
 
 def main(argv: list[str] | None = None) -> int:

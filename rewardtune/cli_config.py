@@ -15,8 +15,8 @@ from .config import ConfigError, config_path, describe, load_config
 # listed here for the help; tests/test_cli_help.py checks them against its "unknown reward" message). The causal
 # LM's are the keys of train/gen_setup.BUILTIN_REWARDS, read when the help is printed.
 CLASSIFIER_REWARDS = ("indicator", "cost_matrix")
-POLICY_KINDS = ("classifier", "causal-lm", "span")
-REWARDS_KEY = {"classifier": "reward.functions", "causal-lm": "reward.functions", "span": "reward.functions"}  # the key naming the reward functions
+POLICY_KINDS = ("classifier", "causal-lm", "seq2seq", "tagger", "span")
+REWARDS_KEY = {kind: "reward.functions" for kind in POLICY_KINDS}  # the key naming the reward functions
 
 
 def reward_note(kind: str) -> str:
@@ -26,10 +26,14 @@ def reward_note(kind: str) -> str:
 
 def builtin_rewards(kind: str) -> tuple[str, ...]:
     """The built-in reward names of policy `kind` (the generative ones imported only when asked: heavy imports)."""
-    if kind == "causal-lm":
+    if kind in ("causal-lm", "seq2seq"):
         from .train.gen_setup import BUILTIN_REWARDS
 
         return tuple(BUILTIN_REWARDS)
+    if kind == "tagger":
+        from .train.rl_tagger import REWARDS
+
+        return tuple(REWARDS)
     if kind == "span":
         from .train.span_config import SPAN_REWARDS
 

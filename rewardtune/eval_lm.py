@@ -19,7 +19,9 @@ import torch
 from .config import ConfigError, from_dict, load_config, nested
 from .data import DataError, Examples, repeat_columns
 from .models import ModelError, load_causal_lm, load_trained_causal_lm
-from .policies.causal_lm import GenSettings, Rollout, sample, stop_check
+from .policies.causal_lm import GenSettings, Rollout, stop_check
+from .policies.families import family_of
+from .policies.seq2seq import is_encoder_decoder, load_seq2seq_lm, load_trained_seq2seq
 from .rewards.metrics import require, rouge, texts_of
 from .train.gen_config import RewardSettings
 from .train.gen_setup import check_prompt_lengths, check_reward_columns, load_prompts, setup_reward
@@ -72,14 +74,17 @@ def eval_lm_config(overrides: Sequence[str] = (), flags: dict[str, dict[str, Any
 
 
 def load_policy(name: str, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """(model in eval mode on `device`, left-padding tokenizer) of an alias, a model folder, or a folder that holds a
-    LoRA adapter only (`heldout.save_policy` with model.lora.r > 0): its base model, named in adapter_config.json,
+    """(model in eval mode on `device`, tokenizer padded as sampling needs) of a causal LM or a seq2seq model (its config
+    says which): an alias, a model folder, or a folder that holds a LoRA adapter only (`heldout.save_policy` with model.lora.r > 0): its base model, named in adapter_config.json,
     with the adapter on top, unmerged as the run evaluated it."""
     adapter = Path(name).expanduser() / "adapter_config.json"
-    try:
-        model, tok = load_trained_causal_lm(adapter.parent) if adapter.is_file() else load_causal_lm(name)
+    try:  # an encoder-decoder (its config, or its adapter's base model's, says so) loads as a seq2seq policy
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") if adapter.is_file() else name
+        s2s = bool(base) and is_encoder_decoder(base)
+        trained, plain = (load_trained_seq2seq, load_seq2seq_lm) if s2s else (load_trained_causal_lm, load_causal_lm)
+        model, tok = trained(adapter.parent) if adapter.is_file() else plain(name)
     except (OSError, ValueError, KeyError) as e:  # transformers' way of saying "not a causal LM folder"
-        raise ModelError(f"{name}: cannot be loaded as a causal LM ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{name}: cannot be loaded as a causal LM or a seq2seq model ({type(e).__name__}: {e})") from None
     model.to(device).eval()
     if torch.device(device).type == "cpu" and hasattr(model, "disable_adapter"):
         from .prepack import prepack_frozen_linears
@@ -106,13 +111,14 @@ def decode(model: Any, tok: Any, prompts: list[str], job: EvalLMJob) -> Rollout:
     """The completions, greedy or `samples` per prompt, with a run's held-out draws for its seed."""
     try:
         stop_check(tok, job.gen)
-        max_prompt = getattr(model.config, "max_position_embeddings", 2048) - job.gen.max_new_tokens
+        fam = family_of(model)  # a causal LM or a seq2seq model, as the checkpoint is
+        max_prompt = fam.max_prompt_tokens(model.config, job.gen.max_new_tokens)
         check_prompt_lengths(tok, prompts, max_prompt, job.gen.chat_template)
     except ValueError as e:  # the settings or the file, not a bug: said as such
         raise DataError(f"{job.data}: {e}") from None
     device, k = next(model.parameters()).device, job.samples or 1
     with eval_draws(job.seed, device):
-        return sample(model, tok, prompts, k, job.gen, max_prompt, greedy=job.samples == 0,
+        return fam.sample(model, tok, prompts, k, job.gen, max_prompt, greedy=job.samples == 0,
                       rows=max(k, job.rows // k * k) if job.rows else 0)  # whole prompt groups per pass
 
 

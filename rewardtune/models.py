@@ -170,7 +170,7 @@ def resolve(name: str) -> str:
         return str(prepare(name))
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ModelError(f"{path} is a folder but has no config.json; is it a Hugging Face model folder?")
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")):
@@ -282,7 +282,10 @@ def load_classifier(name: str, num_labels: int, id2label: dict[int, str] | None 
 
     path = resolve(name)
     if (Path(path) / "adapter_config.json").exists():
-        return load_trained_classifier(path)
+        # A LoRA checkpoint as a starting point (sft → rl): its adapter and head merged into the base, so that
+        # training goes on from it (a new adapter if model.lora.r > 0); loaded as a PeftModel it was frozen.
+        trained, tok = load_trained_classifier(path)
+        return trained.merge_and_unload().requires_grad_(True), tok
     tok = load_tokenizer(path)
     id2label = id2label or {i: str(i) for i in range(num_labels)}
     _check_trained_head(path, num_labels)
@@ -339,7 +342,7 @@ def apply_lora(model: Any, lora: LoraSettings, task_type: str | None = None) -> 
     since a LoRA update of a randomly initialised head makes no sense.
     """
     task_type = task_type or _task_type(model)
-    if lora.base_dtype != "float32" and (lora.r <= 0 or task_type != "CAUSAL_LM"):
+    if lora.base_dtype != "float32" and (lora.r <= 0 or task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM")):
         raise ModelError(f"model.lora.base_dtype={lora.base_dtype} needs a LoRA adapter (model.lora.r > 0) on a causal LM; "
                          "full fine-tuning and classifier heads keep float32 weights. Fix: model.lora.base_dtype=float32")
     if lora.r <= 0:
@@ -368,6 +371,8 @@ def _task_type(model: Any) -> str:
         return "SEQ_CLS"
     if arch.endswith("ForCausalLM"):
         return "CAUSAL_LM"
+    if getattr(model.config, "is_encoder_decoder", False):  # T5, BART, Marian (MarianMTModel)
+        return "SEQ_2_SEQ_LM"
     return "FEATURE_EXTRACTION"
 
 

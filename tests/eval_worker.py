@@ -17,7 +17,7 @@ import torch
 
 from rewardtune.config import load_config
 from rewardtune.run import start_run
-from rewardtune.train import lm_eval
+from rewardtune.policies import causal_lm
 from rewardtune.train.lm_eval import evaluate_lm
 from rewardtune.train.gen_config import GenRLConfig
 from rewardtune.train.gen_setup import ddp_settings, setup_policy, setup_reward
@@ -38,13 +38,13 @@ def main(out: str, model_dir: str, runs_dir: str) -> None:
             if "lora_B" in n:
                 p.normal_(0, 0.3)
     reward = setup_reward(cfg.reward, run.accelerator)
-    decoded, sample = [], lm_eval.sample
+    decoded, sample = [], causal_lm.sample
 
     def counted(*args, **kwargs):  # the completions this process decodes
         ro = sample(*args, **kwargs)
         decoded.append(len(ro.completions))
         return ro
-    with mock.patch.object(lm_eval, "sample", counted):
+    with mock.patch.object(causal_lm, "sample", counted):
         res = {f"samples{s}": evaluate_lm(run, model, tok, reward, PROMPTS, cfg.gen, 0, samples=s) for s in (0, 2)}
     acc = run.accelerator
     rows = acc.gather(torch.tensor(decoded)[None]).tolist() if acc.num_processes > 1 else [decoded]

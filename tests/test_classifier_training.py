@@ -374,3 +374,25 @@ def test_over_shares_raises_on_every_process_when_one_fails():
         on(1, [torch.zeros(2), None])
     with pytest.raises(RuntimeError, match="process 1 failed while computing its share: MemoryError: share too large"):
         on(0, [None, "MemoryError: share too large"])
+
+
+def test_rl_goes_on_from_a_lora_sft_checkpoint(tiny_encoder_dir, toy_data, tmp_path):
+    """A LoRA sft checkpoint is a starting point for rl: loaded for training it is the sft model (same logits, its
+    adapter merged), and rl changes it. (It used to fail: the adapter folder has no config.json.)"""
+    from rewardtune.models import load_classifier, load_trained_classifier
+
+    train_sft(load_config(SFTConfig, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "sft", "train.epochs=1",
+                                                      "model.lora.r=4", "model.lora.alpha=8")))
+    best = tmp_path / "sft" / "checkpoints" / "best"
+    sft_model, tok = load_trained_classifier(best)
+    start, _ = load_classifier(str(best), 2)
+    assert all(p.requires_grad for p in start.parameters())  # a full model to train on, not a frozen adapter
+    batch = tok(["good film", "the plot was bad"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = sft_model.eval()(**batch).logits
+        assert torch.allclose(start.eval()(**batch).logits, want, atol=1e-5)
+    train_rl_classifier(load_config(RLClassifierConfig, None, overrides(
+        tiny_encoder_dir, toy_data, tmp_path, "rl", "train.epochs=1", f"model.name={best}")))
+    rl_model, _ = load_trained_classifier(tmp_path / "rl" / "checkpoints" / "best")
+    with torch.no_grad():
+        assert not torch.allclose(rl_model.eval()(**batch).logits, want, atol=1e-4)

@@ -18,7 +18,9 @@ from rewardtune.rewards import RewardError
 from rewardtune.train.gen_config import GenRLConfig
 from rewardtune.train.reward_model import RMConfig
 from rewardtune.train.rl_classifier import RLClassifierConfig
+from rewardtune.train.rl_tagger import TaggerRLConfig
 from rewardtune.train.sft import SFTConfig
+from rewardtune.train.tagger import TaggerSFTConfig
 from rewardtune.train.sft_lm_config import SFTLMConfig
 from rewardtune.train.span_config import SpanRLConfig, SpanSFTConfig
 
@@ -33,6 +35,8 @@ COMMANDS = {
     ("rl",): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=classifier"): (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier"),
     ("rl", "policy=causal-lm"): (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate"),
+    ("sft", "policy=tagger"): (TaggerSFTConfig, "rewardtune.train.tagger", "train_sft_tagger"),
+    ("rl", "policy=tagger"): (TaggerRLConfig, "rewardtune.train.rl_tagger", "train_rl_tagger"),
     ("rm", "train"): (RMConfig, "rewardtune.train.reward_model", "train_reward_model"),
     ("sft", "policy=span"): (SpanSFTConfig, "rewardtune.train.span", "train_span_sft"),
     ("rl", "policy=span"): (SpanRLConfig, "rewardtune.train.span", "train_span_rl"),
@@ -43,6 +47,12 @@ SHIPPED = {
     "sst2-rl-expected": (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier", ("rl",)),
     "imdb-rm-pairwise": (RMConfig, "rewardtune.train.reward_model", "train_reward_model", ("rm", "train")),
     "grpo-smollm2-sentiment": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",)),
+    "wikiann-tagger-sft": (TaggerSFTConfig, "rewardtune.train.tagger", "train_sft_tagger", ("sft",)),
+    "wikiann-tagger-rl": (TaggerRLConfig, "rewardtune.train.rl_tagger", "train_rl_tagger", ("rl",)),
+    **{f"recipe-{r}-sft": (SFTLMConfig, "rewardtune.train.sft_lm", "train_sft_lm", ("sft",))
+       for r in ("mt", "dialogue", "qa", "intent")},
+    **{f"recipe-{r}-rl": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",))
+       for r in ("mt", "dialogue", "qa", "intent")},
     **{name: (SFTConfig, "rewardtune.train.sft", "train_sft", ("sft",))
        for name in ("semeval-re-sft", "banking77-sft", "clinc150-sft", "agnews-sft")},
     "clinc150-rl-oos-cost": (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier", ("rl",)),
@@ -98,9 +108,14 @@ def test_every_shipped_config_is_covered_here():
     assert set(SHIPPED) == set(shipped_configs())
 
 
-@pytest.mark.parametrize("kind", ["classifier", "causal-lm", "span"])
+@pytest.mark.parametrize("kind", ["classifier", "causal-lm", "tagger", "span"])
 def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, capsys):
-    if kind == "classifier":
+    if kind == "tagger":
+        from rewardtune.train.rl_tagger import TaggerRewardSettings, setup_tagger_reward as setup_reward
+
+        settings = TaggerRewardSettings(functions=("no-such-reward",))
+        module, fn = "rewardtune.train.rl_tagger", "train_rl_tagger"
+    elif kind == "classifier":
         from rewardtune.train.rl_classifier import ClassifierRewardSettings, setup_reward
 
         settings = ClassifierRewardSettings(functions=("no-such-reward",))

@@ -50,14 +50,19 @@ def test_readme_links_point_at_files_that_exist():
 
 
 def test_architecture_tree_names_every_module():
-    text = readme()
+    """docs/architecture.md lists every module; the README's table names every package (and links that page)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     assert text.count("<!-- architecture -->") == 1 and text.count("<!-- /architecture -->") == 1
     tree = text.split("<!-- architecture -->")[1].split("<!-- /architecture -->")[0]
     package = ROOT / "rewardtune"
     modules = [p.relative_to(package) for p in package.rglob("*.py") if p.name != "__init__.py"]
     assert modules
     absent = [str(m) for m in modules if not re.search(rf"^\s+{re.escape(m.name)}\s", tree, flags=re.M)]
-    assert not absent, f"the README's architecture tree does not list: {absent}"
+    assert not absent, f"docs/architecture.md's tree does not list: {absent}"
+    table = readme().split("<!-- packages -->")[1].split("<!-- /packages -->")[0]
+    packages = sorted(p.parent.name for p in package.glob("*/__init__.py"))
+    assert packages and all(f"`{name}/`" in table for name in packages), (packages, table)
+    assert "(docs/architecture.md)" in readme()
 
 
 def test_python_example_runs(tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):

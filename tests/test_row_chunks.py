@@ -14,7 +14,6 @@ from rewardtune.config import LoraSettings, load_config
 from rewardtune.models import apply_lora, load_causal_lm
 from rewardtune.policies import causal_lm
 from rewardtune.policies.causal_lm import GenSettings, sample, token_logprobs, token_logprobs_at
-from rewardtune.train import ppo as ppo_module
 from rewardtune.train.pg_update import no_grad_rows, reference_logprobs, reference_logprobs_at
 from rewardtune.policies.causal_lm import completion_logits
 from rewardtune.train.gen_config import PPOSettings
@@ -108,7 +107,7 @@ def test_reference_pass_in_row_chunks_equals_one_pass(policy):
     ref = setup_reference(model, GenRLSettings())
     whole = reference_logprobs(model, ref, ro, 1.0)
     seen = []
-    with mock.patch("rewardtune.train.pg_update.token_logprobs_at",
+    with mock.patch("rewardtune.policies.causal_lm.token_logprobs_at",
                     side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or token_logprobs_at(*a, **k)):
         chunked = reference_logprobs(model, ref, ro, 1.0, rows=no_grad_rows(3, 7))  # K = 3, 7 rows asked
     assert seen == [6, 6]  # 7 rows rounded down to whole groups of 3
@@ -160,14 +159,14 @@ def test_ppo_logprobs_and_values_equal_the_whole_logits_path(policy):
     torch.nn.init.normal_(head.linear.weight)
     T = ro.completion_ids.shape[1]
     logp, values, ent = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
-    with mock.patch.object(ppo_module, "chunkable_head", return_value=None):  # the model's own logits
+    with mock.patch.object(causal_lm, "chunkable_head", return_value=None):  # the model's own logits
         logp2, values2, ent2 = logprobs_and_values(model, head, ro.input_ids, ro.attention_mask, T, 0.7)
     assert torch.allclose(logp, logp2, atol=1e-5) and torch.allclose(values, values2, atol=1e-5)
     assert torch.allclose(ent, ent2, atol=1e-5) and ent.min() > 0  # the entropy PPO logs, both ways
     assert values.abs().max() > 0
     # The value pass before the update: the same values, in one pass or two rows at a time, without the LM head.
     seen = []
-    with mock.patch.object(ppo_module, "completion_logits",
+    with mock.patch.object(causal_lm, "completion_logits",
                            side_effect=lambda *a, **k: seen.append(a[1].shape[0]) or completion_logits(*a, **k)):
         whole, chunked = old_values(model, head, ro), old_values(model, head, ro, rows=2)
     assert seen == [8, 2, 2, 2, 2]

@@ -156,6 +156,8 @@ def test_a_run_on_chat_rows(tiny_causal_lm_dir, tmp_path):
 BAD = [
     ([{"prompt": "the film"}], "line 1: field 'completion' is missing"),
     ([{"prompt": "a", "completion": "good"}, {"prompt": "the film", "completion": "  "}], "line 2: field 'completion' is empty"),
+    ([{"prompt": " ", "completion": "good", "messages": None}], "line 1: field 'prompt' is empty and the row has no "
+                                                               "'messages'"),
     ([{"text": "the film"}], "line 1: the row has neither 'prompt'/'completion' nor 'messages'"),
     ([{"messages": "the film"}], "line 1: field 'messages' is str"),
     ([{"messages": [{"role": "user", "text": "x"}]}], "field 'messages', turn 1: .* is not a role/content pair"),
@@ -164,7 +166,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("rows_, match", BAD, ids=["no-completion", "empty-completion", "neither", "messages-str",
+@pytest.mark.parametrize("rows_, match", BAD, ids=["no-completion", "empty-completion", "empty-prompt", "neither", "messages-str",
                                                    "bad-turn", "too-long"])
 def test_bad_rows_fail_naming_file_line_and_field_before_the_run_folder_exists(rows_, match, tiny_causal_lm_dir,
                                                                               tmp_path):

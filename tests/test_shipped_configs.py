@@ -60,6 +60,18 @@ def test_sst2_classifier_configs_run(name, command, tiny_encoder_dir, tmp_path, 
     assert (tmp_path / name / "checkpoints" / "best").is_dir()
 
 
+@pytest.mark.parametrize("name,command", [("wikiann-tagger-sft", ["sft"]), ("wikiann-tagger-rl", ["rl"])])
+def test_wikiann_tagger_configs_run(name, command, tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    _in_repo(monkeypatch, name)
+    argv = [*command, "--config", name, f"model.name={tiny_encoder_dir}", "data.max_examples=16",
+            "data.max_val_examples=8", "train.max_steps=2", "train.batch_size=8", "train.max_length=32",
+            "train.log_every=1", f"runs_dir={tmp_path}"]
+    rows = _run(argv, tmp_path / name, capsys)
+    val = [r for r in rows if r.get("split") == "val"]
+    assert val and 0.0 <= val[-1]["f1"] <= 1.0 and "f1/PER" in val[-1], rows  # entity F1 on 8 WikiANN dev sentences
+    assert (tmp_path / name / "checkpoints" / "best").is_dir()
+
+
 @pytest.mark.parametrize("name,command,metric", [
     ("semeval-re-sft", ["sft"], "semeval_macro_f1"), ("banking77-sft", ["sft"], "accuracy"),
     ("clinc150-sft", ["sft"], "in_scope_accuracy"), ("clinc150-rl-oos-cost", ["rl"], "oos_recall"),
@@ -117,11 +129,15 @@ def test_shipped_configs_load_and_name_their_command():
     from rewardtune.train.gen_config import GenRLConfig
     from rewardtune.train.reward_model import RMConfig
     from rewardtune.train.rl_classifier import RLClassifierConfig
+    from rewardtune.train.rl_tagger import TaggerRLConfig
     from rewardtune.train.sft import SFTConfig
+    from rewardtune.train.sft_lm_config import SFTLMConfig
+    from rewardtune.train.tagger import TaggerSFTConfig
 
     from rewardtune.train.span_config import SpanRLConfig, SpanSFTConfig
 
-    classes = {"sft": SFTConfig, "rl": RLClassifierConfig, "rm train": RMConfig, "rl-lm": GenRLConfig,
+    classes = {"sft": SFTConfig, "rl": RLClassifierConfig, "rm train": RMConfig, "rl-causal-lm": GenRLConfig,
+               "sft-causal-lm": SFTLMConfig, "sft-tagger": TaggerSFTConfig, "rl-tagger": TaggerRLConfig,
                "sft-span": SpanSFTConfig, "rl-span": SpanRLConfig}
     for name, path in shipped_configs().items():
         text = path.read_text()
@@ -129,12 +145,36 @@ def test_shipped_configs_load_and_name_their_command():
         command = re.search(r"rewardtune (sft|rl|rm train) --config (\S+)", text)
         assert command and command.group(2) == name, name
         kind = command.group(1)
-        if kind == "rl" and yaml.safe_load(text).get("policy") == "causal-lm":
-            kind = "rl-lm"
-        if yaml.safe_load(text).get("policy") == "span":
-            kind += "-span"
+        policy = yaml.safe_load(text).get("policy", "classifier")
+        if policy != "classifier":
+            kind = f"{kind}-{policy}"
         cfg = load_config(classes[kind], path)
         assert cfg.name == name  # its run folder is runs/<config name>
+
+
+@pytest.mark.parametrize("recipe", ["mt", "dialogue", "qa", "intent"])
+def test_recipe_configs_run_sft_then_rl(recipe, tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):
+    """`data recipe` writes the rows the pair of configs reads; sft runs, and rl starts from sft's best checkpoint."""
+    _in_repo(monkeypatch, f"recipe-{recipe}-sft")
+    rows = tmp_path / "rows"
+    assert main(["data", "recipe", recipe, "--out", str(rows), "--train-rows", "16", "--val-rows", "4"]) == 0
+    assert _data_paths(f"recipe-{recipe}-sft") == _data_paths(f"recipe-{recipe}-rl") == [
+        f"runs/data/recipe-{recipe}/train.jsonl", f"runs/data/recipe-{recipe}/val.jsonl"]  # the command's default out
+    for split in ("train", "val"):  # the tiny model's context is 128 tokens: SQuAD's contexts are cut to fit it
+        lines = [json.loads(line) for line in (rows / f"{split}.jsonl").read_text().splitlines()]
+        (rows / f"{split}.jsonl").write_text("".join(json.dumps({**r, "prompt": r["prompt"][-200:]}) + "\n"
+                                                     for r in lines))
+    data = [f"data.path={rows / 'train.jsonl'}", f"data.val_path={rows / 'val.jsonl'}", f"runs_dir={tmp_path}"]
+    sft = ["sft", "--config", f"recipe-{recipe}-sft", f"model.name={tiny_causal_lm_dir}", "train.max_steps=2",
+           "train.batch_size=4", "train.max_length=64", "eval.prompts=2", "eval.max_new_tokens=4", "eval.every=0", *data]
+    _run(sft, tmp_path / f"recipe-{recipe}-sft", capsys)
+    best = tmp_path / f"recipe-{recipe}-sft" / "checkpoints" / "best"
+    rl = ["rl", "--config", f"recipe-{recipe}-rl", f"model.name={best}", "rl.steps=2", "rl.prompts_per_step=2",
+          "rl.samples_per_prompt=2", "eval.prompts=2", "gen.max_new_tokens=4",
+          "gen.stop_strings=[]", *data]  # the tiny test tokenizer cannot place stop strings (SmolLM2 can)
+    train = [r for r in _run(rl, tmp_path / f"recipe-{recipe}-rl", capsys) if r.get("split") == "train"]
+    reward = yaml.safe_load(config_path(f"recipe-{recipe}-rl").read_text())["reward"]["functions"]
+    assert [r["step"] for r in train] == [1, 2] and all(f"reward/{f}" in r for f in reward for r in train)
 
 
 def test_make_pairs_keeps_the_rating_gap_and_fails_clearly():

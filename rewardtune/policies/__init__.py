@@ -14,8 +14,11 @@ Kinds today:
     `Rollout`, whose `completions` are the action texts), `token_logprobs` gives log π per token (with its
     entropy), the reference's log-probs are `token_logprobs` under `train.common.setup_reference`, and the
     KL is estimated per token (`algorithms.kl`). Its names predate the protocol and do not yet match it.
+  seq2seq (`seq2seq.py`): the action is an encoder-decoder's completion (T5, BART, Marian), with the causal LM's
+    names and arguments. `families.py` holds the two generative kinds behind one seam (`LMFamily`, picked once by
+    `policy`), which the generative trainers call.
 Kinds next, each a module here satisfying `PolicyKind`: token tagger (a label per token), span extractor
-(start and end positions), seq2seq (an encoder-decoder's completion).
+(start and end positions).
 
 The reference policy's set-up (`train.common.setup_reference`: a frozen copy, or the LoRA model with its
 adapter off) is shared by every kind and stays with the trainers' set-up steps.

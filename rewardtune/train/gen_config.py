@@ -128,7 +128,7 @@ RENAMED = {
 
 @dataclass(frozen=True)
 class GenRLConfig:
-    """`rewardtune rl` with `policy: causal-lm`."""
+    """`rewardtune rl` with `policy: causal-lm` or `policy: seq2seq`."""
 
     model: ModelSettings = nested(lambda: ModelSettings(name="smollm2-135m-instruct"), "causal LM to fine-tune")
     data: DataSettings = nested(lambda: DataSettings(path="demo-prompts", label_column=""), "prompts")
@@ -139,7 +139,8 @@ class GenRLConfig:
     eval: EvalSettings = nested(EvalSettings, "held-out evaluation, best policy, logging")
     runtime: RuntimeSettings = nested(RuntimeSettings, "micro-batches, inference batches, precision, checkpointing")
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
-    policy: Literal["causal-lm"] = doc("causal-lm", "what the action is (a completion)")
+    policy: Literal["causal-lm", "seq2seq"] = doc("causal-lm", "what the action is: a completion of a causal LM, or "
+                                                                "an encoder-decoder's output (T5, BART, Marian)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-lm", "run folder name")
     seed: int = doc(0, "global seed")

@@ -12,9 +12,11 @@ import torch
 
 from ..algorithms import get_kl_controller
 from ..algorithms.objectives import Objective
-from ..data import Examples, read_table, to_examples
-from ..models import apply_lora, enable_checkpointing, load_causal_lm
+from ..config import ConfigError
+from ..data import DataError, Examples, read_table, to_examples
+from ..models import apply_lora, enable_checkpointing
 from ..policies.causal_lm import GenSettings, format_prompts, stop_check, without_dropout
+from ..policies.families import family
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import metrics
@@ -98,8 +100,9 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_tem
     bad = [i for i, n in enumerate(lengths) if n > max_tokens]
     if bad:
         how = " with the chat template" if chat_template else ""
-        raise ValueError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens{how} (the context minus "
-                         f"max_new_tokens); first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}")
+        raise DataError(f"{len(bad)} prompt(s) longer than {max_tokens} tokens{how} (the context minus "
+                        f"max_new_tokens); first: prompt {bad[0] + 1}, {lengths[bad[0]]} tokens: {prompts[bad[0]][:80]!r}; "
+                        "shorten or drop those prompts, lower gen.max_new_tokens, or use a model with a longer context")
 
 
 def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
@@ -107,12 +110,12 @@ def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompt
     that meets it); the stop strings' criterion can be built for this tokenizer; and P must split into whole
     prompt groups per process."""
     config = run.accelerator.unwrap_model(model).config
-    max_prompt = getattr(config, "max_position_embeddings", 2048) - cfg.gen.max_new_tokens
+    max_prompt = family(cfg.policy).max_prompt_tokens(config, cfg.gen.max_new_tokens)
     check_prompt_lengths(tok, prompts, max_prompt, cfg.gen.chat_template)
     stop_check(tok, cfg.gen)  # stop strings this tokenizer cannot handle: the config's error, before any step
     world = run.accelerator.num_processes
     if cfg.rl.prompts_per_step % world:
-        raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
+        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the {world} processes: "
                          "each process takes whole prompt groups")
     return max_prompt
 
@@ -165,7 +168,7 @@ def ddp_settings() -> Any:
 def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list, Any, Callable[[], Any]]:
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
     lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
-    model, tok = load_causal_lm(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
+    model, tok = family(cfg.policy).load(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
     if cfg.runtime.gradient_checkpointing:
         enable_checkpointing(model)
     model = apply_lora(model, cfg.model.lora)
@@ -186,8 +189,9 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
 
 
 def update_plan(rl: GenRLSettings, gen: GenSettings, runtime: RuntimeSettings | None = None,
-                ppo: PPOSettings | None = None) -> UpdatePlan:
-    """What every step's update uses, from the run's settings with `auto` resolved (once, here)."""
+                ppo: PPOSettings | None = None, policy: str = "causal-lm") -> UpdatePlan:
+    """What every step's update uses, from the run's settings with `auto` resolved (once, here); `policy` picks the
+    forward passes (`policies.families`)."""
     rl, runtime, ppo = rl.resolved(), runtime or RuntimeSettings(), ppo or PPOSettings()
     is_ppo = rl.algorithm == "ppo"  # PPO clips the ratio of its minibatch steps and always takes token means
     objective = Objective(aggregation="token_mean" if is_ppo else rl.aggregation, max_len=gen.max_new_tokens,
@@ -197,4 +201,4 @@ def update_plan(rl: GenRLSettings, gen: GenSettings, runtime: RuntimeSettings | 
     return UpdatePlan(objective, kl_in_reward=rl.kl_mode == "reward", temperature=gen.temperature,
                       micro_batch_size=runtime.micro_batch_size,
                       no_grad_rows=no_grad_rows(rl.samples_per_prompt, runtime.inference_batch_size),
-                      share_prompt=rl.samples_per_prompt > 1, max_grad_norm=rl.max_grad_norm)
+                      share_prompt=rl.samples_per_prompt > 1, max_grad_norm=rl.max_grad_norm, family=family(policy))

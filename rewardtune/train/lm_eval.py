@@ -1,4 +1,4 @@
-"""Held-out evaluation of a causal-LM policy: completions of held-out prompts (greedy, or sampled with the same
+"""Held-out evaluation of a generative policy (causal LM or seq2seq): completions of held-out prompts (greedy, or sampled with the same
 draws every time), their rewards, length, distinct-n, and the KL to the reference and its perplexity."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from ..algorithms import kl_k3, masked_sum
 from ..collectives import row_share
 from ..data import repeat_columns
-from ..policies.causal_lm import GenSettings, sample
+from ..policies.causal_lm import GenSettings
+from ..policies.families import CAUSAL_LM, LMFamily
 from ..rewards import CombinedReward
 from ..run import RunContext
 from .pg_update import reference_logprobs_at
@@ -35,7 +36,8 @@ def eval_draws(seed: int, device: torch.device) -> Iterator[None]:
 @torch.no_grad()
 def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: list[str], gen: GenSettings,
              step: int, max_prompt: int = 10**9, rows: int = 0, samples: int = 0,
-             reference: Callable[[], Any] | None = None, columns: dict[str, list[Any]] | None = None) -> dict[str, float]:
+             reference: Callable[[], Any] | None = None, columns: dict[str, list[Any]] | None = None,
+             fam: LMFamily = CAUSAL_LM) -> dict[str, float]:
     """Held-out completions, greedy (`samples=0`) or `samples` per prompt sampled at gen's temperature with the
     same draws at every evaluation (a generator seeded from the run's seed; training's random state is left as
     it was), so evaluations differ only by the policy. Metrics: reward, length, distinct-1/2, and against the
@@ -45,13 +47,14 @@ def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, p
     unbiased when neither top-k nor top-p truncates the sampling) and their perplexity under the reference,
     exp(−mean log π_ref) at temperature 1. `rows`: rows per pass (0 = all). Under several processes each
     evaluates a contiguous share of the prompts, with the draws one process would give them, and the metrics are
-    over every share (the same on every process). `columns`: the prompts' other columns, which the rewards see."""
+    over every share (the same on every process). `columns`: the prompts' other columns, which the rewards see.
+    `fam`: the policy kind's sampling and forward passes (`policies.families`)."""
     net, greedy, acc = run.accelerator.unwrap_model(model), samples == 0, run.accelerator
     device, k = next(net.parameters()).device, samples or 1
     rows = max(k, rows // k * k) if rows else 0  # whole prompt groups per pass
     share = row_share(acc, len(prompts))  # None: one process, or fewer prompts than processes (each does all)
     with eval_draws(run.seed, device):
-        ro = sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows, only=share)
+        ro = fam.sample(net, tok, prompts, k, gen, max_prompt, greedy=greedy, rows=rows, only=share)
     part = {"prompts": ro.prompts, "completions": ro.completions,  # rewards raw: comparable across evaluations
             "rewards": reward.unnormalized(ro.prompts, ro.completions,
                                            **repeat_columns(columns or {}, k, share)).total.tolist()}
@@ -60,7 +63,7 @@ def evaluate_lm(run: RunContext, model: Any, tok: Any, reward: CombinedReward, p
         mask, temperature = ro.completion_mask, 1.0 if greedy else gen.temperature
         # As π was sampled, and (for the perplexity, the reference model's own) untempered: one reference pass.
         temps = (temperature,) if temperature == 1.0 else (temperature, 1.0)
-        ref_at = reference_logprobs_at(net, ref, ro, temps, rows)  # (B, T) per temperature
+        ref_at = reference_logprobs_at(net, ref, ro, temps, rows, True, fam)  # (B, T) per temperature
         # Greedy tokens are not samples of π: their log-ratio is reported as it is. Sampled tokens give k3, an
         # unbiased estimate of KL(π‖π_ref) that is never negative (k1 can be, on few samples).
         kl = ro.logprobs - ref_at[0] if greedy else kl_k3(ro.logprobs, ref_at[0])  # (B, T)

@@ -16,7 +16,8 @@ import torch
 from ..algorithms import EMABaseline, get_advantage_fn, get_kl_estimator, masked_mean, masked_sum
 from ..algorithms.objectives import Objective, pg_objective
 from ..collectives import gather_to_cpu, token_mean_shares
-from ..policies.causal_lm import Rollout, token_logprobs, token_logprobs_at
+from ..policies.causal_lm import Rollout
+from ..policies.families import CAUSAL_LM, LMFamily
 from ..run import RunContext
 
 
@@ -31,6 +32,7 @@ class UpdatePlan:
     no_grad_rows: int = 0  # rows per pass without gradient (0 = all): memory only
     share_prompt: bool = True  # rows come in groups of K > 1 sharing a prompt, which then goes through once
     max_grad_norm: float = 0.0  # gradient clipping (0 = off)
+    family: LMFamily = CAUSAL_LM  # the policy kind's forward passes (causal LM or seq2seq)
 
 
 def no_grad_rows(samples_per_prompt: int, inference_batch_size: int) -> int:
@@ -40,27 +42,27 @@ def no_grad_rows(samples_per_prompt: int, inference_batch_size: int) -> int:
 
 
 def reference_logprobs(model: Any, ref: Callable[[], Any], ro: Rollout, temperature: float,
-                       rows: int = 0, share_prompt: bool = True) -> torch.Tensor:
+                       rows: int = 0, share_prompt: bool = True, fam: LMFamily = CAUSAL_LM) -> torch.Tensor:
     """log π_ref of the rollout's completion tokens (no gradient), `rows` rows per pass (0 = all: memory
     only, each row's result does not depend on the others'); `share_prompt`: see `completion_logits`.
     (B, L) → (B, T)."""
-    return reference_logprobs_at(model, ref, ro, (temperature,), rows, share_prompt)[0]
+    return reference_logprobs_at(model, ref, ro, (temperature,), rows, share_prompt, fam)[0]
 
 
 def reference_logprobs_at(model: Any, ref: Callable[[], Any], ro: Rollout, temperatures: tuple[float, ...],
-                          rows: int = 0, share_prompt: bool = True) -> list[torch.Tensor]:
+                          rows: int = 0, share_prompt: bool = True, fam: LMFamily = CAUSAL_LM) -> list[torch.Tensor]:
     """`reference_logprobs` at each of `temperatures`, from one pass of the reference.  (B, L) → [(B, T)]."""
     T = ro.completion_ids.shape[1]
     with torch.no_grad(), ref() as ref_model:
         net = model if ref_model is None else ref_model
-        pieces = [token_logprobs_at(net, r.input_ids, r.attention_mask, T, temperatures, share_prompt)
+        pieces = [fam.token_logprobs_at(net, r.input_ids, r.attention_mask, T, temperatures, share_prompt)
                   for r in ro.chunks(rows)]  # per chunk: one (b, T) per temperature
     return [torch.cat([piece[i] for piece in pieces]) for i in range(len(temperatures))]
 
 
 def plan_reference(model: Any, ref: Callable[[], Any], ro: Rollout, plan: UpdatePlan) -> torch.Tensor:
     """`reference_logprobs` with the plan's temperature and passes.  → (B, T)"""
-    return reference_logprobs(model, ref, ro, plan.temperature, plan.no_grad_rows, plan.share_prompt)
+    return reference_logprobs(model, ref, ro, plan.temperature, plan.no_grad_rows, plan.share_prompt, plan.family)
 
 
 def kl_in_reward(model: Any, ref: Callable[[], Any], ro: Rollout, rewards: torch.Tensor, beta: float,
@@ -86,7 +88,7 @@ def policy_loss(model: Any, ro: Rollout, adv: torch.Tensor, full_mask: torch.Ten
     """The objective of one micro-batch, already weighted; stats are the micro-batch's token means. `ref_logp`
     (b, T): the reference's log-probs (`reference_logprobs`), needed when β is not 0."""
     T = ro.completion_ids.shape[1]
-    logp, ent = token_logprobs(model, ro.input_ids, ro.attention_mask, T, plan.temperature,
+    logp, ent = plan.family.token_logprobs(model, ro.input_ids, ro.attention_mask, T, plan.temperature,
                                share_prompt=plan.share_prompt)  # (b, T)
     mask = ro.completion_mask
     loss, stats = pg_objective(logp, adv, mask, plan.objective, ref_logprobs=ref_logp, beta=beta)

@@ -1,4 +1,4 @@
-"""PPO for causal LMs: a value head, GAE over tokens, several epochs over minibatches of a rollout.
+"""PPO for generative policies (causal LM, seq2seq): a value head, GAE over tokens, several epochs over minibatches of a rollout.
 
 The KL to the reference goes into the per-token reward (Ziegler et al. 2019; `rl.kl_mode=reward`, PPO's
 default), the score on the last token; GAE turns those rewards and the value head's estimates into token
@@ -13,13 +13,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..algorithms import (entropy_from_logits, gae, get_kl_estimator, kl_penalized_rewards, logprobs_from_logits,
-                          masked_mean, masked_sum, masked_whiten, value_loss)
+from ..algorithms import gae, get_kl_estimator, kl_penalized_rewards, masked_mean, masked_sum, masked_whiten, value_loss
 from ..algorithms.objectives import pg_objective
 from ..collectives import average_gradients
-from ..policies.causal_lm import Rollout, chunkable_head, completion_logits
-from ..policies.head import chunked_token_logprobs
-from ..policies.positions import position_ids
+from ..policies.causal_lm import Rollout
+from ..policies.families import CAUSAL_LM, LMFamily
 from ..run import RunContext
 from .gen_config import PPOSettings
 from .pg_update import UpdatePlan, plan_reference
@@ -40,33 +38,21 @@ class ValueHead(torch.nn.Module):
 
 
 def logprobs_and_values(model: Any, value_head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, n: int,
-                        temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        temperature: float, fam: LMFamily = CAUSAL_LM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π, V and the entropy (no gradient) for the last `n` positions in one forward pass: all read the final
-    hidden states (the LM head's inputs), and the LM head runs in row chunks where it can (no (B, T, V) logits
-    held).  ids (B, L) → (B, T), (B, T), (B, T)."""
-    lm_head = chunkable_head(model)
-    if lm_head is not None:
-        # hidden: the states before each token. One pass per row (share_prompt=False): shuffled minibatch rows rarely
-        # share a prompt.
-        hidden = completion_logits(model, ids, mask, n, hidden=True, share_prompt=False)  # (B, T, H)
-        logp, ent = chunked_token_logprobs(hidden, lm_head, ids[:, -n:], temperature, entropy=True)
-        return logp, value_head(hidden), ent
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True,
-                logits_to_keep=n + 1)
-    logits = out.logits[:, :-1].float() / temperature  # (B, T, V)
-    values = value_head(out.hidden_states[-1][:, -n - 1:-1])  # (B, T): value of the state before each token
-    with torch.no_grad():
-        ent = entropy_from_logits(logits)  # (B, T)
-    return logprobs_from_logits(logits, ids[:, -n:]), values, ent
+    hidden states (`fam.token_outputs`; a causal LM's head runs in row chunks where it can).  ids (B, L) → (B, T),
+    (B, T), (B, T)."""
+    logp, hidden, ent = fam.token_outputs(model, ids, mask, n, temperature)  # hidden: the state before each token
+    return logp, value_head(hidden), ent
 
 
-def old_values(model: Any, value_head: ValueHead, ro: Rollout, rows: int = 0) -> torch.Tensor:
+def old_values(model: Any, value_head: ValueHead, ro: Rollout, rows: int = 0, fam: LMFamily = CAUSAL_LM) -> torch.Tensor:
     """V of the rollout's states before any update (no gradient), `rows` rows per pass (0 = all). Only the
-    final hidden states are needed, so the LM head runs on one position per forward call, not on every token;
+    final hidden states are needed, so a causal LM's head runs on one position per forward call, not on every token;
     rows are prompt-major, so each prompt goes through the model once for its K samples.  → (B, T)"""
     T = ro.completion_ids.shape[1]
     with torch.no_grad():
-        return torch.cat([value_head(completion_logits(model, r.input_ids, r.attention_mask, T, hidden=True))
+        return torch.cat([value_head(fam.completion_hidden(model, r.input_ids, r.attention_mask, T))
                           for r in ro.chunks(rows)])  # pieces (b, T)
 
 
@@ -98,7 +84,7 @@ def micro_batch_loss(model: Any, value_head: ValueHead, ro: Rollout, idx: torch.
     (no gradient)."""
     T, m = ro.completion_ids.shape[1], ro.completion_mask[idx]
     logp, values, ent = logprobs_and_values(model, value_head, ro.input_ids[idx], ro.attention_mask[idx], T,
-                                            plan.temperature)  # (b, T) each
+                                            plan.temperature, plan.family)  # (b, T) each
     pl, pst = pg_objective(logp, fit.adv[idx], m, plan.objective, old_logprobs=ro.logprobs[idx],
                            ref_logprobs=fit.ref[idx], beta=kl_coef)
     vl, vst = value_loss(values, fit.values0[idx], fit.returns[idx], m, ppo.value_clip or None)
@@ -122,7 +108,7 @@ def ppo_update(backward: Callable[[torch.Tensor], None], step_fn: Callable[[torc
     DDP's all-reduce held back for every micro-batch of a minibatch but the last (as pg_update.accumulate_gradients)."""
     mask, kl_estimator = ro.completion_mask, plan.objective.kl_estimator
     ref = ro.logprobs if ref_logprobs is None else ref_logprobs
-    values0 = old_values(model, value_head, ro, plan.no_grad_rows)  # (B, T)
+    values0 = old_values(model, value_head, ro, plan.no_grad_rows, plan.family)  # (B, T)
     adv, returns = token_advantages(ro, scores, ref, values0, beta if plan.kl_in_reward else 0.0, kl_estimator, ppo,
                                     all_sum)  # (B, T), (B, T)
     fit, kl_coef = Targets(adv, returns, values0, ref), 0.0 if plan.kl_in_reward else beta

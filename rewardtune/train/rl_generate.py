@@ -1,4 +1,4 @@
-"""Reward-driven fine-tuning of a causal LM: rollout → score → advantages → update → log → evaluate → checkpoint.
+"""Reward-driven fine-tuning of a causal LM or a seq2seq model (`policies.families`): rollout → score → advantages → update → log → evaluate → checkpoint.
 
 One step: P prompts × K samples = B completions are sampled with the KV cache, scored by the reward
 functions, turned into advantages by the chosen estimator, and used for one policy-gradient update
@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..algorithms import EMABaseline
 from ..checkpoint import CheckpointError, Checkpointer, rng_state
 from ..data import Examples, repeat_columns
-from ..policies.causal_lm import Rollout, sample
+from ..policies.causal_lm import Rollout
+from ..policies.families import check_model_kind, family
 from ..rewards import CombinedReward, RewardError
 from ..run import RunContext, seed_this_process, start_run
 from ..stop import StopGuard
@@ -73,13 +74,14 @@ class GenRLRun:
         self.cp = Checkpointer(self.run, self.cfg.ckpt, modules, self.optim, None, self.guard)
         self.held = HeldOut(self.run, self.model, self.tok, self.value_head, self.cfg.eval, self.cfg.rl.steps,
                             self.evaluate_at)
-        self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.runtime, self.cfg.ppo)
+        self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.runtime, self.cfg.ppo, self.cfg.policy)
 
     @classmethod
     def setup(cls, cfg: GenRLConfig) -> GenRLRun:
         """Prompts, run folder, policy, reward and the checks that fail before any step (`gen_setup.py`)."""
         cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
         train_prompts, held_out = setup_prompts(cfg)
+        check_model_kind(family(cfg.policy), cfg.model.name)  # a causal LM given to policy=seq2seq, or the reverse
         run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.runtime.mixed_precision,
                                                                 "kwargs_handlers": [ddp_settings()]})
         model, tok, value_head, params, optim, ref = setup_policy(cfg, run)
@@ -150,7 +152,7 @@ class GenRLRun:
         cfg = self.cfg
         return evaluate_lm(self.run, self.model, self.tok, self.reward, self.held_out.texts, cfg.gen, step,
                            self.max_prompt, cfg.runtime.inference_batch_size, cfg.eval.samples,
-                           self.ref if cfg.rl.kl_coef else None, self.held_out.columns)
+                           self.ref if cfg.rl.kl_coef else None, self.held_out.columns, self.plan.family)
 
     # ---------------------------------------------------------------- reliability: state, restore, rescue
     def snapshot(self) -> dict[str, Any]:
@@ -172,7 +174,7 @@ class GenRLRun:
         self.held.load_state_dict(saved)
         if saved.get("format", 1) < STATE_FORMAT:
             self.cfg = go_on_as_before(self.run, self.cfg, self.held)
-            self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.runtime, self.cfg.ppo)  # the update follows the settings it goes on with
+            self.plan = update_plan(self.cfg.rl, self.cfg.gen, self.cfg.runtime, self.cfg.ppo, self.cfg.policy)  # the update follows the settings it goes on with
         if saved.get("eval_due") == saved["step"]:  # saved by evaluate_or_rescue: that evaluation first
             self.held.evaluate(saved["step"])
         return saved["step"]
@@ -209,7 +211,7 @@ def announce(run: RunContext, cfg: GenRLConfig, reward: CombinedReward, no_held_
     if no_held_out:  # setup_prompts had none left to train on
         run.print(f"warning: data.path has no more than eval.prompts={cfg.eval.prompts} prompts, so training uses the "
                   "held-out prompts too and held-out rewards measure training prompts; give data.val_path or more prompts")
-    run.print(f"rl ({rl.algorithm}, causal-lm): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
+    run.print(f"rl ({rl.algorithm}, {cfg.policy}): {rl.prompts_per_step} prompts × {rl.samples_per_prompt} samples "
               f"= {rl.prompts_per_step * rl.samples_per_prompt} completions/step, {rl.steps} steps, "
               f"rewards {list(reward.fns)}, KL β={rl.kl_coef} ({rl.kl_estimator}, in the {rl.kl_mode}), "
               f"aggregation {rl.aggregation}, best by {cfg.eval.best_metric}")
@@ -222,7 +224,7 @@ def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, promp
     `rescue` keeps the steps before it (see `Checkpointer.save_before_failure`) and says how, in the error."""
     t0, K = time.time(), cfg.rl.samples_per_prompt
     with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
-        ro = sample(run.accelerator.unwrap_model(model), tok, prompts.texts, K, cfg.gen, max_prompt,
+        ro = family(cfg.policy).sample(run.accelerator.unwrap_model(model), tok, prompts.texts, K, cfg.gen, max_prompt,
                     rows=cfg.runtime.inference_batch_size)
     t1 = time.time()
     try:

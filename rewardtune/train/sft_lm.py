@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a causal LM on completions (`rewardtune sft policy=causal-lm`).
+"""Supervised fine-tuning of a causal LM or a seq2seq model on completions (`rewardtune sft policy=causal-lm|seq2seq`).
 
 The loop is the classifier trainers' (`loop.train_epochs`: clipping, NaN guard, checkpoints, exact resumption);
 what differs is here: the rows (`sft_lm_data.py`: prompt/completion or chat turns, the targets marked), the loss
@@ -13,13 +13,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import torch
 
 from ..config import ConfigError
-from ..models import apply_lora, load_causal_lm, load_tokenizer
+from ..models import apply_lora, load_tokenizer
 from ..policies.causal_lm import GenSettings
+from ..policies.families import LMFamily, check_model_kind, family
+from ..policies.seq2seq import decoder_start_id
 from ..run import RunContext, start_run
 from ..batching import batch_order
 from .common import setup_optimizer, shares
@@ -27,34 +30,53 @@ from .gen_setup import check_prompt_lengths, check_reward_columns, setup_reward
 from .lm_eval import evaluate_lm
 from .loop import train_epochs
 from .sft_lm_config import SFTLMConfig
-from .sft_lm_data import LMRows, collate, read_rows, split_rows, token_nll
+from .sft_lm_data import (LMRows, check_seq2seq_rows, collate, read_rows, seq2seq_collate, split_rows, target_nll,
+                          token_nll)
 
 GENERATED_METRICS = ("reward", "length_words", "distinct_1", "distinct_2")
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How a policy kind's rows become model inputs and a loss: collate(ids, target, pad_id) → inputs with `labels`;
+    nll(logits, labels) → (summed cross-entropy of the targets, their number)."""
+
+    collate: Callable[..., dict[str, torch.Tensor]]
+    nll: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+# By `policy`, from the loaded model: a causal LM predicts token t + 1 at position t over prompt ‖ completion; a
+# seq2seq model reads the prompt in its encoder and predicts the completion from [decoder start] + its tokens.
+BATCHINGS: dict[str, Callable[[Any], Batching]] = {
+    "causal-lm": lambda model: Batching(collate, token_nll),
+    "seq2seq": lambda model: Batching(partial(seq2seq_collate, start=decoder_start_id(model)), target_nll),
+}
+
+
 def train_sft_lm(cfg: SFTLMConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run LM SFT; returns the run folder, the steps, the last validation metrics and the best eval.best_metric."""
-    tok = load_tokenizer(cfg.model.name)
+    fam, tok = family(cfg.policy), load_tokenizer(cfg.model.name)
     train, val = setup_rows(cfg, tok)  # bad rows and settings fail before the run folder exists
+    check_model_kind(fam, cfg.model.name)
     run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.train.mixed_precision})
-    model, tok = load_causal_lm(cfg.model.name, getattr(torch, cfg.model.lora.base_dtype) if cfg.model.lora.r > 0 else None)
-    model = apply_lora(model, cfg.model.lora)
+    model, tok = fam.load(cfg.model.name, getattr(torch, cfg.model.lora.base_dtype) if cfg.model.lora.r > 0 else None)
+    model, bat = apply_lora(model, cfg.model.lora), BATCHINGS[cfg.policy](model)
     opt = cfg.train
     total = math.ceil(len(train) / opt.batch_size) * opt.epochs
     total = min(total, opt.max_steps) if opt.max_steps else total
     optim, sched = setup_optimizer(model, opt, total)  # AdamW without decay on biases/norms, warm-up + linear decay
     model, optim, sched = run.accelerator.prepare(model, optim, sched)
     reward = setup_reward(cfg.reward, run.accelerator) if generates(cfg) else None
-    checker = Validation(run, model, tok, val, reward, cfg, total)
-    run.print(f"sft (causal-lm): {len(train)} train / {len(val)} val rows, {total} steps, "
+    checker = Validation(run, model, tok, val, reward, cfg, total, fam, bat)
+    run.print(f"sft ({cfg.policy}): {len(train)} train / {len(val)} val rows, {total} steps, "
               f"{'LoRA r=' + str(cfg.model.lora.r) if cfg.model.lora.r > 0 else 'all weights'}, best by "
               f"{cfg.eval.best_metric} ({cfg.eval.best_mode})")
     every = cfg.eval.every
     res = train_epochs(
         run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
         log_every=opt.log_every, desc="sft-lm", show_progress=show_progress,
-        batch_loss=lambda batch: lm_batch_loss(run, model, batch),
-        batches=lambda epoch, start: lm_batches(run, train, opt, cfg.seed, epoch, tok.pad_token_id, start),
+        batch_loss=lambda batch: lm_batch_loss(run, model, batch, bat.nll),
+        batches=lambda epoch, start: lm_batches(run, train, opt, cfg.seed, epoch, tok.pad_token_id, start, bat.collate),
         end_of_epoch=lambda step, epoch, best: best if every else checker(step, epoch, best),
         after_step=lambda step, epoch, best: checker(step, epoch, best) if every and (step % every == 0 or step == total) else best)
     if res.stopped:
@@ -84,6 +106,8 @@ def setup_rows(cfg: SFTLMConfig, tok: Any) -> tuple[LMRows, LMRows]:
         train, val = rows, read_rows(d.val_path, d, tok, t.max_length, t.truncate)
     else:
         train, val = split_rows(rows, d.val_fraction, d.seed)
+    if cfg.policy == "seq2seq":
+        check_seq2seq_rows(train), check_seq2seq_rows(val)
     if generates(cfg):
         columns = [c for c in train.columns if c in val.columns]
         check_reward_columns(cfg.reward, columns, " and ".join(filter(None, (d.path, d.val_path))))
@@ -108,22 +132,24 @@ class LMBatch:
     index: list[int]
 
 
-def lm_batches(run: RunContext, rows: LMRows, opt: Any, seed: int, epoch: int, pad_id: int, start: int = 0):
+def lm_batches(run: RunContext, rows: LMRows, opt: Any, seed: int, epoch: int, pad_id: int, start: int = 0,
+               make: Callable[..., dict[str, torch.Tensor]] = collate):
     """The batches of an epoch from batch `start` on, in an order that depends only on (seed, epoch); each process
-    takes rows rank::world of each global batch (see `common.epoch_batches`)."""
+    takes rows rank::world of each global batch (see `common.epoch_batches`); `make`: the kind's `Batching.collate`."""
     order = batch_order([len(x) for x in rows.ids], opt.batch_size, seed, epoch, True, opt.group_by_length)
     acc = run.accelerator
     for _, shard, weight in shares(order[start:], acc.process_index, acc.num_processes):
-        yield LMBatch(collate([rows.ids[i] for i in shard], [rows.target[i] for i in shard], pad_id), weight, shard)
+        yield LMBatch(make([rows.ids[i] for i in shard], [rows.target[i] for i in shard], pad_id), weight, shard)
 
 
-def lm_batch_loss(run: RunContext, model: Any, batch: LMBatch) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
+def lm_batch_loss(run: RunContext, model: Any, batch: LMBatch,
+                  nll: Callable[..., tuple[torch.Tensor, torch.Tensor]] = token_nll) -> tuple[torch.Tensor, int, dict[str, Any], Any]:
     """Cross-entropy of the target tokens, the mean over the global batch's target tokens (a filler share counts
     none); backward is done here, scaled so that DDP's mean over processes gives that mean's gradient."""
     acc = run.accelerator
     inputs = {k: v.to(acc.device) for k, v in batch.tensors.items()}
     labels = inputs.pop("labels")
-    total, n = token_nll(model(**inputs).logits, labels)
+    total, n = nll(model(**inputs).logits, labels)
     real = 1.0 if batch.weight > 0 else 0.0
     count = (n * real).float()
     if acc.num_processes > 1:
@@ -152,12 +178,13 @@ class Validation:
     generated-output metrics of eval.prompts of their prompts; the best model by eval.best_metric saved."""
 
     def __init__(self, run: RunContext, model: Any, tok: Any, rows: LMRows, reward: Any, cfg: SFTLMConfig,
-                 total: int) -> None:
+                 total: int, fam: LMFamily, bat: Batching) -> None:
         self.run, self.model, self.tok, self.rows, self.reward, self.cfg = run, model, tok, rows, reward, cfg
+        self.fam, self.bat = fam, bat
         self.last: dict[str, float] = {}
         net = run.accelerator.unwrap_model(model)
         self.gen = GenSettings(max_new_tokens=cfg.eval.max_new_tokens)
-        self.max_prompt = getattr(net.config, "max_position_embeddings", 2048) - cfg.eval.max_new_tokens
+        self.max_prompt = fam.max_prompt_tokens(net.config, cfg.eval.max_new_tokens)
         self.sample = rows.subset(list(range(min(cfg.eval.prompts, len(rows)))))
         if reward is not None:  # before step 1, not at the first validation
             check_prompt_lengths(tok, self.sample.prompts, self.max_prompt)
@@ -173,7 +200,8 @@ class Validation:
             self.run.log(step, split="eval", epoch=epoch, **m)
             if self.reward is not None:
                 m |= evaluate_lm(self.run, net, self.tok, self.reward, self.sample.prompts, self.gen, step,
-                                 self.max_prompt, self.cfg.train.eval_batch_size, columns=self.sample.columns)
+                                 self.max_prompt, self.cfg.train.eval_batch_size, columns=self.sample.columns,
+                                 fam=self.fam)
         finally:
             net.train(was)
         self.last = m
@@ -192,11 +220,11 @@ class Validation:
         sums = torch.zeros(2, device=acc.device, dtype=torch.float64)  # (summed NLL, target tokens)
         for s in range(0, len(mine), size):
             part = mine[s:s + size]
-            batch = {k: v.to(acc.device) for k, v in collate([rows.ids[i] for i in part], [rows.target[i] for i in part],
+            batch = {k: v.to(acc.device) for k, v in self.bat.collate([rows.ids[i] for i in part], [rows.target[i] for i in part],
                                                              self.tok.pad_token_id).items()}
             labels = batch.pop("labels")
             with acc.autocast():
-                total, n = token_nll(net(**batch).logits, labels)
+                total, n = self.bat.nll(net(**batch).logits, labels)
             sums += torch.stack([total.double(), n.double()])
         if acc.num_processes > 1:
             sums = acc.reduce(sums, "sum")

@@ -60,7 +60,7 @@ class SFTLMEval:
 
 @dataclass(frozen=True)
 class SFTLMConfig:
-    """`rewardtune sft` with `policy: causal-lm`: supervised fine-tuning of a causal LM on completions."""
+    """`rewardtune sft` with `policy: causal-lm` or `seq2seq`: supervised fine-tuning of an LM on completions."""
 
     model: ModelSettings = nested(lambda: ModelSettings(name="smollm2-135m-instruct"), "causal LM to fine-tune")
     data: SFTLMData = nested(SFTLMData, "prompt/completion or chat rows, validation split")
@@ -69,7 +69,8 @@ class SFTLMConfig:
                                     "task metrics of generated validation completions (the rewards of generative RL)")
     eval: SFTLMEval = nested(SFTLMEval, "validation schedule, generated-output metrics, best checkpoint")
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
-    policy: Literal["causal-lm"] = doc("causal-lm", "what is trained (a causal LM on completions)")
+    policy: Literal["causal-lm", "seq2seq"] = doc("causal-lm", "what is trained on completions: a causal LM, or an "
+                                                                "encoder-decoder (T5, BART, Marian; prompt → encoder)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft-lm", "run folder name")
     seed: int = doc(0, "global seed (initialisation, batch order, dropout)")

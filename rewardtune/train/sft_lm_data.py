@@ -69,6 +69,9 @@ def _segments(row: dict, where: str, data: SFTLMData, tok: Any) -> tuple[list[tu
                 what = "is missing" if row.get(col) is None else f"is a {type(row[col]).__name__}, not text"
                 raise DataError(f"{where}: field {col!r} {what}; each row needs text in {p!r} and {c!r} (set "
                                 f"data.prompt_column / data.completion_column), or chat turns in {m!r}")
+        if not row[p].strip():
+            raise DataError(f"{where}: field {p!r} is empty and the row has no {m!r}: nothing to complete; write the "
+                            f"prompt, give the row chat turns in {m!r}, or drop it")
         if not row[c].strip():
             raise DataError(f"{where}: field {c!r} is empty: there is nothing to train on; fill it or drop the row")
         return [(row[p], False), (row[c], True)], row[p], row[c]
@@ -182,7 +185,43 @@ def collate(ids: list[list[int]], target: list[list[bool]], pad_id: int) -> dict
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy of the target tokens, their number): position t predicts token t + 1, and labels equal
     to IGNORE (context, padding) count for nothing."""
-    pred, gold = logits[:, :-1].float(), labels[:, 1:]
-    total = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), gold.reshape(-1),
+    return target_nll(logits[:, :-1], labels[:, 1:])
+
+
+def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number of targets) of logits and labels aligned: position t predicts labels[:, t] (a
+    decoder's output), IGNORE counting for nothing.  (B, T, V), (B, T)."""
+    pred = logits.float()
+    total = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1),
                                               ignore_index=IGNORE, reduction="sum")
-    return total, (gold != IGNORE).sum()
+    return total, (labels != IGNORE).sum()
+
+
+def check_seq2seq_rows(rows: LMRows) -> None:
+    """Each row is context then targets (the encoder's input, then the decoder's), as prompt/completion rows and
+    chat rows with one assistant turn at the end are: a seq2seq model has no place for context between targets."""
+    for ids, target, where in zip(rows.ids, rows.target, rows.where):
+        k = target.index(True)
+        if k == 0 or not all(target[k:]):
+            what = "has no prompt tokens" if k == 0 else "has context after a target (several assistant turns)"
+            raise DataError(f"{where}: the row {what}; policy=seq2seq takes one prompt (the encoder's input) and one "
+                            "completion (the decoder's): give prompt/completion columns, or chat rows whose one "
+                            "assistant turn is the last")
+
+
+def seq2seq_collate(ids: list[list[int]], target: list[list[bool]], pad_id: int, start: int) -> dict[str, torch.Tensor]:
+    """Rows (context ‖ targets, `check_seq2seq_rows`) as an encoder–decoder's batch: input_ids and attention_mask of
+    the context (right-padded), decoder_input_ids = [start] + targets[:-1] and labels = targets, aligned (IGNORE on
+    padding)."""
+    cut = [t.index(True) for t in target]
+    src, tgt = [row[:k] for row, k in zip(ids, cut)], [row[k:] for row, k in zip(ids, cut)]
+    width, T = max(map(len, src)), max(map(len, tgt))
+    out = {"input_ids": torch.full((len(ids), width), pad_id, dtype=torch.long),
+           "attention_mask": torch.zeros((len(ids), width), dtype=torch.long),
+           "decoder_input_ids": torch.full((len(ids), T), pad_id, dtype=torch.long),
+           "labels": torch.full((len(ids), T), IGNORE, dtype=torch.long)}
+    for r, (s, t) in enumerate(zip(src, tgt)):
+        out["input_ids"][r, :len(s)], out["attention_mask"][r, :len(s)] = torch.tensor(s), 1
+        out["decoder_input_ids"][r, :len(t)] = torch.tensor([start, *t[:-1]])
+        out["labels"][r, :len(t)] = torch.tensor(t)
+    return out

@@ -1,0 +1,103 @@
+"""The generative recipes on real data (issue 21): base model, SFT, and SFT → GRPO, scored on held-out rows.
+
+    .venv/bin/python benchmarks/recipes.py --recipe mt --seeds 0 1 2 [--sft-steps 250 --rl-steps 100]
+
+For each recipe: `rewardtune data recipe` writes the rows (all training rows; a seeded 400 of the validation
+rows); the first 100 of those pick the best checkpoints (SFT's and RL's held-out evaluations), the other 300 are
+only used for the final scores here — no checkpoint was chosen on them. Each phase runs as its own process (its
+peak RSS is its own). `rewardtune eval-lm` scores each model greedily: every reward component, corpus chrF/BLEU
+where the recipe has references, length and distinct-n, and the KL of its completions to the base model's is what
+RL's held-out `kl_greedy` logs (read from RL's metrics.jsonl). Results append to benchmarks/results.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from record import record
+
+# reward flags of eval-lm for each recipe: the same rewards its configs train on
+EVAL_FLAGS = {"mt": ["--rewards", "chrf", "--reference-column", "reference"],
+              "dialogue": ["--rewards", "chrf", "length_penalty", "--weights", "1.0", "0.25", "--reference-column",
+                           "reference", "--target-length", "12"],
+              "qa": ["--rewards", "token_f1", "exact_match", "--reference-column", "answers"],
+              "intent": ["--rewards", "label_match", "--gold-column", "label"]}
+
+
+def sh(argv: list[str], log: Path) -> float:
+    """Run `python -m rewardtune.cli argv` in its own process (output to `log`); its wall seconds."""
+    t = time.time()
+    with open(log, "w") as fh:
+        subprocess.run([sys.executable, "-m", "rewardtune.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                       check=True)
+    return time.time() - t
+
+
+def prepare(recipe: str, work: Path, report_rows: int) -> Path:
+    rows = work / "rows"
+    sh(["data", "recipe", recipe, "--out", str(rows), "--val-rows", "400", "--seed", "0"], work / "recipe.log")
+    lines = (rows / "val.jsonl").read_text().splitlines()
+    (rows / "select.jsonl").write_text("\n".join(lines[:100]) + "\n")
+    (rows / "report.jsonl").write_text("\n".join(lines[100:100 + report_rows]) + "\n")
+    return rows
+
+
+def evaluate(recipe: str, model: str, rows: Path, out: Path, max_new_tokens: int) -> dict:
+    sh(["eval-lm", model, "--data", str(rows / "report.jsonl"), *EVAL_FLAGS[recipe], "--max-new-tokens",
+        str(max_new_tokens), "--out", str(out), 'gen.stop_strings=["\\n"]'], out.with_suffix(".log"))
+    return json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+def last_eval(run: Path) -> dict:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("split") in ("eval", "val", "heldout")][-1]
+
+
+def run_seed(recipe: str, seed: int, rows: Path, work: Path, args: argparse.Namespace) -> None:
+    tokens = yaml.safe_load((Path("rewardtune/configs") / f"recipe-{recipe}-rl.yaml").read_text())["gen"][
+        "max_new_tokens"]
+    data = [f"data.path={rows / 'train.jsonl'}", f"data.val_path={rows / 'select.jsonl'}", f"runs_dir={work}",
+            f"seed={seed}", *args.set]
+    sft_name, rl_name = f"sft-s{seed}", f"rl-s{seed}"
+    t_sft = sh(["sft", "--config", f"recipe-{recipe}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
+                *data], work / f"{sft_name}.log")
+    sft_best = work / sft_name / "checkpoints" / "best"
+    t_rl = sh(["rl", "--config", f"recipe-{recipe}-rl", f"name={rl_name}", f"model.name={sft_best}",
+               f"rl.steps={args.rl_steps}", *data], work / f"{rl_name}.log")
+    for phase, model, secs in (("sft", sft_best, t_sft), ("sft_rl", work / rl_name / "checkpoints" / "best", t_rl)):
+        metrics = evaluate(recipe, str(model), rows, work / f"eval-{phase}-s{seed}", tokens)
+        extra = {"rl_heldout_last": last_eval(work / rl_name)} if phase == "sft_rl" else {}
+        record({"benchmark": "recipe", "recipe": recipe, "phase": phase, "seed": seed, "train_seconds": round(secs, 1),
+                "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, **metrics, **extra})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=list(EVAL_FLAGS), required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--sft-steps", type=int, default=250)
+    p.add_argument("--rl-steps", type=int, default=100)
+    p.add_argument("--report-rows", type=int, default=300, help="held-out rows scored at the end (at most 300)")
+    p.add_argument("--set", nargs="*", default=[], help="key=value overrides for both sft and rl (e.g. a smoke run: "
+                                                        "eval.prompts=4)")
+    p.add_argument("--work", default="runs/bench-recipes", help="folder for rows, runs and evaluations")
+    args = p.parse_args()
+    work = Path(args.work) / args.recipe
+    work.mkdir(parents=True, exist_ok=True)
+    rows = prepare(args.recipe, work, args.report_rows)
+    tokens = yaml.safe_load((Path("rewardtune/configs") / f"recipe-{args.recipe}-rl.yaml").read_text())["gen"][
+        "max_new_tokens"]
+    record({"benchmark": "recipe", "recipe": args.recipe, "phase": "base",
+            **evaluate(args.recipe, "smollm2-135m-instruct", rows, work / "eval-base", tokens)})
+    for seed in args.seeds:
+        run_seed(args.recipe, seed, rows, work, args)
+
+
+if __name__ == "__main__":
+    main()
