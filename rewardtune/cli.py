@@ -44,24 +44,26 @@ def _by_policy(args: argparse.Namespace, kinds: dict[str, tuple[type, Any]]) -> 
 
 def cmd_rl(args: argparse.Namespace) -> None:
     """`policy` picks the config and the trainer."""
-    from .train import gen_config, rl_classifier, rl_generate, rl_tagger
+    from .train import gen_config, rl_classifier, rl_generate, rl_tagger, span, span_config
 
     kinds = {"classifier": (rl_classifier.RLClassifierConfig, rl_classifier.train_rl_classifier),
              "causal-lm": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
              "seq2seq": (gen_config.GenRLConfig, rl_generate.train_rl_generate),
-             "tagger": (rl_tagger.TaggerRLConfig, rl_tagger.train_rl_tagger)}
+             "tagger": (rl_tagger.TaggerRLConfig, rl_tagger.train_rl_tagger),
+             "span": (span_config.SpanRLConfig, span.train_span_rl)}
     kind = _by_policy(args, kinds)
     _train_command(*kinds[kind], f"rl policy={kind}", {REWARDS_KEY[kind]: reward_note(kind)})(args)
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
     """`policy` picks the config and the trainer, as for `rl`."""
-    from .train import sft, sft_lm, sft_lm_config, tagger
+    from .train import sft, sft_lm, sft_lm_config, span, span_config, tagger
 
     kinds = {"classifier": (sft.SFTConfig, sft.train_sft),
              "causal-lm": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
              "seq2seq": (sft_lm_config.SFTLMConfig, sft_lm.train_sft_lm),
-             "tagger": (tagger.TaggerSFTConfig, tagger.train_sft_tagger)}
+             "tagger": (tagger.TaggerSFTConfig, tagger.train_sft_tagger),
+             "span": (span_config.SpanSFTConfig, span.train_span_sft)}
     kind = _by_policy(args, kinds)
     notes = {REWARDS_KEY[kind]: reward_note(kind)} if kind in ("causal-lm", "seq2seq") else None
     _train_command(*kinds[kind], "sft" if kind == "classifier" else f"sft policy={kind}", notes)(args)
@@ -82,6 +84,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from .eval_tagger import eval_tagger_command
 
         return eval_tagger_command(args)
+    if meta and meta.get("policy") == "span":  # extractive QA: SQuAD EM/F1 (eval_span.py)
+        from .eval_span import eval_span_checkpoint
+
+        print(json.dumps(eval_span_checkpoint(args.checkpoint, args.data, args.out).metrics))
+        return
     model, tok = load_trained_classifier(args.checkpoint)
     names = meta["label_names"]
     ex = load_examples(args.data, args.text_column, args.label_column, names, args.split)

@@ -15,7 +15,7 @@ from .config import ConfigError, config_path, describe, load_config
 # listed here for the help; tests/test_cli_help.py checks them against its "unknown reward" message). The causal
 # LM's are the keys of train/gen_setup.BUILTIN_REWARDS, read when the help is printed.
 CLASSIFIER_REWARDS = ("indicator", "cost_matrix")
-POLICY_KINDS = ("classifier", "causal-lm", "seq2seq", "tagger")
+POLICY_KINDS = ("classifier", "causal-lm", "seq2seq", "tagger", "span")
 REWARDS_KEY = {kind: "reward.functions" for kind in POLICY_KINDS}  # the key naming the reward functions
 
 
@@ -34,6 +34,10 @@ def builtin_rewards(kind: str) -> tuple[str, ...]:
         from .train.rl_tagger import REWARDS
 
         return tuple(REWARDS)
+    if kind == "span":
+        from .train.span_config import SPAN_REWARDS
+
+        return SPAN_REWARDS
     return CLASSIFIER_REWARDS
 
 

@@ -61,6 +61,8 @@ class ModelSettings:
 
     name: str = doc("minilm-l6", "alias (see `rewardtune models list`), local folder or hub id")
     lora: LoraSettings = nested(LoraSettings, "LoRA adapter; r=0 trains all weights")
+    add_tokens: tuple = doc((), "classifiers: texts made whole vocabulary entries (e.g. <e1>,</e1>,<e2>,</e2>), "
+                                "the embeddings resized")
 
 
 @dataclass(frozen=True)

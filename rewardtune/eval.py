@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from .batching import batch_order, encode, iterate
+from .task_metrics import task_metrics
 
 
 @dataclass
@@ -52,6 +53,7 @@ def classification_metrics(gold: Sequence[int], pred: Sequence[int], label_names
     for name in label_names:
         flat |= {f"{name}_{m}": rep[name][m] for m in ("precision", "recall", "f1-score")}
     flat = {k.replace("f1-score", "f1"): float(v) for k, v in flat.items()}
+    flat |= task_metrics(gold, pred, label_names)  # SemEval-2010 T8's official score, out-of-scope recall, ...
     text = classification_report(gold, pred, digits=4, **kw)
     cm = confusion_matrix(gold, pred, labels=labels).tolist()
     return flat, text, cm

@@ -22,6 +22,7 @@ from rewardtune.train.rl_tagger import TaggerRLConfig
 from rewardtune.train.sft import SFTConfig
 from rewardtune.train.tagger import TaggerSFTConfig
 from rewardtune.train.sft_lm_config import SFTLMConfig
+from rewardtune.train.span_config import SpanRLConfig, SpanSFTConfig
 
 from helpers import flat_config, parse_help_config
 
@@ -37,6 +38,8 @@ COMMANDS = {
     ("sft", "policy=tagger"): (TaggerSFTConfig, "rewardtune.train.tagger", "train_sft_tagger"),
     ("rl", "policy=tagger"): (TaggerRLConfig, "rewardtune.train.rl_tagger", "train_rl_tagger"),
     ("rm", "train"): (RMConfig, "rewardtune.train.reward_model", "train_reward_model"),
+    ("sft", "policy=span"): (SpanSFTConfig, "rewardtune.train.span", "train_span_sft"),
+    ("rl", "policy=span"): (SpanRLConfig, "rewardtune.train.span", "train_span_rl"),
 }
 # each shipped config and the command that runs it
 SHIPPED = {
@@ -50,6 +53,11 @@ SHIPPED = {
        for r in ("mt", "dialogue", "qa", "intent")},
     **{f"recipe-{r}-rl": (GenRLConfig, "rewardtune.train.rl_generate", "train_rl_generate", ("rl",))
        for r in ("mt", "dialogue", "qa", "intent")},
+    **{name: (SFTConfig, "rewardtune.train.sft", "train_sft", ("sft",))
+       for name in ("semeval-re-sft", "banking77-sft", "clinc150-sft", "agnews-sft")},
+    "clinc150-rl-oos-cost": (RLClassifierConfig, "rewardtune.train.rl_classifier", "train_rl_classifier", ("rl",)),
+    "squad-span-sft": (SpanSFTConfig, "rewardtune.train.span", "train_span_sft", ("sft",)),
+    "squad-span-rl": (SpanRLConfig, "rewardtune.train.span", "train_span_rl", ("rl",)),
 }
 
 
@@ -100,7 +108,7 @@ def test_every_shipped_config_is_covered_here():
     assert set(SHIPPED) == set(shipped_configs())
 
 
-@pytest.mark.parametrize("kind", ["classifier", "causal-lm", "tagger"])
+@pytest.mark.parametrize("kind", ["classifier", "causal-lm", "tagger", "span"])
 def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, capsys):
     if kind == "tagger":
         from rewardtune.train.rl_tagger import TaggerRewardSettings, setup_tagger_reward as setup_reward
@@ -112,6 +120,12 @@ def test_help_lists_the_reward_names_the_trainer_accepts(kind, monkeypatch, caps
 
         settings = ClassifierRewardSettings(functions=("no-such-reward",))
         module, fn = "rewardtune.train.rl_classifier", "train_rl_classifier"
+    elif kind == "span":
+        from rewardtune.train.span import setup_span_reward as setup_reward
+        from rewardtune.train.span_config import SpanRewardSettings
+
+        settings = SpanRewardSettings(functions=("no-such-reward",))
+        module, fn = "rewardtune.train.span", "train_span_rl"
     else:
         from rewardtune.train.gen_config import RewardSettings
         from rewardtune.train.gen_setup import setup_reward

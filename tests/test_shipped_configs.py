@@ -72,6 +72,29 @@ def test_wikiann_tagger_configs_run(name, command, tiny_encoder_dir, tmp_path, m
     assert (tmp_path / name / "checkpoints" / "best").is_dir()
 
 
+@pytest.mark.parametrize("name,command,metric", [
+    ("semeval-re-sft", ["sft"], "semeval_macro_f1"), ("banking77-sft", ["sft"], "accuracy"),
+    ("clinc150-sft", ["sft"], "in_scope_accuracy"), ("clinc150-rl-oos-cost", ["rl"], "oos_recall"),
+    ("agnews-sft", ["sft"], "accuracy")])
+def test_relation_intent_topic_configs_run(name, command, metric, tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    _in_repo(monkeypatch, name)  # 400 examples: a seeded stratified sample keeps ≥ 1 of each of CLINC150's 151 labels
+    argv = [*command, "--config", name, f"model.name={tiny_encoder_dir}", "data.max_examples=400", "train.max_steps=2",
+            "train.batch_size=8", "train.max_length=32", "train.log_every=1", f"runs_dir={tmp_path}"]
+    val = [r for r in _run(argv, tmp_path / name, capsys) if r.get("split") == "val"]
+    assert val and 0.0 <= val[-1][metric] <= 1.0, val
+    assert (tmp_path / name / "checkpoints" / "best").is_dir()
+
+
+@pytest.mark.parametrize("name,command", [("squad-span-sft", ["sft"]), ("squad-span-rl", ["rl"])])
+def test_squad_span_configs_run(name, command, tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    _in_repo(monkeypatch, name)
+    argv = [*command, "--config", name, f"model.name={tiny_encoder_dir}", "data.max_examples=16",
+            "data.max_val_examples=8", "train.max_steps=2", "train.batch_size=4", "train.max_length=48",
+            "span.stride=8", "train.log_every=1", f"runs_dir={tmp_path}"]
+    val = [r for r in _run(argv, tmp_path / name, capsys) if r.get("split") == "val"]
+    assert val and val[-1]["questions"] == 8 and 0.0 <= val[-1]["f1"] <= 1.0, val
+
+
 def test_imdb_pairwise_reward_model_config_runs(tiny_encoder_dir, tmp_path, monkeypatch, capsys):
     _in_repo(monkeypatch, "imdb-rm-pairwise")
     imdb = needs_shared_data("imdb", "train.jsonl.gz")
@@ -111,8 +134,11 @@ def test_shipped_configs_load_and_name_their_command():
     from rewardtune.train.sft_lm_config import SFTLMConfig
     from rewardtune.train.tagger import TaggerSFTConfig
 
+    from rewardtune.train.span_config import SpanRLConfig, SpanSFTConfig
+
     classes = {"sft": SFTConfig, "rl": RLClassifierConfig, "rm train": RMConfig, "rl-causal-lm": GenRLConfig,
-               "sft-causal-lm": SFTLMConfig, "sft-tagger": TaggerSFTConfig, "rl-tagger": TaggerRLConfig}
+               "sft-causal-lm": SFTLMConfig, "sft-tagger": TaggerSFTConfig, "rl-tagger": TaggerRLConfig,
+               "sft-span": SpanSFTConfig, "rl-span": SpanRLConfig}
     for name, path in shipped_configs().items():
         text = path.read_text()
         assert text.startswith("# ") and len(text.splitlines()[0]) > 20, name

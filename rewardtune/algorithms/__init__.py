@@ -16,6 +16,7 @@ from .advantages import (
     grpo,
     reinforce,
     rloo,
+    self_critical,
 )
 from .kl import (
     KL_CONTROLLERS,
@@ -100,6 +101,7 @@ __all__ = [
     "pg_loss",
     "reinforce",
     "rloo",
+    "self_critical",
     "seq_mean_token_mean",
     "seq_mean_token_sum",
     "token_mean",

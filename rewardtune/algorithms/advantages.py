@@ -157,6 +157,16 @@ def dr_grpo(rewards: Tensor, group_size: int | None = None) -> Tensor:
     return group_norm(rewards, group_size, scale="none")
 
 
+def self_critical(rewards: Tensor, greedy_rewards: Tensor) -> Tensor:
+    """A_ik = r_ik - r_i(greedy): each sample's baseline is the reward of the policy's own most probable output.
+
+    Shapes: rewards (P, K), greedy_rewards (P,) -> (P, K).
+    Reference: Rennie et al. 2017, "Self-critical Sequence Training for Image Captioning" (CVPR); used for span
+    extraction by Xiong et al. 2018, "DCN+: Mixed Objective and Deep Residual Coattention for Question Answering".
+    """
+    return rewards.detach() - greedy_rewards.detach()[:, None]
+
+
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "reinforce": reinforce,
     "rloo": rloo,

@@ -28,10 +28,15 @@ def parse_cost_matrix(spec: str) -> dict[tuple[str, str], float]:
 
 
 def cost_matrix(table: dict[tuple[str, str], float]) -> Callable[..., list[float | None]]:
-    """Reward from a (gold, pred) table; pairs not listed get 1 if right, 0 if wrong."""
+    """Reward from a (gold, pred) table; pairs not listed get 1 if right, 0 if wrong. `*` stands for any wrong
+    label: `oos/*=-2` prices every miss of gold `oos`, `*/oos=-1` every false `oos` (an exact pair comes first)."""
+    def value(g: str, c: str) -> float:
+        if (g, c) in table or g == c:
+            return table.get((g, c), 1.0)
+        return table.get((g, "*"), table.get(("*", c), 0.0))
+
     def reward(prompts: list[str], completions: list[str], label: list[Any] | None = None, **_: Any) -> list[float | None]:
         if label is None:
             raise ValueError("cost_matrix needs the gold `label` column")
-        return [None if g is None else table.get((str(g), str(c)), float(str(g) == str(c)))
-                for c, g in zip(completions, label)]
+        return [None if g is None else value(str(g), str(c)) for c, g in zip(completions, label)]
     return reward

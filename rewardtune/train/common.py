@@ -90,6 +90,7 @@ def check_best_metric(opt: OptimSettings, data: ClassifierData) -> None:
 def setup_model(model: ModelSettings, label_names: list[str], opt: OptimSettings | None = None) -> tuple[Any, Any]:
     """A sequence classifier over `label_names` (from an encoder or an earlier checkpoint), with LoRA if asked."""
     net, tok = load_classifier(model.name, len(label_names), dict(enumerate(label_names)))
+    add_tokens(net, tok, model.add_tokens)
     if opt is not None and opt.freeze_embeddings:
         # The word embeddings are half of MiniLM's weights: a dense gradient and an AdamW update
         # for 30k rows of which a batch touches a few hundred. Position/type embeddings stay trainable.
@@ -97,6 +98,13 @@ def setup_model(model: ModelSettings, label_names: list[str], opt: OptimSettings
     if opt is not None and opt.fast_dropout:
         use_fast_dropout(net)
     return apply_lora(net, model.lora), tok
+
+
+def add_tokens(net: Any, tok: Any, texts: tuple) -> None:
+    """Make each text one special token (entity markers must not split into '<', 'e', '##1', '>'); the new embedding
+    rows start as transformers initialises them. A checkpoint that already has them is left as it is."""
+    if texts and tok.add_tokens([str(t) for t in texts], special_tokens=True):
+        net.resize_token_embeddings(len(tok))
 
 
 def accelerator_kwargs(opt: OptimSettings) -> dict[str, Any]:
