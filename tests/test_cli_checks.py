@@ -55,12 +55,12 @@ def test_unknown_model_offline_is_one_line_and_leaves_no_folder(trainer, tmp_pat
 def test_misspelt_reward_is_found_before_the_folder_and_the_model(policy, tiny_encoder_dir, tiny_causal_lm_dir,
                                                                   tmp_path, monkeypatch, capsys):
     import rewardtune.train.common as common
-    import rewardtune.train.gen_setup as gen_setup
+    import rewardtune.policies.families as families
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the reward was checked")
     monkeypatch.setattr(common, "load_classifier", no_load)  # where the trainers look the loaders up
-    monkeypatch.setattr(gen_setup, "load_causal_lm", no_load)
+    monkeypatch.setattr(families, "load_causal_lm", no_load)  # the causal-LM family looks it up at each call
     model = tiny_encoder_dir if policy == "classifier" else tiny_causal_lm_dir
     assert main(["rl", f"policy={policy}", f"model.name={model}", "reward.functions=[indicatr]",
                  f"runs_dir={tmp_path}", "name=typo"]) == 2

@@ -61,7 +61,7 @@ def _causal(name: str) -> Callable[..., Any]:
 
 
 CAUSAL_LM = LMFamily(
-    "causal-lm", load_causal_lm, _causal("sample"), _causal("token_logprobs"), _causal("token_logprobs_at"),
+    "causal-lm", lambda *a, **k: load_causal_lm(*a, **k), _causal("sample"), _causal("token_logprobs"), _causal("token_logprobs_at"),
     causal_token_outputs, lambda model, ids, mask, n: causal_lm.completion_logits(model, ids, mask, n, hidden=True),
     lambda config, new: getattr(config, "max_position_embeddings", 2048) - new, encoder_decoder=False)
 SEQ2SEQ = LMFamily(
