@@ -6,7 +6,7 @@
 
 A size PxKxT is P prompts × K samples (B = P·K rows) × T new tokens. Both: LoRA r=16 (α 32, all linear layers)
 over bf16 base weights, bf16 autocast on a GPU, β = 0.04 (k3 in the loss), one optimiser step per rollout, the same
-cheap reward (distinct words / words). rewardtune runs `GenRLRun.step` directly (no held-out evaluation, no
+cheap reward (`even_words`). rewardtune runs `GenRLRun.step` directly (no held-out evaluation, no
 checkpoints), once per `--variants` entry (eager: its defaults; graph: gen.cuda_graph=true); TRL runs
 `GRPOTrainer.train` with its defaults (gradient checkpointing on, HF generate, no vLLM). Each step is ended by
 SIGALRM after `--step-timeout` seconds, which ends that run (a row with "timeout": true). Peak GPU memory is the
@@ -34,9 +34,11 @@ def _alarm(_signum, _frame):
     raise StepTimeout()
 
 
-def distinct_words(prompts, completions, **_):
-    """The cheap reward both frameworks get: distinct words / words (0 for an empty completion)."""
-    return [len(set(c.split())) / max(len(c.split()), 1) for c in completions]
+def even_words(prompts, completions, **_):
+    """The cheap reward both frameworks get: the share of words tN with N even (random weights: it varies within a
+    group, so advantages are not all zero)."""
+    return [sum(w[1:].isdigit() and int(w[1:]) % 2 == 0 for w in c.split()) / max(len(c.split()), 1)
+            for c in completions]
 
 
 def peak_mib() -> float | None:
@@ -73,7 +75,7 @@ def parse_size(size: str) -> tuple[int, int, int]:
     return P, K, T
 
 
-def rewardtune_config(args: argparse.Namespace, size: str, variant: str, work: Path):
+def rewardtune_config(args: argparse.Namespace, size: str, variant: str, work: Path, extra: tuple = ()):
     from dataclasses import replace
 
     from rewardtune.config import load_config
@@ -89,8 +91,8 @@ def rewardtune_config(args: argparse.Namespace, size: str, variant: str, work: P
         f"rl.prompts_per_step={P}", f"rl.samples_per_prompt={K}", f"gen.max_new_tokens={T}", "rl.kl_coef=0.04",
         "rl.kl_estimator=k3", "rl.aggregation=seq_mean_token_mean", "rl.algorithm=grpo", "rl.steps=100000",
         "eval.every=0", "eval.sample_every=0", f"gen.cuda_graph={variant == 'graph'}", f"runs_dir={work}",
-        f"name=rt-{Path(args.model).name}-{size}-{variant}-{int(time.time())}"])
-    return replace(cfg, reward=replace(cfg.reward, functions=(distinct_words,)))
+        f"name=rt-{Path(args.model).name}-{size}-{variant}-{int(time.time())}", *extra])
+    return replace(cfg, reward=replace(cfg.reward, functions=(even_words,)))
 
 
 def run_rewardtune(args: argparse.Namespace, size: str, variant: str, out: Path) -> None:
@@ -137,7 +139,7 @@ def trl_trainer(args: argparse.Namespace, size: str, clock):
                      logging_steps=1, use_cpu=args.cpu, bf16=not args.cpu, report_to=[], save_strategy="no",
                      seed=0, disable_tqdm=True)
     ds = datasets.Dataset.from_list([{"prompt": p} for p in prompts(P * (args.steps + 1), args.vocab)])
-    return GRPOTrainer(model=model, reward_funcs=distinct_words, args=cfg, train_dataset=ds, processing_class=tok,
+    return GRPOTrainer(model=model, reward_funcs=even_words, args=cfg, train_dataset=ds, processing_class=tok,
                        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
                        callbacks=[clock])
 

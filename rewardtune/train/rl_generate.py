@@ -79,7 +79,8 @@ class GenRLRun:
     @classmethod
     def setup(cls, cfg: GenRLConfig) -> GenRLRun:
         """Prompts, run folder, policy, reward and the checks that fail before any step (`gen_setup.py`)."""
-        cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
+        cfg = replace(cfg, rl=cfg.rl.resolved(),  # `auto` settings made explicit, before config.yaml is written
+                      runtime=cfg.runtime.resolved(torch.cuda.is_available()))  # (accelerate's device when there is one)
         train_prompts, held_out = setup_prompts(cfg)
         run = start_run(cfg, cfg.name, cfg.runs_dir, cfg.seed, {"mixed_precision": cfg.runtime.mixed_precision,
                                                                 "kwargs_handlers": [ddp_settings()]})
