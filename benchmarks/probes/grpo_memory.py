@@ -8,6 +8,9 @@ creates until that storage is freed (a weakref finalizer on it): the bytes of te
 allocator's peak counts (less its rounding and caching). Printed: the peak over the step and within each phase
 (rollout, reference pass, each micro-batch's forward and backward, optimiser step), in MiB above what was alive when
 the step began, and the largest storages alive at the step's peak (shape, dtype, the op that made them).
+Known flaw: a view or in-place result of a tensor that existed before the step (a weight's `.t()`, an optimiser's
+in-place update) counts as a new storage, so every phase carries ≈300 MiB of weight views; compare phases with each
+other, not with zero. (To fix: register the storages of the parameters, buffers and optimiser state as seen first.)
 """
 from __future__ import annotations
 
