@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import pytest
 import torch
@@ -108,20 +108,30 @@ def cuda_lora_llama(tiny_causal_lm_dir):
     return trained_looking(apply_lora(model, LoraSettings(r=4, alpha=8))).cuda(), tok
 
 
+def debug_mode(mode, fn):
+    """fn run with torch.cuda's sync debug mode set to `mode`, the previous mode restored after."""
+    def run(*args, **kwargs):
+        before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    return run
+
+
 def no_sync_while_stepping(module):
     """`module.run_steps` (the token loop) under sync debug mode "error": any host–device synchronisation in it
-    raises. The set-up before it (prefill, buffers) and the one cut after it may synchronise."""
+    raises. The set-up before it (prefill, buffers), the one cut after it and the graph's capture, once per decode
+    (`torch.cuda.graph` synchronises the device before capturing), may synchronise."""
     from unittest import mock
 
-    real = module.run_steps
+    from rewardtune.policies.decode_graph import Replay
 
-    def strict(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return real(*args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return mock.patch.object(module, "run_steps", strict)
+    stack = ExitStack()
+    stack.enter_context(mock.patch.object(module, "run_steps", debug_mode("error", module.run_steps)))
+    stack.enter_context(mock.patch.object(Replay, "capture", debug_mode("default", Replay.capture)))
+    return stack
 
 
 @pytest.mark.parametrize("bf16", [False, True])
