@@ -186,7 +186,7 @@ def _write_config(run_dir: Path, config: Any, accelerator: Any) -> None:
 HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
             "rl.steps", "eval.every", "eval.sample_every", "eval.log_every", "eval.prompts",
             "runtime.micro_batch_size", "runtime.inference_batch_size", "runtime.gradient_checkpointing",  # memory only
-            "gen.fast_decode")  # the same tokens as generate
+            "gen.fast_decode", "gen.check_every", "gen.cuda_graph")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
 ADDED = {"data.subset": "first", "data.config": "", "model.lora.base_dtype": "float32", "train.fast_dropout": False,
          "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..algorithms import entropy_from_logits, logprobs_from_logits
 from ..config import ConfigError, doc
 from . import decode
+from .decode_graph import decode_any
 from .head import chunked_token_logprobs, head_inputs, logits_are_head_outputs
 from .positions import position_ids
 from .sampling import TokenSampler, draw_uniforms
@@ -41,6 +42,11 @@ class GenSettings:
     stop_strings: tuple = doc((), "extra strings that end a completion")
     fast_decode: bool = doc(True, "decode Llama/Qwen2 models with rewardtune's own loop (less overhead per token; "
                                   "the same tokens); false or other models: transformers' generate")
+    check_every: int = doc(0, "fast_decode: tokens between the host's checks that every row has ended, the loop's only "
+                              "host-device synchronisations (0 = auto: 1 on a CPU, 32 on a GPU; -1 = never: always "
+                              "max_new_tokens steps); the same completions")
+    cuda_graph: bool = doc(False, "fast_decode on CUDA: capture the decoding step once as a CUDA graph and replay it per "
+                                  "token (static shapes; the same completions); elsewhere a warning, then the eager loop")
 
 
 @dataclass
@@ -171,7 +177,8 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], enc: Any, k: int, gen:
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
         kv = decode.cache_layers(prefix) if prefix is not None else None
         del prefix  # the loop copies the prompt's keys/values into its own cache and frees these as it goes
-        comp = decode.decode(model, ids, mask, kv, sampler.choose, gen.max_new_tokens, eos_ids, pad, stop)
+        comp = decode_any(model, ids, mask, kv, sampler, gen.max_new_tokens, eos_ids, pad, stop, gen.check_every,
+                          gen.cuda_graph)
         return _rollout(tok, prompts, k, ids, mask, comp, sampler, eos_ids, stop)
     cache = {} if prefix is None else {cache_keyword(model): prefix}
     config = GenerationConfig(do_sample=False, max_new_tokens=gen.max_new_tokens, pad_token_id=tok.pad_token_id,

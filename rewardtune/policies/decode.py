@@ -12,11 +12,14 @@ instead of 0.9 s; a sampling call took 2.6–3.3 s against `generate`'s 2.9–3.
 What it reuses from the model, so that the numbers are the model's own: the embedding, the RMSNorm
 modules, the rotary embedding module and the model file's `apply_rotary_pos_emb`, the activation, each
 projection's base layer (prepacked where `prepack` packed it) with its LoRA weights and scaling, the final
-norm and the LM head. The prompt is prefilled by the model itself (`causal_lm.prompt_cache`).
+norm and the LM head. The prompt is prefilled by the model itself (`causal_lm.prompt_cache`). Which rows have
+ended stays on the device (`decode_rows.py`); `decode_graph.py` runs the same layers with static shapes, once
+captured as a CUDA graph.
 
 Supported: Llama and Qwen2 (without sliding windows) on one device, with plain `nn.Linear` projections or
 peft's LoRA layers (unmerged; not DoRA or another LoRA variant; no LoRA bias). Anything else (`unsupported`
-says why) takes `generate` (`causal_lm._sample`). Stop strings are checked by transformers' own criterion.
+says why) takes `generate` (`causal_lm._sample`). Stop strings are checked by transformers' own criterion, in
+batches (`decode_rows.Rows.check_stops`).
 Tested against `generate`: the same tokens, and log-probs within 1e-5 in fp32 (`tests/test_decode.py`).
 Shapes: B rows, Tp prompt tokens, T new tokens, Hq query heads, Hk key/value heads, D head size, V vocab.
 """
@@ -28,6 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .decode_rows import Rows, run_steps
 from .positions import position_ids
 
 _FAMILIES = ("llama", "qwen2")
@@ -133,21 +137,29 @@ class _Layer:
             self.keys[:, :, :prefix_k.shape[2]] = prefix_k
             self.values[:, :, :prefix_v.shape[2]] = prefix_v
 
-    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, j: int,
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, j: int | torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
-        """One new position per row at cache slot j.  x (B, 1, E), mask (B, 1, 1, j + 1) → (B, 1, E)"""
+        """One new position per row at cache slot j.  x (B, 1, E) → (B, 1, E). A Python int j attends slots
+        0..j (mask (B, 1, 1, j + 1)); a (1,) device tensor j keeps the shapes static for CUDA graphs: the slot is
+        written by `index_copy_` and every slot attended (mask (B, 1, 1, L), False past j)."""
         B, hk = x.shape[0], self.keys.shape[1]
         h = self.norm1(x)
         q = self.q(h).view(B, -1, 1, self.d)  # (B, Hq, 1, D): one position, so no transpose is needed
         k = self.k(h).view(B, hk, 1, self.d)  # (B, Hk, 1, D)
         q, k = self.rope(q, k, cos, sin)
-        self.keys[:, :, j] = k[:, :, 0].to(self.keys.dtype)
-        self.values[:, :, j] = self.v(h).view(B, hk, self.d).to(self.values.dtype)
+        v = self.v(h).view(B, hk, 1, self.d)
+        if isinstance(j, int):
+            self.keys[:, :, j] = k[:, :, 0].to(self.keys.dtype)
+            self.values[:, :, j] = v[:, :, 0].to(self.values.dtype)
+            keys, values = self.keys[:, :, :j + 1], self.values[:, :, :j + 1]
+        else:  # no host value in the step: the same kernels whatever the slot
+            self.keys.index_copy_(2, j, k.to(self.keys.dtype))
+            self.values.index_copy_(2, j, v.to(self.values.dtype))
+            keys, values = self.keys, self.values
         # Grouped-query attention without repeating keys: the G = Hq / Hk query heads of a key/value head are
         # G queries over that head's keys (HF's repeat_kv pairs query head i with key head i // G).
         q = q.reshape(B, hk, -1, self.d).to(self.keys.dtype)  # (B, Hk, G, D)
-        a = F.scaled_dot_product_attention(q, self.keys[:, :, :j + 1], self.values[:, :, :j + 1], attn_mask=mask,
-                                           scale=self.scale)  # (B, Hk, G, D)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)  # (B, Hk, G, D)
         x = x + self.o(a.reshape(B, 1, -1).to(x.dtype))
         h = self.norm2(x)
         return x + self.down(self.act(self.gate(h)) * self.up(h))
@@ -176,12 +188,15 @@ def _layers_with_caches(decoder_layers: Sequence[Any], prefix: list | None, hk: 
 @torch.no_grad()
 def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | None,
            choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, eos_ids: Sequence[int],
-           pad_id: int, stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+           pad_id: int, stop: Callable[[torch.Tensor], torch.Tensor] | None = None, check_every: int = 1) -> torch.Tensor:
     """Up to `max_new_tokens` tokens after each left-padded prompt, as `generate` makes them: `choose` picks
     each step's tokens from the (B, V) logits; a row that emitted an EOS, or whose ids so far (B, Tp + t) `stop`
     finds ended by a stop string (transformers' `StopStringCriteria`, as `generate` applies it), gets `pad_id`
     from then on; the loop stops when every row has ended.  ids, mask (B, Tp); `prefix` the (B, Hk, Tp − 1, D)
     keys and values of ids[:, :-1] per layer (`cache_layers`; None when Tp = 1) → (B, ≤ T).
+
+    Which rows ended is kept on the device (`decode_rows.Rows`); the host looks every `check_every` tokens (≤ 0:
+    never), the loop's only synchronisations besides one at the end. The completions do not depend on it.
 
     `prefix` is consumed: each entry is set to None once copied into the loop's cache, so that a caller holding
     no other reference does not keep the prompt's keys/values twice (with long prompts, the larger part)."""
@@ -193,28 +208,18 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: list | Non
     hk, length = cfg.num_key_value_heads, Tp - 1 + max_new_tokens  # the last token's keys are never needed
     keep = torch.zeros(B, length, dtype=torch.bool, device=ids.device)  # which cache slots a row attends
     keep[:, :Tp] = mask.bool()
-    token, pos = ids[:, -1:], position_ids(mask)[:, -1:]  # (B, 1) as generate numbers them
-    x = body.embed_tokens(token)  # (B, 1, E)
-    layers = _layers_with_caches(body.layers[:cfg.num_hidden_layers], prefix, hk, length, x)  # as the model's forward
-    eos = torch.tensor(list(eos_ids), device=ids.device)
-    running, out = torch.ones(B, dtype=torch.bool, device=ids.device), []
-    seq = None if stop is None else torch.cat([ids, ids.new_full((B, max_new_tokens), pad_id)], dim=1)  # (B, Tp + T)
-    for t in range(max_new_tokens):
-        j = Tp - 1 + t  # the cache slot of this step's input token
-        cos, sin = body.rotary_emb(x, pos)  # (B, 1, D) each
+    pos = position_ids(mask)[:, -1:]  # (B, 1) as generate numbers them
+    layers = _layers_with_caches(body.layers[:cfg.num_hidden_layers], prefix, hk, length,
+                                 body.embed_tokens(ids[:, -1:]))  # as the model's forward
+    rows = Rows(ids, max_new_tokens, eos_ids, pad_id, stop)
+
+    def step(t: int) -> None:
+        j = Tp - 1 + t  # the cache slot of this step's input token, the last one recorded
+        keep[:, j] = True
+        x = body.embed_tokens(rows.seq[:, j:j + 1])  # (B, 1, E)
+        cos, sin = body.rotary_emb(x, pos + t)  # (B, 1, D) each
         attend = keep[:, None, None, :j + 1]  # (B, 1, 1, j + 1)
         for layer in layers:
             x = layer(x, cos, sin, j, attend)
-        logits = inner.lm_head(body.norm(x))[:, -1]  # (B, V)
-        nxt = torch.where(running, choose(logits), pad_id)  # (B,)
-        out.append(nxt)
-        running &= ~torch.isin(nxt, eos)
-        if seq is not None:  # generate checks the prompt and the tokens so far, the new one included
-            seq[:, Tp + t] = nxt
-            running &= ~stop(seq[:, :Tp + t + 1])
-        if not bool(running.any()) or t == max_new_tokens - 1:
-            break
-        keep[:, j + 1] = True
-        token, pos = nxt[:, None], pos + 1
-        x = body.embed_tokens(token)
-    return torch.stack(out, dim=1)  # (B, ≤ T)
+        rows.advance(t, choose(inner.lm_head(body.norm(x))[:, -1]))  # (B, V) logits → (B,)
+    return rows.completions(run_steps(step, rows, max_new_tokens, check_every))  # (B, ≤ T)

@@ -69,16 +69,22 @@ class TokenSampler:
 
     def choose(self, scores: torch.Tensor) -> torch.Tensor:
         """The next token of each row from its logits, its log-prob recorded.  (B, V) → (B,)"""
+        u = None if self.uniforms is None else self.uniforms[len(self.logprobs)]  # (B,)
+        token, logp = self.pick(scores, u)
+        self.logprobs.append(logp)  # (B,)
+        return token
+
+    def pick(self, scores: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token of each row and its log-prob, recording nothing: device work only, no host value
+        (`decode_graph` captures it in a CUDA graph).  (B, V), u (B,) or None → (B,), (B,)"""
         z = scores.float()
         if self.temperature != 1.0:
             z = z / self.temperature  # (B, V)
         if self.greedy:
             token = z.argmax(-1)  # (B,)
         else:
-            u = None if self.uniforms is None else self.uniforms[len(self.logprobs)]  # (B,)
             token = inverse_cdf_sample(truncate(z, self.top_k, self.top_p), u)
-        self.logprobs.append(logprobs_from_logits(z, token))  # (B,)
-        return token
+        return token, logprobs_from_logits(z, token)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         token = self.choose(scores)

@@ -107,8 +107,16 @@ class RuntimeSettings:
     inference_batch_size: int = doc(0, "rows per pass without gradient: sampling, reference and PPO value passes, "
                                        "held-out evaluation (0 = all at once; whole prompt groups); memory only")
     mixed_precision: Literal["no", "bf16"] = doc("no", "bf16 autocast for sampling and updates (CPUs with AVX512-BF16/AMX, GPUs)")
-    gradient_checkpointing: bool = doc(False, "keep only each layer's input for the backward pass and recompute the rest "
-                                       "(less memory, one more forward's compute)")
+    gradient_checkpointing: bool | Literal["auto"] = doc(
+        "auto", "keep only each layer's input for the backward pass and recompute the rest (less memory, one more "
+                "forward's compute); auto: on for a CUDA GPU, where activations are most of the peak (as TRL's "
+                "default), off on a CPU, where the extra forward costs more than the memory")
+
+    def resolved(self, cuda: bool) -> RuntimeSettings:
+        """These settings with `auto` made a choice for the device (`cuda`: the run trains on a CUDA GPU)."""
+        if self.gradient_checkpointing != "auto":
+            return self
+        return replace(self, gradient_checkpointing=cuda)
 
 
 # Keys of the one `rl` section that configs written before the split used: read as their new keys (config.yaml of

@@ -169,10 +169,11 @@ def setup_policy(cfg: GenRLConfig, run: RunContext) -> tuple[Any, Any, Any, list
     """(model, tokenizer, PPO value head or None, trained parameters, optimiser, reference context), prepared."""
     lora = cfg.model.lora  # frozen bf16 weights are loaded as such: no float32 copy on the way
     model, tok = family(cfg.policy).load(cfg.model.name, getattr(torch, lora.base_dtype) if lora.r > 0 else None)
-    if cfg.runtime.gradient_checkpointing:
+    checkpointed = cfg.runtime.resolved(run.accelerator.device.type == "cuda").gradient_checkpointing
+    if checkpointed:
         enable_checkpointing(model)
     model = apply_lora(model, cfg.model.lora)
-    if cfg.runtime.gradient_checkpointing:  # transformers checkpoints only in training mode; without dropout that
+    if checkpointed:  # transformers checkpoints only in training mode; without dropout that
         without_dropout(model).train()  # mode computes what eval mode does (rollouts must match the update)
     ref = setup_reference(model, cfg.rl, run.accelerator.device)
     # The value head stays outside DDP (it reads the LM head's inputs after the forward): placed on the device

@@ -25,6 +25,7 @@ from ..checkpoint import CheckpointError, Checkpointer, rng_state
 from ..data import Examples, repeat_columns
 from ..policies.causal_lm import Rollout
 from ..policies.families import check_model_kind, family
+from ..policies.engine import LocalEngine, RolloutEngine
 from ..rewards import CombinedReward, RewardError
 from ..models import check_model
 from ..run import RunContext, discard_failed_start, seed_this_process, start_run
@@ -81,7 +82,8 @@ class GenRLRun:
     @classmethod
     def setup(cls, cfg: GenRLConfig) -> GenRLRun:
         """Prompts, run folder, policy, reward and the checks that fail before any step (`gen_setup.py`)."""
-        cfg = replace(cfg, rl=cfg.rl.resolved())  # `auto` settings made explicit, before config.yaml is written
+        cfg = replace(cfg, rl=cfg.rl.resolved(),  # `auto` settings made explicit, before config.yaml is written
+                      runtime=cfg.runtime.resolved(torch.cuda.is_available()))  # (accelerate's device when there is one)
         train_prompts, held_out = setup_prompts(cfg)
         check_model(cfg.model.name)
         check_model_kind(family(cfg.policy), cfg.model.name)  # a causal LM given to policy=seq2seq, or the reverse
@@ -221,14 +223,16 @@ def announce(run: RunContext, cfg: GenRLConfig, reward: CombinedReward, no_held_
 
 
 def rollout(run: RunContext, model: Any, tok: Any, reward: CombinedReward, prompts: Examples, cfg: GenRLConfig,
-            max_prompt: int, rescue: Callable[[], str] = lambda: "") -> tuple[Rollout, Any, torch.Tensor, int, dict[str, float]]:
-    """Sample K completions per prompt and score them, each with its prompt row's other columns: (rollout, scores,
-    (P, K) rewards, dropped, timings). A reward that fails (RewardError) fails before this step changed anything:
-    `rescue` keeps the steps before it (see `Checkpointer.save_before_failure`) and says how, in the error."""
+            max_prompt: int, rescue: Callable[[], str] = lambda: "",
+            engine: RolloutEngine | None = None) -> tuple[Rollout, Any, torch.Tensor, int, dict[str, float]]:
+    """Sample K completions per prompt with `engine` (default: the policy itself, `LocalEngine`) and score them, each
+    with its prompt row's other columns: (rollout, scores, (P, K) rewards, dropped, timings). A reward that fails
+    (RewardError) fails before this step changed anything: `rescue` keeps the steps before it (see
+    `Checkpointer.save_before_failure`) and says how, in the error."""
     t0, K = time.time(), cfg.rl.samples_per_prompt
+    engine = engine or LocalEngine(run.accelerator.unwrap_model(model), tok, family(cfg.policy).sample)
     with run.accelerator.autocast():  # generate() bypasses the prepared forward, so autocast here
-        ro = family(cfg.policy).sample(run.accelerator.unwrap_model(model), tok, prompts.texts, K, cfg.gen, max_prompt,
-                    rows=cfg.runtime.inference_batch_size)
+        ro = engine.sample(prompts.texts, K, cfg.gen, max_prompt, rows=cfg.runtime.inference_batch_size)
     t1 = time.time()
     try:
         scored = reward(ro.prompts, ro.completions, **repeat_columns(prompts.columns, K))
