@@ -70,37 +70,10 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    """Classification report, confusion matrix and per-example predictions of a checkpoint on a data file."""
-    from pathlib import Path
+    """Report of a classifier, tagger or span checkpoint (or a run folder's best) on a data file (eval.py)."""
+    from .eval import eval_command
 
-    from .data import load_examples
-    from .eval import evaluate_classifier, format_confusion
-    from .models import load_trained_classifier
-
-    if (Path(args.checkpoint) / "checkpoints" / "best").is_dir():  # a run folder: its best checkpoint
-        args.checkpoint = str(Path(args.checkpoint) / "checkpoints" / "best")
-    meta = json.loads((Path(args.checkpoint) / "rewardtune.json").read_text()) if (Path(args.checkpoint) / "rewardtune.json").exists() else None
-    if meta and meta.get("policy") == "tagger":  # entity-level report of a token tagger (eval_tagger.py)
-        from .eval_tagger import eval_tagger_command
-
-        return eval_tagger_command(args)
-    if meta and meta.get("policy") == "span":  # extractive QA: SQuAD EM/F1 (eval_span.py)
-        from .eval_span import eval_span_checkpoint
-
-        print(json.dumps(eval_span_checkpoint(args.checkpoint, args.data, args.out).metrics))
-        return
-    model, tok = load_trained_classifier(args.checkpoint)
-    names = meta["label_names"]
-    ex = load_examples(args.data, args.text_column, args.label_column, names, args.split)
-    max_length = args.max_length or meta.get("max_length", 128)
-    rep = evaluate_classifier(model, tok, ex.texts, ex.labels, names, max_length, meta.get("truncation", "head"))
-    print(f"{args.checkpoint} on {ex.source} ({len(ex)} examples)\n{rep.text}\n{format_confusion(rep.confusion, names)}")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            for text, gold, pred, probs in zip(ex.texts, ex.labels, rep.predictions, rep.probabilities):
-                fh.write(json.dumps({"text": text, "label": names[gold], "prediction": names[pred],
-                                     "probabilities": dict(zip(names, probs))}) + "\n")
-        print(f"predictions written to {args.out}")
+    eval_command(args)
 
 
 def cmd_rm_score(args: argparse.Namespace) -> None:

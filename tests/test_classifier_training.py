@@ -143,14 +143,16 @@ def test_cost_matrix_and_user_function_rewards_are_logged_separately(tiny_encode
     ("returns_nan", r"returned nan on example 0: prompt="),
     ("raises", r"raised ZeroDivisionError: boom"),
 ])
-def test_bad_reward_function_stops_with_a_clear_error_and_keeps_the_run_folder(
+def test_bad_reward_function_stops_with_a_clear_error_and_leaves_no_half_started_folder(
         tiny_encoder_dir, toy_data, tmp_path, fn, match):
     cfg = load_config(RLClassifierConfig, None, overrides(
         tiny_encoder_dir, toy_data, tmp_path, "bad", f"reward.functions=[test_classifier_training:{fn}]"))
     with pytest.raises(RewardError, match=match) as e:
         train_rl_classifier(cfg, show_progress=False)
     assert f"test_classifier_training:{fn}" in str(e.value)
-    assert (tmp_path / "bad" / "config.yaml").exists()  # nothing written before is lost
+    # it failed in the first step: the folder held only the config.yaml its start wrote, so it is removed and the
+    # corrected command can reuse the name (run.discard_failed_start; a folder with metrics or checkpoints is kept)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("train", [train_sft, train_rl_classifier])
