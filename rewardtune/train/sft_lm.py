@@ -20,7 +20,7 @@ import torch
 from ..config import ConfigError
 from ..models import apply_lora, load_causal_lm, load_tokenizer
 from ..policies.causal_lm import GenSettings
-from ..run import RunContext, start_run
+from ..run import RunContext, ends_trackers, start_run
 from ..batching import batch_order
 from .common import setup_optimizer, shares
 from .gen_setup import check_prompt_lengths, check_reward_columns, setup_reward
@@ -32,6 +32,7 @@ from .sft_lm_data import LMRows, collate, read_rows, split_rows, token_nll
 GENERATED_METRICS = ("reward", "length_words", "distinct_1", "distinct_2")
 
 
+@ends_trackers
 def train_sft_lm(cfg: SFTLMConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run LM SFT; returns the run folder, the steps, the last validation metrics and the best eval.best_metric."""
     tok = load_tokenizer(cfg.model.name)

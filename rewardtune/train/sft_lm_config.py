@@ -72,4 +72,6 @@ class SFTLMConfig:
     policy: Literal["causal-lm"] = doc("causal-lm", "what is trained (a causal LM on completions)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft-lm", "run folder name")
+    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
+                               "(docs/report-and-tracking.md)")
     seed: int = doc(0, "global seed (initialisation, batch order, dropout)")
