@@ -67,5 +67,5 @@ def plot_group(runs: Sequence[RunData], splits: Sequence[str], keys: Sequence[st
     for key in keys:
         s = series(runs, splits, key)
         if s:
-            out.append((key, line_plot(key, s)))
+            out.append((key, line_plot(key, s, legend=len(runs) > 1)))  # which run a lone line is
     return out

@@ -41,20 +41,24 @@ def to_base64_png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def line_plot(title: str, series: Sequence[Series]) -> str:
-    """`title` over steps, one line per series (markers where a series has few points, gaps at NaN)."""
+def line_plot(title: str, series: Sequence[Series], legend: bool = False) -> str:
+    """`title` over steps, one line per series (markers where a series has few points, gaps at NaN); a legend when
+    asked (several runs in the report) or needed (several series)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure()
     ax = fig.add_subplot()
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # steps are whole numbers
     for s in series:
         few = len(s.values) <= 12
         ax.plot(list(s.steps), [v if math.isfinite(v) else math.nan for v in s.values], label=s.label,
                 color=f"C{s.color % 10}", linestyle="--" if s.dashed else "-", marker="o" if few else None,
                 markersize=3, linewidth=1.4)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, y=1.0)  # a fixed place: placing it by the ticks costs a quarter of the time
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, alpha=0.3)
-    if len(series) > 1:
+    if legend or len(series) > 1:
         ax.legend(fontsize=7, frameon=False)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.9)  # fixed margins: tight_layout doubles the time
     return to_base64_png(fig)
