@@ -71,6 +71,7 @@ def test_the_page_plots_what_the_trainers_log_and_overlays_the_runs(page):
     assert titles.count("loss") == 2  # training loss, held-out loss
     assert all(f"<td>{run}</td>" in text for run in ("sft", "rl-lm", "sft-lm"))  # the runs table
     assert "sft (classifier)" in text and "rl grpo (causal-lm)" in text and "sft (causal-lm)" in text
+    assert re.search(r"<td>accuracy [0-9.]+</td>", text) and re.search(r"<td>loss [0-9.]+</td>", text)  # best values
     # the classifier's last validation report and its test report, each with a confusion matrix
     assert "sft: val at step 8" in text and "sft: test at step 8" in text and titles.count(
         "sft: confusion (rows gold, columns predicted)") == 2

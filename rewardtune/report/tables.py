@@ -34,10 +34,12 @@ def summary_table(runs: Sequence[RunData]) -> str:
     """One line per run: what trained it, the model, its steps, its best held-out value, training time, folder."""
     rows = []
     for run in runs:
-        best = run.split("best")[-1:] or run.split("summary")[-1:]
-        best_text = ", ".join(f"{k} {fmt(v)}" for k, v in best[0].items() if k not in ("step", "split", "train_s",
-                              "train_examples_per_s")) if best else ""
         summary = run.split("summary")
+        if run.split("best"):  # generative runs and LM SFT name the metric in their `best` rows
+            best_text = ", ".join(f"{k} {fmt(v)}" for k, v in run.split("best")[-1].items() if k not in ("step", "split"))
+        else:  # the classifier trainers' summary row holds the best value of train.best_metric
+            metric = (run.config.get("train") or {}).get("best_metric", "best") if "rm" not in run.config else "best"
+            best_text = f"{metric} {fmt(summary[-1].get('best'))}" if summary else ""
         steps = max((int(r.get("step", 0)) for r in run.rows), default=0)
         rows.append([run.label, run.kind, (run.config.get("model") or {}).get("name", ""), steps, best_text,
                      f"{summary[-1]['train_s']:.1f} s" if summary and numeric(summary[-1], "train_s") is not None
