@@ -207,8 +207,8 @@ def _write_config(run_dir: Path, config: Any, accelerator: Any) -> None:
 
 
 # Keys that may change between a run and its resumption: they do not change what is being trained.
-HARMLESS = ("ckpt.", "runs_dir", "report_to", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
-            "rl.steps", "eval.every", "eval.sample_every", "eval.log_every", "eval.prompts",
+HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
+            "report_to", "rl.steps", "eval.every", "eval.sample_every", "eval.log_every", "eval.prompts",
             "runtime.micro_batch_size", "runtime.inference_batch_size", "runtime.gradient_checkpointing",  # memory only
             "gen.fast_decode")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
@@ -216,7 +216,8 @@ ADDED = {"data.subset": "first", "model.lora.base_dtype": "float32", "train.fast
          "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",
          "ppo.clip_eps_high": 0.0, "ppo.dual_clip": 0.0, "reward.reference_column": "reference",
          "reward.rouge_type": "rougeL", "reward.gold_column": "label", "reward.labels": [],
-         "policy": "classifier", "report_to": []}  # SFTConfig's, added with `sft policy=causal-lm` (the other configs always had it)
+         "policy": "classifier",  # SFTConfig's, added with `sft policy=causal-lm` (the other configs always had it)
+         "report_to": []}
 
 
 def _check_resume(run_dir: Path, config: Any, is_main: bool = True) -> Path | None:

@@ -194,3 +194,18 @@ def test_a_classifier_run_sends_its_validation_report(tiny_encoder_dir, tmp_path
            if '"val"' in line]
     assert [e.value for e in acc.Scalars("val/accuracy")] == pytest.approx([r["accuracy"] for r in val])
     assert "loss=" in err.getvalue()
+
+
+def test_report_to_may_change_on_resumption_and_older_runs_lack_it(tmp_path):
+    import yaml
+
+    from rewardtune.config import dump_config
+    from rewardtune.run import _check_resume
+
+    old = yaml.safe_load(dump_config(load_config(SFTConfig, None, [])))
+    del old["report_to"]  # a run folder from before report_to existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert _check_resume(tmp_path, load_config(SFTConfig, None, [])) is None  # no checkpoint yet: a fresh start
+    assert not (tmp_path / "config_changes.jsonl").exists()  # nothing changed
+    _check_resume(tmp_path, load_config(SFTConfig, None, ["report_to=[tensorboard]"]))
+    assert "report_to" in (tmp_path / "config_changes.jsonl").read_text()  # allowed, and recorded
