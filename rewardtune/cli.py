@@ -11,6 +11,7 @@ from typing import Any
 from .cli_bandit import add_commands as add_bandit_commands
 from . import cli_recipes
 from . import cli_export
+from . import cli_report
 from .cli_config import POLICY_KINDS, REWARDS_KEY, config_args, load_command_config, policy_kind, reward_note
 from .config import ConfigError, config_path, shipped_configs
 from .quickstart import QuickstartConfig
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_and_data_commands(sub)
     add_bandit_commands(sub)
     cli_export.add_commands(sub)
+    cli_report.add_commands(sub)
     configs = sub.add_parser("configs", help="the configs that ship with rewardtune (use one with --config NAME)")
     configs = configs.add_subparsers(dest="sub", required=True)
     configs.add_parser("list", help="name and what each runs").set_defaults(func=cmd_configs_list)

@@ -1,6 +1,6 @@
 """`rewardtune quickstart`: the main job on embedded defaults (bundled models + demo data) in one run folder:
 a supervised classifier, RL on it with the exact expected-reward gradient, then GRPO on a causal LM rewarded by
-that classifier. Its own module, beside the command line, so cli.py stays a thin layer of commands.
+that classifier; it ends with the runs' HTML report (`report.html`). Its own module, beside the command line, so cli.py stays a thin layer of commands.
 """
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ def run_quickstart(cfg: QuickstartConfig) -> None:
         run.print(f"      {cfg.policy} greedy: {prompt!r} -> {ltok.decode(ids, skip_special_tokens=True)!r}")
     del lm
     _quickstart_classifiers(cfg, run)
+    from .report import write_report
+
+    run.print(f"\nreport of the runs (plots, held-out metrics, samples; opens offline): {write_report([run.dir])}")
 
 
 def _quickstart_classifiers(cfg: QuickstartConfig, run: Any) -> None:

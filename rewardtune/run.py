@@ -1,12 +1,13 @@
 """RunContext: the set-up every training command shares, in one place.
 
 seed → Accelerator → run folder (`runs/<name>/`) with the resolved `config.yaml`,
-`metrics.jsonl` (one JSON object per logged step), `samples.jsonl` and `checkpoints/`.
-Only the main process writes files; every process gets the same seed so that
+`metrics.jsonl` (one JSON object per logged step, also sent to the `report_to` trackers: tracking.py),
+`samples.jsonl` and `checkpoints/`. Only the main process writes files; every process gets the same seed so that
 initialisation is identical before accelerate shards the data.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import math
@@ -21,6 +22,7 @@ from .config import dump_config
 from .memory import cap_onednn_cache, return_freed_memory
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _jsonable(v: Any) -> Any:
@@ -45,6 +47,8 @@ class RunContext:
     accelerator: Any = None
     started: float = field(default_factory=time.time)
     resume_from: Path | None = None  # the newest complete checkpoint when resuming
+    trackers: tuple[str, ...] = ()  # report_to: where each metrics row also goes (tracking.py)
+    progress: Any = None  # the tqdm bar whose postfix shows the train rows' reward, KL and loss
 
     @property
     def is_main(self) -> bool:
@@ -62,8 +66,25 @@ class RunContext:
             fh.flush()  # a killed run keeps every line it logged
 
     def log(self, step: int, **metrics: Any) -> None:
-        """Append one row to metrics.jsonl."""
-        self._append("metrics.jsonl", {"step": step, **metrics})
+        """Append one row to metrics.jsonl; send it to the trackers and show it on the progress bar."""
+        row = _jsonable({"step": step, **metrics})
+        self._append("metrics.jsonl", row)
+        if not self.is_main:
+            return
+        from .tracking import bar_postfix, tracker_values
+
+        if self.trackers:
+            self.accelerator.log(tracker_values(row), step=step)
+        postfix = bar_postfix(row) if self.progress is not None else None
+        if postfix:
+            self.progress.set_postfix(postfix, refresh=False)
+
+    def end_trackers(self) -> None:
+        """Close the trackers' runs (flush TensorBoard's events, finish the W&B/MLflow/trackio run); once."""
+        open_ = [i for i, r in enumerate(_TRACKED) if r is self]
+        if open_:
+            del _TRACKED[open_[0]]
+            self.accelerator.end_training()
 
     def log_sample(self, step: int, **sample: Any) -> None:
         """Append one row to samples.jsonl."""
@@ -98,6 +119,27 @@ def _only_start(folder: Path) -> bool:
         return False
     left = {p.name for p in folder.iterdir()} - {"config.yaml", ".write-test"}
     return left <= {"checkpoints"} and not any((folder / "checkpoints").iterdir()) if left else True
+_TRACKED: list[RunContext] = []  # runs whose trackers are open, oldest first
+
+
+@atexit.register
+def _end_all_trackers() -> None:
+    """A run left without its trainer's end (GenRLRun driven by hand, an interrupted notebook) ends at exit."""
+    for run in list(_TRACKED):
+        run.end_trackers()
+
+
+def ends_trackers(fn: F) -> F:
+    """Decorates a trainer: the trackers of the runs it started end when it returns, stops early or raises."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = {id(r) for r in _TRACKED}
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for run in [r for r in _TRACKED if id(r) not in before]:
+                run.end_trackers()
+    return wrapper  # type: ignore[return-value]
 
 
 def seed_this_process(run: RunContext) -> None:
@@ -122,15 +164,23 @@ def start_run(config: Any, name: str, root: str | Path = "runs", seed: int = 0,
     """
     from accelerate.utils import set_seed
 
+    from .config import to_dict
+    from .tracking import accelerator_settings, check_report_to, start_trackers
+
+    trackers = check_report_to(getattr(config, "report_to", ()))  # an unknown or absent one: before the folder
     set_seed(seed)
     return_freed_memory()  # before the first large tensor: see memory.py
     cap_onednn_cache()  # before the first bf16 matmul: see memory.py
-    accelerator = _accelerator(accelerator_kwargs)
     run_dir = Path(root) / name
+    accelerator = _accelerator({**(accelerator_kwargs or {}), **accelerator_settings(trackers, run_dir)})
     resume_from = _resume_point(run_dir, config, accelerator, exist_ok)
     accelerator.wait_for_everyone()  # every process has looked before the main one writes there
     _write_config(run_dir, config, accelerator)
-    return RunContext(dir=run_dir, seed=seed, accelerator=accelerator, resume_from=resume_from)
+    run = RunContext(dir=run_dir, seed=seed, accelerator=accelerator, resume_from=resume_from, trackers=trackers)
+    if trackers:
+        start_trackers(accelerator, trackers, run_dir, to_dict(config))
+        _TRACKED.append(run)
+    return run
 
 
 def _accelerator(accelerator_kwargs: dict[str, Any] | None) -> Any:
@@ -184,7 +234,7 @@ def _write_config(run_dir: Path, config: Any, accelerator: Any) -> None:
 
 # Keys that may change between a run and its resumption: they do not change what is being trained.
 HARMLESS = ("ckpt.", "runs_dir", "train.log_every", "train.eval_batch_size", "train.epochs", "train.max_steps",
-            "rl.steps", "eval.every", "eval.sample_every", "eval.log_every", "eval.prompts",
+            "report_to", "rl.steps", "eval.every", "eval.sample_every", "eval.log_every", "eval.prompts",
             "runtime.micro_batch_size", "runtime.inference_batch_size", "runtime.gradient_checkpointing",  # memory only
             "gen.fast_decode", "gen.check_every", "gen.cuda_graph")  # the same tokens as generate
 # Keys added after runs existed, with the value that reproduces what those runs did without them.
@@ -192,7 +242,8 @@ ADDED = {"data.subset": "first", "data.config": "", "model.lora.base_dtype": "fl
          "eval.samples": 0, "eval.best_metric": "reward", "eval.best_mode": "max",
          "ppo.clip_eps_high": 0.0, "ppo.dual_clip": 0.0, "reward.reference_column": "reference",
          "reward.rouge_type": "rougeL", "reward.gold_column": "label", "reward.labels": [],
-         "policy": "classifier"}  # SFTConfig's, added with `sft policy=causal-lm` (the other configs always had it)
+         "policy": "classifier",  # SFTConfig's, added with `sft policy=causal-lm` (the other configs always had it)
+         "report_to": []}
 
 
 def _check_resume(run_dir: Path, config: Any, is_main: bool = True) -> Path | None:

@@ -67,6 +67,8 @@ def test_quickstart_end_to_end(rewardtune_home, tmp_path):
     assert (tmp_path / "qs" / "rl-lm" / "checkpoints" / "final" / "adapter_model.safetensors").exists()
     run = tmp_path / "qs"
     assert "name: qs" in (run / "config.yaml").read_text()
+    assert f"report of the runs (plots, held-out metrics, samples; opens offline): {run / 'report.html'}" in proc.stdout
+    assert 'alt="reward"' in (run / "report.html").read_text()  # the sub-runs' page: GRPO's reward plotted
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["examples"] == 320
     rows = [json.loads(line) for line in (run / "rl-lm" / "metrics.jsonl").read_text().splitlines()]
     assert [r["decoding"] for r in rows if r.get("split") == "eval"] == ["sampled x2"] * 2  # before and after

@@ -209,7 +209,7 @@ def report_and_keep_best(run: RunContext, model: Any, tok: Any, data: Classifier
         score = rep.metrics.get(opt.best_metric)
         if score is None:
             raise KeyError(f"best_metric {opt.best_metric!r} is not reported; choose one of: {', '.join(rep.metrics)}")
-        run.log(step, epoch=epoch, split="val", **rep.metrics)
+        run.log(step, epoch=epoch, split="val", **rep.metrics, confusion=rep.confusion)  # rows gold, columns predicted
         run.print(f"\nepoch {epoch} step {step}: validation ({len(data.val)} examples)\n{rep.text}")
         if best is None or score > best:
             best = score
@@ -230,7 +230,7 @@ def final_test(run: RunContext, data: ClassifierData, opt: OptimSettings, step: 
     model.to(run.accelerator.device)
     rep = evaluate_classifier(model, tok, data.test.texts, data.test.labels, data.label_names, opt.max_length,
                               opt.truncation, opt.eval_batch_size, run.accelerator.device)
-    run.log(step, split="test", **rep.metrics)
+    run.log(step, split="test", **rep.metrics, confusion=rep.confusion)
     run.print(f"\ntest ({len(data.test)} examples), best checkpoint\n{rep.text}\n{format_confusion(rep.confusion, data.label_names)}")
     return rep
 

@@ -151,6 +151,8 @@ class GenRLConfig:
                                                                 "an encoder-decoder's output (T5, BART, Marian)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-lm", "run folder name")
+    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
+                               "(docs/report-and-tracking.md)")
     seed: int = doc(0, "global seed")
 
     RENAMED: ClassVar[dict[str, str]] = RENAMED  # old dotted keys → new (config.load_config reads them)

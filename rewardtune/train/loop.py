@@ -52,7 +52,7 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
         return {"epoch": epoch, "batch": batch, "best": res.best, "seen": res.seen, "train_s": res.train_s,
                 "algo": {k: obj.state_dict() for k, obj in state.items()}}
 
-    bar = tqdm(total=total, initial=res.step, disable=not (show_progress and run.is_main), desc=desc)
+    bar = run.progress = tqdm(total=total, initial=res.step, disable=not (show_progress and run.is_main), desc=desc)
     with guard:
         for epoch in range(epoch0, epochs):
             model.train()

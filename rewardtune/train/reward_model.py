@@ -21,7 +21,7 @@ from ..config import DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
 from ..collectives import over_shares
 from ..models import check_model
-from ..run import RunContext, discard_failed_start, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from .common import (OptimSettings, accelerator_kwargs, save_classifier, setup_model, setup_optimizer,
                      shares)
 from .loop import train_epochs
@@ -53,10 +53,13 @@ class RMConfig:
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rm", "run folder name")
+    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
+                               "(docs/report-and-tracking.md)")
     seed: int = doc(0, "global seed")
 
 
 @discard_failed_start
+@ends_trackers
 def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict[str, Any]:
     """Train and save a reward model; its folder is `<run>/checkpoints/best`."""
     if cfg.rm.mode == "pointwise":
@@ -68,7 +71,7 @@ def _pointwise(cfg: RMConfig, show_progress: bool) -> dict[str, Any]:
     from .sft import SFTConfig, train_sft
 
     out = train_sft(SFTConfig(model=cfg.model, data=cfg.data, train=cfg.train, ckpt=cfg.ckpt, runs_dir=cfg.runs_dir,
-                              name=cfg.name, seed=cfg.seed), show_progress)
+                              name=cfg.name, seed=cfg.seed, report_to=cfg.report_to), show_progress)
     from accelerate import PartialState
 
     meta_file, state = Path(out["run_dir"]) / "checkpoints" / "best" / "rewardtune.json", PartialState()

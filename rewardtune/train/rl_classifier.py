@@ -18,7 +18,7 @@ from ..config import DataSettings, ModelSettings, doc, nested
 from ..policies import classifier as policy
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..models import check_model
-from ..run import RunContext, discard_failed_start, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from .common import (ClassifierData, OptimSettings, accelerator_kwargs, check_best_metric, encode_examples,
                      epoch_batches, final_test, report_and_keep_best, setup_data, setup_model, setup_optimizer,
                      setup_reference, steps_per_epoch)
@@ -65,6 +65,8 @@ class RLClassifierConfig:
     policy: Literal["classifier"] = doc("classifier", "what the action is (classifier: a label)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl", "run folder name")
+    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
+                               "(docs/report-and-tracking.md)")
     seed: int = doc(0, "global seed")
 
     # Keys of the `rl` section before the rewards had their own (older config.yaml files, --resume, command lines):
@@ -272,6 +274,7 @@ def finish(run: RunContext, data: ClassifierData, opt: OptimSettings, res: LoopR
 
 
 @discard_failed_start
+@ends_trackers
 def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run RL on a classifier; returns the best validation score and the run folder."""
     data = setup_data(cfg.data)  # bad data, a bad best_metric, model or reward fail before the run folder exists

@@ -28,7 +28,7 @@ from ..policies.families import check_model_kind, family
 from ..policies.engine import LocalEngine, RolloutEngine
 from ..rewards import CombinedReward, RewardError
 from ..models import check_model
-from ..run import RunContext, discard_failed_start, seed_this_process, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, seed_this_process, start_run
 from ..stop import StopGuard
 from .gen_config import GenRLConfig
 from .gen_setup import (check_limits, ddp_settings, setup_kl_controller, setup_policy, setup_prompts, setup_reward,
@@ -42,6 +42,7 @@ from .ppo import ppo_step
 
 
 @discard_failed_start
+@ends_trackers
 def train_rl_generate(cfg: GenRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run generative RL; returns the run folder, the first and last held-out evaluations and the best value of
     eval.best_metric."""
@@ -102,8 +103,9 @@ class GenRLRun:
         announce(self.run, self.cfg, self.reward, self.train_prompts is self.held_out)
         batches = self.prompt_batches(start)
         with self.guard:
-            for step in tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,
-                             disable=not (show_progress and self.run.is_main), desc=f"rl-{rl.algorithm}"):
+            self.run.progress = tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,  # shows reward, KL, loss
+                                     disable=not (show_progress and self.run.is_main), desc=f"rl-{rl.algorithm}")
+            for step in self.run.progress:
                 self.step(step, next(batches))
                 if step < rl.steps and self.cp.step_done(step, self.snapshot):
                     return {"stopped": True, "signal": self.guard.stop_signal, "run_dir": str(self.run.dir),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..checkpoint import CheckpointSettings
 from ..config import DataSettings, ModelSettings, doc, nested
 from ..models import check_model
-from ..run import discard_failed_start, start_run
+from ..run import discard_failed_start, ends_trackers, start_run
 from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
                      setup_model, setup_optimizer, steps_per_epoch)
 from .loop import train_epochs
@@ -31,10 +31,13 @@ class SFTConfig:
                                                       "`rewardtune sft policy=causal-lm`, train/sft_lm.py)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft", "run folder name")
+    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
+                               "(docs/report-and-tracking.md)")
     seed: int = doc(0, "global seed (initialisation, batch order)")
 
 
 @discard_failed_start
+@ends_trackers
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run SFT; returns the best validation score, last metrics and the run folder."""
     data = setup_data(cfg.data)  # bad data, a bad best_metric or model fail before the run folder exists

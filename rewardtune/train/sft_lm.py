@@ -23,7 +23,7 @@ from ..models import apply_lora, load_tokenizer
 from ..policies.causal_lm import GenSettings
 from ..policies.families import LMFamily, check_model_kind, family
 from ..policies.seq2seq import decoder_start_id
-from ..run import RunContext, discard_failed_start, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..batching import batch_order
 from .common import setup_optimizer, shares
 from .gen_setup import check_prompt_lengths, check_reward_columns, setup_reward
@@ -54,6 +54,7 @@ BATCHINGS: dict[str, Callable[[Any], Batching]] = {
 
 
 @discard_failed_start
+@ends_trackers
 def train_sft_lm(cfg: SFTLMConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run LM SFT; returns the run folder, the steps, the last validation metrics and the best eval.best_metric."""
     fam, tok = family(cfg.policy), load_tokenizer(cfg.model.name)

@@ -74,4 +74,6 @@ class SFTLMConfig:
                                                                 "encoder-decoder (T5, BART, Marian; prompt → encoder)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft-lm", "run folder name")
+    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
+                               "(docs/report-and-tracking.md)")
     seed: int = doc(0, "global seed (initialisation, batch order, dropout)")
