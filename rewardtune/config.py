@@ -28,6 +28,9 @@ class ConfigError(ValueError):
     """A config file or override that cannot be turned into the config dataclass."""
 
 
+# The doc of every trainer config's `report_to` field (tracking.py)
+REPORT_TO_DOC = "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio (docs/report-and-tracking.md)"
+
 def doc(default: Any, text: str) -> Any:
     """A dataclass field with a default and a one-line doc."""
     if isinstance(default, (list, dict)):

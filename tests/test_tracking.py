@@ -63,8 +63,30 @@ def test_flat_config_has_dotted_scalar_keys():
 
 
 def test_every_trainer_has_report_to():
-    for cls in (SFTConfig, RLClassifierConfig, RMConfig, GenRLConfig, SFTLMConfig):
+    from rewardtune.train.bandit import BanditConfig
+    from rewardtune.train.rl_tagger import TaggerRLConfig
+    from rewardtune.train.span_config import SpanRLConfig, SpanSFTConfig
+    from rewardtune.train.tagger import TaggerSFTConfig
+
+    for cls in (SFTConfig, RLClassifierConfig, RMConfig, GenRLConfig, SFTLMConfig, TaggerSFTConfig, TaggerRLConfig,
+                SpanSFTConfig, SpanRLConfig, BanditConfig):
         assert "report_to" in {f.name for f in fields(cls)}, cls.__name__
+
+
+def test_the_tagger_trainer_sends_its_metrics_to_a_tracker(tmp_path, tiny_encoder_dir):
+    """The trainers added beside the first five take report_to too (tagger as their example)."""
+    pytest.importorskip("tensorboard")
+    from rewardtune.config import load_config
+    from rewardtune.train.tagger import TaggerSFTConfig, train_sft_tagger
+
+    rows = [{"tokens": ["Ann", "went", "to", "Rome"], "tags": ["B-PER", "O", "O", "B-LOC"]}] * 16
+    data = tmp_path / "ner.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(TaggerSFTConfig, None, [f"model.name={tiny_encoder_dir}", f"data.path={data}",
+                                              "train.max_steps=2", "train.batch_size=4", f"runs_dir={tmp_path}",
+                                              "name=tagged", "report_to=[tensorboard]"])
+    train_sft_tagger(cfg, show_progress=False)
+    assert list((tmp_path / "tagged" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 def test_an_unknown_or_absent_tracker_fails_before_the_run_folder(tmp_path, monkeypatch, tiny_encoder_dir):

@@ -22,11 +22,11 @@ from ..bandit.evaluate import TARGET_POLICIES, estimates, flat_metrics, off_poli
 from ..bandit.log import BanditLog, LogColumns, load_log
 from ..checkpoint import CheckpointSettings
 from ..collectives import over_shares
-from ..config import ConfigError, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, ConfigError, ModelSettings, doc, nested
 from ..data import Examples, load_examples, normalize_label
 from ..eval import evaluate_classifier, predict
 from ..policies import classifier as policy
-from ..run import RunContext, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from .common import (OptimSettings, accelerator_kwargs, epoch_batches, save_classifier, setup_model,
                      setup_optimizer)
 from .loop import LoopResult, train_epochs
@@ -76,6 +76,7 @@ class BanditConfig:
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("bandit", "run folder name")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed (initialisation, batch order)")
 
 
@@ -197,6 +198,8 @@ def final_test(cfg: BanditConfig, run: RunContext, test: Examples | None, step: 
     return rep.metrics
 
 
+@discard_failed_start
+@ends_trackers
 def train_bandit(cfg: BanditConfig, show_progress: bool = True) -> dict[str, Any]:
     """Learn from the log; returns the best validation estimate, the run folder and the test metrics."""
     logs = setup_logs(cfg.data, start_actions(cfg))  # a bad row fails before the run folder exists

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from ..algorithms.objectives import OBJECTIVES
 from ..checkpoint import CheckpointSettings
-from ..config import DataSettings, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, DataSettings, ModelSettings, doc, nested
 from ..policies.causal_lm import GenSettings
 
 
@@ -151,8 +151,7 @@ class GenRLConfig:
                                                                 "an encoder-decoder's output (T5, BART, Marian)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-lm", "run folder name")
-    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
-                               "(docs/report-and-tracking.md)")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed")
 
     RENAMED: ClassVar[dict[str, str]] = RENAMED  # old dotted keys → new (config.load_config reads them)

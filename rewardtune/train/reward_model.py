@@ -17,7 +17,7 @@ import torch
 from ..algorithms import bradley_terry_loss, centring_penalty
 from ..batching import batch_order
 from ..checkpoint import CheckpointSettings
-from ..config import DataSettings, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, DataSettings, ModelSettings, doc, nested
 from ..data import DataError, Table, read_table, split
 from ..collectives import over_shares
 from ..models import check_model
@@ -53,8 +53,7 @@ class RMConfig:
     ckpt: CheckpointSettings = nested(CheckpointSettings, "resumable checkpoints, resumption, stop/NaN handling")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rm", "run folder name")
-    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
-                               "(docs/report-and-tracking.md)")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed")
 
 

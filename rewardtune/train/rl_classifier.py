@@ -14,7 +14,7 @@ import torch
 from ..algorithms import EMABaseline, expected_reward_loss, masked_mean, pg_loss, reinforce, rloo, value_loss
 from ..checkpoint import CheckpointSettings
 from ..collectives import failed_ranks, gather_rows
-from ..config import DataSettings, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, DataSettings, ModelSettings, doc, nested
 from ..policies import classifier as policy
 from ..rewards import CombinedReward, build_rewards, cost_matrix, indicator, parse_cost_matrix
 from ..models import check_model
@@ -65,8 +65,7 @@ class RLClassifierConfig:
     policy: Literal["classifier"] = doc("classifier", "what the action is (classifier: a label)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl", "run folder name")
-    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
-                               "(docs/report-and-tracking.md)")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed")
 
     # Keys of the `rl` section before the rewards had their own (older config.yaml files, --resume, command lines):

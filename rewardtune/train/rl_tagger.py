@@ -18,12 +18,12 @@ from ..algorithms import pg_loss, rloo
 from ..algorithms.tagging import Transitions, expected_token_reward, self_critical, token_match_rewards
 from ..checkpoint import CheckpointSettings
 from ..collectives import failed_ranks
-from ..config import ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, ModelSettings, doc, nested
 from ..eval_tagger import transitions
 from ..policies import tagger as policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards.spans import span_f1_reward, token_accuracy_reward
-from ..run import RunContext, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..tagging import encode_tagged
 from .common import OptimSettings, accelerator_kwargs, setup_optimizer, setup_reference
 from .loop import train_epochs
@@ -76,6 +76,7 @@ class TaggerRLConfig:
     constrained: bool = doc(True, "BIO-consistent sampling (left to right) and decoding (Viterbi)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-tagger", "run folder name")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed")
 
 
@@ -190,6 +191,8 @@ def batch_loss_fn(cfg: TaggerRLConfig, run: RunContext, data: TaggedData, model:
     return batch_loss
 
 
+@discard_failed_start
+@ends_trackers
 def train_rl_tagger(cfg: TaggerRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run RL on a tagger; returns the best validation score, the run folder and the test metrics."""
     data = setup_tagged_data(cfg.data)  # bad data, a bad best_metric or reward fail before the run folder exists

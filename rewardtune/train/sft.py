@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from ..checkpoint import CheckpointSettings
-from ..config import DataSettings, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, DataSettings, ModelSettings, doc, nested
 from ..models import check_model
 from ..run import discard_failed_start, ends_trackers, start_run
 from .common import (OptimSettings, accelerator_kwargs, check_best_metric, encode_examples, epoch_batches, final_test, report_and_keep_best, setup_data,
@@ -31,8 +31,7 @@ class SFTConfig:
                                                       "`rewardtune sft policy=causal-lm`, train/sft_lm.py)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft", "run folder name")
-    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
-                               "(docs/report-and-tracking.md)")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed (initialisation, batch order)")
 
 

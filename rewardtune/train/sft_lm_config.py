@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checkpoint import CheckpointSettings
-from ..config import ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, ModelSettings, doc, nested
 from .gen_config import RewardSettings
 
 
@@ -74,6 +74,5 @@ class SFTLMConfig:
                                                                 "encoder-decoder (T5, BART, Marian; prompt → encoder)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft-lm", "run folder name")
-    report_to: tuple = doc((), "experiment trackers sent every metrics.jsonl row: tensorboard, wandb, mlflow, trackio "
-                               "(docs/report-and-tracking.md)")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed (initialisation, batch order, dropout)")

@@ -21,7 +21,7 @@ from ..policies import span as policy
 from ..qa_data import QAExamples, Windows, iterate_windows, load_squad, make_windows, seeded_subset, split_by_article
 from ..rewards import CombinedReward, build_rewards
 from ..rewards.metrics import exact_match, token_f1
-from ..run import RunContext, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..batching import batch_order
 from .common import accelerator_kwargs, save_classifier, setup_optimizer, setup_reference, shares, steps_per_epoch
 from .loop import LoopResult, train_epochs
@@ -205,6 +205,8 @@ def summary(run: RunContext, res: LoopResult) -> dict[str, Any]:
             "train_windows_per_s": per_s}
 
 
+@discard_failed_start
+@ends_trackers
 def train_span_sft(cfg: SpanSFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """`rewardtune sft policy=span`; returns the best validation score and the run folder."""
     if not isinstance(cfg, SpanSFTConfig):
@@ -212,6 +214,8 @@ def train_span_sft(cfg: SpanSFTConfig, show_progress: bool = True) -> dict[str, 
     return run_span(cfg, show_progress)
 
 
+@discard_failed_start
+@ends_trackers
 def train_span_rl(cfg: SpanRLConfig, show_progress: bool = True) -> dict[str, Any]:
     """`rewardtune rl policy=span`; returns the best validation score and the run folder."""
     if not isinstance(cfg, SpanRLConfig):

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..checkpoint import CheckpointSettings
-from ..config import ConfigError, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, ConfigError, ModelSettings, doc, nested
 from .common import OptimSettings
 
 SPAN_METRICS = ("f1", "exact_match")
@@ -75,6 +75,7 @@ class SpanSFTConfig:
     policy: Literal["span"] = doc("span", "what is trained (span: start/end over a context)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft-span", "run folder name")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed (initialisation, batch order)")
 
 
@@ -92,6 +93,7 @@ class SpanRLConfig:
     policy: Literal["span"] = doc("span", "what the action is (span: a start and an end in the context)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("rl-span", "run folder name")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed")
 
 

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 from ..batching import batch_order
 from ..checkpoint import CheckpointSettings
-from ..config import ConfigError, ModelSettings, doc, nested
+from ..config import REPORT_TO_DOC, ConfigError, ModelSettings, doc, nested
 from ..dropout import use_fast_dropout
 from ..eval_tagger import evaluate_tagger, load_tagger, load_trained_tagger, with_lora
 from ..policies import tagger as policy
 from ..rewards.spans import entity_report
-from ..run import RunContext, start_run
+from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..tagging import Encoded, TaggedExamples, collate_tagged, encode_tagged, load_tagged
 from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_optimizer, shares, steps_per_epoch
 from .loop import LoopResult, train_epochs
@@ -63,6 +63,7 @@ class TaggerSFTConfig:
     constrained: bool = doc(True, "BIO-consistent decoding: Viterbi over allowed transitions (I-X only after B-X/I-X)")
     runs_dir: str = doc("runs", "folder holding run folders")
     name: str = doc("sft-tagger", "run folder name")
+    report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed (initialisation, batch order)")
 
 
@@ -191,6 +192,8 @@ def token_cross_entropy(logits: torch.Tensor, gold: torch.Tensor, mask: torch.Te
     return F.cross_entropy(logits[mask].float(), gold[mask]) if mask.any() else logits.sum() * 0.0
 
 
+@discard_failed_start
+@ends_trackers
 def train_sft_tagger(cfg: TaggerSFTConfig, show_progress: bool = True) -> dict[str, Any]:
     """Supervised tagger: returns the best validation score, the run folder and the test metrics."""
     data = setup_tagged_data(cfg.data)  # bad data or a bad best_metric fail before the run folder exists
