@@ -18,7 +18,7 @@ from helpers import flat_config, needs_shared_data, parse_help_config
 
 REPO = Path(__file__).resolve().parents[1]
 # keys a generative run resolves before writing config.yaml ('auto' → the algorithm's choice)
-RESOLVED = {"rl.aggregation", "rl.kl_mode", "rl.kl_estimator"}
+RESOLVED = {"rl.aggregation", "rl.kl_mode", "rl.kl_estimator", "runtime.gradient_checkpointing"}
 
 
 def _data_paths(name: str) -> list[str]:
