@@ -11,16 +11,25 @@ DR's reward model cross-fitted as `rewardtune ope` does) is checked against its 
 
 Sized for a shared 2-core CPU: the policies are linear softmax heads over frozen MiniLM-L6 mean-pooled features
 (computed once per data set and cached in --cache), because fine-tuning MiniLM for ten runs per data set does not fit
-(8-16 s per batch of 32 under the shared load, measured). `--e2e` also runs the real command path once on AG News:
-`rewardtune bandit train` (MiniLM fine-tuned end to end, BanditNet) and `rewardtune ope` on its best checkpoint.
+(8-16 s per batch of 32 under the shared load, measured).
 
-    .venv/bin/python benchmarks/bandit_text.py --task agnews [--e2e]
+`--e2e` instead runs the product's command path, each step a `rewardtune` process as a user runs it: `sft` of the
+weak logging policy (MiniLM's head on a few labels), `bandit convert` of the texts to log and of held-out texts,
+`bandit train` from the logger's checkpoint (one run per estimator, and full-information `sft` from it), `ope` of each
+learned checkpoint on the held-out log. The policies train their head over a frozen MiniLM whose outputs are computed
+once (`train.freeze_encoder=true train.cache_encoder=true`), which makes 20 epochs fit the CPU.
+
+    .venv/bin/python benchmarks/bandit_text.py --task agnews
     .venv/bin/python benchmarks/bandit_text.py --task banking77
+    .venv/bin/python benchmarks/bandit_text.py --task agnews --e2e --temperature 1
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +44,7 @@ from rewardtune.bandit.log import BanditLog
 from rewardtune.data import load_examples
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HEAD = ["train.freeze_encoder=true", "train.cache_encoder=true"]  # the head alone, over a frozen MiniLM
 TASKS = {"agnews": ("topic/agnews/train.jsonl.gz", 100), "banking77": ("intent/banking77/train.jsonl.gz", 385)}
 
 
@@ -175,43 +185,78 @@ def run_task(args) -> None:
     print("* = the true held-out accuracy lies inside the 95% interval")
 
 
-def run_e2e(args) -> None:
-    """The command path on AG News: convert → `bandit train` (MiniLM fine-tuned) → `ope`, at a small size."""
-    from rewardtune.bandit.evaluate import OPEJob, evaluate_checkpoint, format_estimates
-    from rewardtune.config import load_config
-    from rewardtune.train.bandit import BanditConfig, train_bandit
+def rewardtune(*args: object) -> tuple[str, float]:
+    """One `rewardtune` command, run as a user runs it (a new process); its standard output (echoed) and seconds."""
+    print("$ rewardtune " + " ".join(map(str, args)), flush=True)
+    t = time.time()
+    out = subprocess.run([sys.executable, "-m", "rewardtune.cli", *map(str, args)], stdout=subprocess.PIPE,
+                         text=True, check=True).stdout
+    print(out, flush=True)
+    return out, time.time() - t
 
-    path, n_logger = TASKS["agnews"]
+
+def last_json(out: str) -> dict:
+    """The JSON object a command prints last (`sft`, `bandit train`, `bandit convert`, `ope --json`)."""
+    return json.loads(out[out.rindex("\n{") + 1:] if not out.startswith("{") else out)
+
+
+def e2e_files(args, out: Path) -> dict[str, Path]:
+    """Labelled files cut from a seeded shuffle of the task's set: the logger's few rows (as many as the linear
+    benchmark's), the texts to log, held-out texts."""
+    path, n_logger = TASKS[args.task]
     ex = load_examples(DATA / path)
     order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    sub = ex.subset(order[:n_logger + args.log_rows + args.test_rows])
-    x = features("agnews", sub.texts, Path(args.cache), args.max_length, args.seed)
-    y = torch.tensor(sub.labels)
-    logger = fit_linear(x[:n_logger], 4, lambda lg, rows: torch.nn.functional.cross_entropy(lg, y[:n_logger][rows]),
-                        args.logger_epochs, args.seed, batch=n_logger, wd=1e-3)
-    out = Path(args.cache) / "e2e"
-    out.mkdir(parents=True, exist_ok=True)
-    spans = {"train": (n_logger, n_logger + args.e2e_rows), "heldout": (len(sub) - args.e2e_test, len(sub))}
-    for name, (a, b) in spans.items():
-        mu = softmax_exploration(probs_of(logger, x[a:b]), args.temperature)
-        actions, prop, reward = sample_log(mu, y[a:b].tolist(), args.seed + (name == "heldout"))
-        write_log(out / f"{name}_log.jsonl", sub.texts[a:b], actions, prop, reward, ex.label_names)
-        with open(out / f"{name}_labelled.jsonl", "w") as fh:
-            fh.writelines(json.dumps({"text": t, "label": ex.label_names[int(l)]}) + "\n"
-                          for t, l in zip(sub.texts[a:b], y[a:b]))
-        print(f"e2e {name}: logging policy {logging_accuracy(mu, y[a:b].tolist())}")
-    cfg = load_config(BanditConfig, None, [
-        f"data.path={out / 'train_log.jsonl'}", f"data.test_path={out / 'heldout_labelled.jsonl'}",
-        f"data.actions={','.join(ex.label_names)}", "train.epochs=1", f"train.max_length={args.max_length}",
-        "train.lr=5e-5", "train.freeze_embeddings=true", "train.log_every=5", f"runs_dir={out}", "name=banditnet"])
-    t = time.time()
-    res = train_bandit(cfg)
-    print(f"bandit train: {time.time() - t:.0f} s; test {res['test']}")
-    rep = evaluate_checkpoint(OPEJob(str(out / "banditnet" / "checkpoints" / "best"), str(out / "heldout_log.jsonl")))
-    truth = res["test"]["accuracy"]
-    print(format_estimates(rep["estimates"], rep["level"], truth))
-    record({"bench": "bandit_text_e2e", "task": "agnews", "rows": args.e2e_rows, "test_rows": args.e2e_test,
-            "accuracy": truth, "ope": rep["estimates"], "train_s": res["train_s"]}, echo=False)
+    sizes = {"logger": n_logger, "texts": args.e2e_rows, "heldout": args.e2e_test}
+    files, at = {}, 0
+    for name, n in sizes.items():
+        files[name] = out / f"{name}.jsonl"
+        with open(files[name], "w") as fh:
+            fh.writelines(json.dumps({"text": ex.texts[i], "label": ex.label_names[ex.labels[i]]}) + "\n"
+                          for i in order[at:at + n])
+        at += n
+    return files
+
+
+def run_e2e(args) -> None:
+    """The command path, exactly as a user runs it: `sft` (a weak logging policy on a few labels) →
+    `bandit convert` (a log of its choices, and a held-out log) → `bandit train` from the logger's checkpoint →
+    `ope` of the learned checkpoint on the held-out log, against its true accuracy on the held-out labels."""
+    out = Path(args.cache) / f"e2e-{args.task}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    files, runs = e2e_files(args, out), out / "runs"
+    _, logger_s = rewardtune("sft", "model.name=minilm-l6", f"data.path={files['logger']}", "data.val_fraction=0.2",
+                             f"runs_dir={runs}", "name=logger", f"train.max_length={args.max_length}",
+                             *args.e2e_logger)
+    logger = runs / "logger" / "checkpoints" / "best"
+    logs = {}
+    for i, name in enumerate(("texts", "heldout")):
+        conv, _ = rewardtune("bandit", "convert", logger, "--data", files[name], "--out", out / f"{name}_log.jsonl",
+                             "--temperature", args.temperature, "--seed", args.seed + i)
+        logs[name] = last_json(conv)
+    base = {"bench": "bandit_text_e2e", "task": args.task, "logger_rows": TASKS[args.task][1], "rows": args.e2e_rows,
+            "test_rows": args.e2e_test, "temperature": args.temperature, "logger_s": logger_s,
+            "logger_args": args.e2e_logger, **{k: v for k, v in logs["heldout"].items() if k.startswith("logging_")}}
+    for spec in args.e2e_runs:
+        name, settings = spec.split(":", 1) if ":" in spec else (spec, "")
+        cmd = ["sft", f"data.path={files['texts']}", "data.val_fraction=0.1"] if name == "sft" else [
+            "bandit", "train", f"data.path={out / 'texts_log.jsonl'}", f"bandit.estimator={name}"]
+        res, secs = rewardtune(*cmd, f"model.name={logger}", f"data.test_path={files['heldout']}",
+                               f"train.max_length={args.max_length}", f"runs_dir={runs}", f"name={name}",
+                               *settings.split())
+        res = last_json(res)
+        rep, _ = rewardtune("ope", runs / name / "checkpoints" / "best", "--log", out / "heldout_log.jsonl", "--json")
+        rep = last_json(rep)
+        truth = res["test"]["accuracy"]
+        print(f"{name} ({settings}): held-out accuracy {truth:.4f}; logging policy expected "
+              f"{base['logging_expected_accuracy']:.4f}, greedy {base['logging_greedy_accuracy']:.4f}")
+        w = rep["estimates"]["_weights"]
+        print(f"  weights: mean {w['mean']:.3f}, max {w['max']:.1f}, effective sample size {w['ess']:.0f} of {w['n']:.0f}")
+        for e, v in ((e, v) for e, v in rep["estimates"].items() if not e.startswith("_")):
+            print(f"  {e}: {v['value']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+                  + ("  holds the truth" if v["low"] <= truth <= v["high"] else "  MISSES the truth"))
+        record({**base, "policy": name, "settings": settings, "accuracy": truth, "ope": rep["estimates"],
+                "wall_s": secs, "train_s": res["train_s"], "steps": res["steps"]}, echo=False)
 
 
 def main() -> None:
@@ -230,9 +275,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the embedding pass and `--e2e` use more)")
     ap.add_argument("--cache", default="/tmp/rewardtune-bandit-bench")
-    ap.add_argument("--e2e", action="store_true", help="also run `bandit train` + `ope` (AG News, MiniLM)")
-    ap.add_argument("--e2e-rows", type=int, default=600)
-    ap.add_argument("--e2e-test", type=int, default=300)
+    ap.add_argument("--e2e", action="store_true", help="instead: the command path (sft → bandit convert → "
+                                                       "bandit train → ope)")
+    ap.add_argument("--e2e-logger", nargs="*", default=["train.epochs=30", "train.batch_size=16", "train.lr=1e-2"] + HEAD,
+                    help="the logging policy's `sft` settings")
+    ap.add_argument("--e2e-rows", type=int, default=2000, help="texts logged (`bandit train` holds out 10%%)")
+    ap.add_argument("--e2e-test", type=int, default=1000, help="held-out texts (labelled, and logged for `ope`)")
+    ap.add_argument("--e2e-runs", nargs="*", default=[f"{e}:{' '.join(HEAD)} train.epochs=20 train.lr=1e-2"
+                                                      for e in ("banditnet", "ips", "sft")],
+                    help="ESTIMATOR[:SETTINGS] per `bandit train` run from the logger (`sft:...`: full information)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # the linear heads are tiny: extra threads only wait on each other
     run_e2e(args) if args.e2e else run_task(args)

@@ -24,7 +24,8 @@ from ..policies import tagger as policy
 from ..rewards.spans import entity_report
 from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..tagging import Encoded, TaggedExamples, collate_tagged, encode_tagged, load_tagged
-from .common import OptimSettings, accelerator_kwargs, save_classifier, setup_optimizer, shares, steps_per_epoch
+from .common import (OptimSettings, accelerator_kwargs, apply_freeze, save_classifier, setup_optimizer, shares,
+                     steps_per_epoch)
 from .loop import LoopResult, train_epochs
 
 
@@ -126,6 +127,7 @@ def setup_tagger_model(model: ModelSettings, tag_names: list[str], opt: OptimSet
         net.get_input_embeddings().weight.requires_grad_(False)
     if opt.fast_dropout:
         use_fast_dropout(net)
+    apply_freeze(net, opt, model.lora.r + hasattr(net, "peft_config"))
     return (net if hasattr(net, "peft_config") else with_lora(net, model.lora)), tok
 
 
