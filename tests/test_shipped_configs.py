@@ -152,10 +152,15 @@ def test_shipped_configs_load_and_name_their_command():
         assert cfg.name == name  # its run folder is runs/<config name>
 
 
+RECIPE_SOURCES = {"mt": ("mt", "multi30k-en-de", "dev.jsonl.gz"), "dialogue": ("dialogue", "dailydialog", "dev.jsonl.gz"),
+                  "qa": ("qa", "squad-v1.1", "train.jsonl.gz"), "intent": ("intent", "banking77", "train.jsonl.gz")}
+
+
 @pytest.mark.parametrize("recipe", ["mt", "dialogue", "qa", "intent"])
 def test_recipe_configs_run_sft_then_rl(recipe, tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):
     """`data recipe` writes the rows the pair of configs reads; sft runs, and rl starts from sft's best checkpoint."""
     _in_repo(monkeypatch, f"recipe-{recipe}-sft")
+    needs_shared_data(*RECIPE_SOURCES[recipe])  # what `data recipe` reads (the configs read what it writes)
     rows = tmp_path / "rows"
     assert main(["data", "recipe", recipe, "--out", str(rows), "--train-rows", "16", "--val-rows", "4"]) == 0
     assert _data_paths(f"recipe-{recipe}-sft") == _data_paths(f"recipe-{recipe}-rl") == [
