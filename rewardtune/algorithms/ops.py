@@ -129,6 +129,19 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
+
+def tempered_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0,
+                      entropy: bool = True) -> tuple[Tensor, Tensor | None]:
+    """log softmax(z / τ) at ``labels`` and, if asked, H(softmax(z / τ)) without gradient (a logged statistic, or
+    the entropy bonus's detached view).  logits (B, T, V), labels (B, T) → (B, T), (B, T) or None."""
+    if temperature != 1.0:  # each pass over (B, T, V) costs as much as a layer of a small model
+        logits = logits / temperature
+    logp = logprobs_from_logits(logits, labels)  # (B, T)
+    if not entropy:
+        return logp, None
+    with torch.no_grad():
+        return logp, entropy_from_logits(logits)
+
 def token_mean(x: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
     """Σ_{i,t} m_it x_it / Σ_{i,t} m_it: every valid token weighs the same (DAPO).
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..algorithms import entropy_from_logits, logprobs_from_logits
+from ..algorithms import logprobs_from_logits, tempered_logprobs
 from ..config import ConfigError, doc
 from . import decode
 from .decode_graph import decode_any
@@ -353,13 +353,7 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
         hidden = completion_logits(model, ids, mask, n_completion, hidden=True, share_prompt=share_prompt)  # (B, T, H)
         return chunked_token_logprobs(hidden, head, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
     logits = completion_logits(model, ids, mask, n_completion, share_prompt=share_prompt).float()  # (B, T, V)
-    if temperature != 1.0:  # each pass over (B, T, V) costs as much as a layer of the model
-        logits = logits / temperature
-    logp = logprobs_from_logits(logits, ids[:, -n_completion:])  # (B, T)
-    if not entropy:
-        return logp, None
-    with torch.no_grad():
-        return logp, entropy_from_logits(logits)
+    return tempered_logprobs(logits, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
 
 
 def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..algorithms import entropy_from_logits, logprobs_from_logits
+from ..algorithms import entropy_from_logits, logprobs_from_logits, tempered_logprobs
 from ..models import ModelError, load_tokenizer, resolve
 from .causal_lm import GenSettings, Rollout, after_stop, cache_keyword, completion_mask, concat_rollouts, format_prompts
 from .causal_lm import prompt_groups
@@ -194,13 +194,7 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
     """log π(token) and (if `entropy`) its entropy (no gradient) of the last `n_completion` columns of `ids`, the
     completion.  ids (B, Tp + T) → (B, T), (B, T) or None."""
     logits = _forward(model, ids, mask, n_completion, share_prompt).logits.float()  # (B, T, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = logprobs_from_logits(logits, ids[:, -n_completion:])  # (B, T)
-    if not entropy:
-        return logp, None
-    with torch.no_grad():
-        return logp, entropy_from_logits(logits)
+    return tempered_logprobs(logits, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
 
 
 def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rewardtune.algorithms import ops
+from rewardtune.algorithms.ops import entropy_from_logits, logprobs_from_logits, tempered_logprobs
 
 F64 = torch.float64
 
@@ -161,3 +162,18 @@ def test_unknown_aggregation_lists_valid_names():
     with pytest.raises(ValueError, match="seq_mean_token_mean, seq_mean_token_sum, token_mean"):
         ops.aggregate(AGG_X, AGG_MASK, "sum")
     assert ops.get_aggregation("token_mean") is ops.token_mean
+
+
+def test_tempered_logprobs_by_hand_and_against_dividing_first():
+    # logits (1, 1, 2) = [ln 1, ln 3] at τ = 1: softmax = [1/4, 3/4]; label 1 → log 3/4; H = -(¼ ln ¼ + ¾ ln ¾)
+    z = torch.log(torch.tensor([[[1.0, 3.0]]], requires_grad=False))
+    logp, ent = tempered_logprobs(z, torch.tensor([[1]]))
+    assert torch.allclose(logp, torch.log(torch.tensor([[0.75]])))
+    assert torch.allclose(ent, torch.tensor([[-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]]))
+    # at τ = 2 it is the plain functions on z / 2; entropy off gives None and no entropy gradient is ever taken
+    z = torch.randn(2, 3, 5, requires_grad=True)
+    y = torch.randint(0, 5, (2, 3))
+    logp, ent = tempered_logprobs(z, y, temperature=2.0)
+    assert torch.allclose(logp, logprobs_from_logits(z / 2, y)) and torch.allclose(ent, entropy_from_logits(z / 2))
+    assert logp.requires_grad and not ent.requires_grad
+    assert tempered_logprobs(z, y, 2.0, entropy=False)[1] is None
