@@ -279,13 +279,19 @@ def report_and_keep_best(run: RunContext, model: Any, tok: Any, data: Classifier
             raise KeyError(f"best_metric {opt.best_metric!r} is not reported; choose one of: {', '.join(rep.metrics)}")
         run.log(step, epoch=epoch, split="val", **rep.metrics, confusion=rep.confusion)  # rows gold, columns predicted
         run.print(f"\nepoch {epoch} step {step}: validation ({len(data.val)} examples)\n{rep.text}")
-        if best is None or score > best:
-            best = score
-            save_classifier(run, model, tok, run.checkpoints / "best",
-                            {**meta, "step": step, "epoch": epoch, opt.best_metric: score})
-            run.print(f"new best {opt.best_metric} = {score:.4f}: saved {run.checkpoints / 'best'}")
+        best = keep_if_best(run, model, tok, score, best, opt.best_metric, step, epoch, meta)
     run.accelerator.wait_for_everyone()
     return best
+
+
+def keep_if_best(run: RunContext, model: Any, tok: Any, score: float, best: float | None, metric: str, step: int,
+                 epoch: int, meta: dict[str, Any]) -> float | None:
+    """Save `checkpoints/best` when `score` beats `best` (larger is better); the best so far."""
+    if best is not None and score <= best:
+        return best
+    save_classifier(run, model, tok, run.checkpoints / "best", {**meta, "step": step, "epoch": epoch, metric: score})
+    run.print(f"new best {metric} = {score:.4f}: saved {run.checkpoints / 'best'}")
+    return score
 
 
 def final_test(run: RunContext, data: ClassifierData, opt: OptimSettings, step: int) -> Report | None:

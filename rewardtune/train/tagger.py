@@ -24,7 +24,7 @@ from ..policies import tagger as policy
 from ..rewards.spans import entity_report
 from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..tagging import Encoded, TaggedExamples, collate_tagged, encode_tagged, load_tagged
-from .common import (OptimSettings, accelerator_kwargs, apply_freeze, save_classifier, setup_optimizer, shares,
+from .common import (OptimSettings, accelerator_kwargs, apply_freeze, keep_if_best, setup_optimizer, shares,
                      steps_per_epoch)
 from .loop import LoopResult, train_epochs
 
@@ -163,11 +163,7 @@ def report_and_keep_best(run: RunContext, model: Any, tok: Any, data: TaggedData
         score = rep.metrics[opt.best_metric]
         run.log(step, epoch=epoch, split="val", **rep.metrics)
         run.print(f"\nepoch {epoch} step {step}: validation ({len(data.val)} sentences)\n{rep.text}")
-        if best is None or score > best:
-            best = score
-            save_classifier(run, model, tok, run.checkpoints / "best",
-                            {**meta, "step": step, "epoch": epoch, opt.best_metric: score})
-            run.print(f"new best {opt.best_metric} = {score:.4f}: saved {run.checkpoints / 'best'}")
+        best = keep_if_best(run, model, tok, score, best, opt.best_metric, step, epoch, meta)
     run.accelerator.wait_for_everyone()
     return best
 
