@@ -201,3 +201,16 @@ def test_max_examples_samples_both_classes_of_a_label_sorted_file(tmp_path):
     assert again.train.texts == data.train.texts  # seeded by data.seed
     first = setup_data(DataSettings(path=str(path), val_fraction=0.2, max_examples=20, subset="first"))
     assert set(first.train.labels) == {0}  # the file's first rows: one class
+
+
+@pytest.mark.parametrize("settings,key", [({"max_examples": 1}, "data.max_examples=1"),
+                                          ({"val_fraction": 1.5}, "data.val_fraction=1.5")])
+def test_a_split_that_cannot_be_made_names_the_setting(tmp_path, settings, key):
+    from rewardtune.config import ConfigError, DataSettings
+    from rewardtune.train.common import setup_data
+
+    path = tmp_path / "three.jsonl"  # 3 classes × 10 rows, 24 after validation: 1 example = 8/24 per class, rounds to 0
+    path.write_text("".join(json.dumps({"text": f"t {i}", "label": i % 3}) + "\n" for i in range(30)))
+    with pytest.raises(ConfigError, match=key) as e:
+        setup_data(DataSettings(path=str(path), **{"val_fraction": 0.2, **settings}))
+    assert "3 classes" in str(e.value) and "data.stratify=false" in str(e.value)

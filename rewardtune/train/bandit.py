@@ -50,6 +50,8 @@ class LogDataSettings:
     seed: int = doc(0, "seed of the train/validation split")
     test_path: str = doc("", "optional labelled file (text, label): the best checkpoint's true accuracy at the end")
     test_label_column: str = doc("label", "label field of test_path")
+    test_each_epoch: bool = doc(False, "also log test_path's accuracy after every epoch (split=test_epoch): a "
+                                       "diagnostic of the selection rule, never used to pick the checkpoint")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,17 @@ class BanditConfig:
     name: str = doc("bandit", "run folder name")
     report_to: tuple = doc((), REPORT_TO_DOC)
     seed: int = doc(0, "global seed (initialisation, batch order)")
+
+
+# Below this many validation rows per action, the greedy policy's estimate moves more from noise than from
+# training (Banking77, 2.6 rows per action: the SNIPS-picked epoch was the worst; BENCHMARKS.md, issue 23).
+MIN_VAL_ROWS_PER_ACTION = 10
+
+
+def thin_validation_warning(rows: int, actions: int) -> str:
+    return (f"warning: the validation log has {rows} rows for {actions} actions ({rows / actions:.1f} per action, "
+            f"fewer than {MIN_VAL_ROWS_PER_ACTION}): the checkpoint it picks may be noise. Give a larger "
+            "data.val_fraction or a data.val_path log, or bandit.select=ips (unbiased; SNIPS can be far off here)")
 
 
 @dataclass
@@ -174,6 +187,11 @@ def keep_best(cfg: BanditConfig, run: RunContext, model: Any, tok: Any, logs: Lo
             run.log(step, epoch=epoch, split="val", **row)
             run.print(f"\nepoch {epoch} step {step}: greedy policy on the validation log ({len(logs.val)} rows): "
                       + ", ".join(f"{k} {row[k]:.4f}" for k in ("ips", "snips", "dr") if k in row))
+            if cfg.data.test_each_epoch and logs.test is not None:
+                rep = test_report(cfg, run, run.accelerator.unwrap_model(model), tok, logs.test)
+                run.log(step, epoch=epoch, split="test_epoch", **rep.metrics)
+                run.print(f"epoch {epoch}: accuracy on the labelled test file {rep.metrics['accuracy']:.4f} "
+                          "(diagnostic only)")
             if best is None or score > best:
                 best = score
                 save_classifier(run, model, tok, run.checkpoints / "best", {**meta, "step": step, "epoch": epoch,
@@ -183,6 +201,13 @@ def keep_best(cfg: BanditConfig, run: RunContext, model: Any, tok: Any, logs: Lo
     return end_of_epoch
 
 
+def test_report(cfg: BanditConfig, run: RunContext, model: Any, tok: Any, test: Examples) -> Any:
+    """The classifier's report on the labelled test file."""
+    return evaluate_classifier(model.to(run.accelerator.device), tok, test.texts, test.labels, test.label_names,
+                               cfg.train.max_length, cfg.train.truncation, cfg.train.eval_batch_size,
+                               run.accelerator.device)
+
+
 def final_test(cfg: BanditConfig, run: RunContext, test: Examples | None, step: int) -> dict[str, float] | None:
     """The best checkpoint's accuracy on the labelled test file (the truth the estimates are checked against)."""
     if test is None or not run.is_main or not (run.checkpoints / "best").exists():
@@ -190,9 +215,7 @@ def final_test(cfg: BanditConfig, run: RunContext, test: Examples | None, step: 
     from ..models import load_trained_classifier
 
     model, tok = load_trained_classifier(run.checkpoints / "best")
-    rep = evaluate_classifier(model.to(run.accelerator.device), tok, test.texts, test.labels, test.label_names,
-                              cfg.train.max_length, cfg.train.truncation, cfg.train.eval_batch_size,
-                              run.accelerator.device)
+    rep = test_report(cfg, run, model, tok, test)
     run.log(step, split="test", **rep.metrics)
     run.print(f"\ntest ({len(test)} labelled examples), best checkpoint\n{rep.text}")
     return rep.metrics
@@ -215,6 +238,8 @@ def train_bandit(cfg: BanditConfig, show_progress: bool = True) -> dict[str, Any
             "trainer": f"bandit-{cfg.bandit.estimator}"}
     run.print(f"bandit ({cfg.bandit.estimator}): {len(logs.train)} logged rows / {len(logs.val)} validation, "
               f"{len(names)} actions, mean logged reward {logs.train.rewards.mean():.4f}, {total} steps")
+    if len(logs.val) < MIN_VAL_ROWS_PER_ACTION * len(names):
+        run.print(thin_validation_warning(len(logs.val), len(names)))
     res = train_epochs(
         run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
         log_every=opt.log_every, desc=f"bandit-{cfg.bandit.estimator}", show_progress=show_progress,

@@ -73,12 +73,25 @@ def setup_data(data: DataSettings) -> ClassifierData:
     if data.val_path:
         train, val = full, load(data.val_path, labels)
     else:
-        train, val = split(full, data.val_fraction, data.seed, data.stratify)
+        train, val = split_or_explain(full, data.val_fraction, data, "data.val_fraction")
     if 0 < data.max_examples < len(train):  # the first rows of a file sorted by label would be one class
         train = (train.subset(range(data.max_examples)) if data.subset == "first" else
-                 split(train, data.max_examples / len(train), data.seed, data.stratify)[1])
+                 split_or_explain(train, data.max_examples / len(train), data, "data.max_examples")[1])
     test = load(data.test_path, labels) if data.test_path else None
     return ClassifierData(train, val, test, list(full.label_names))
+
+
+def split_or_explain(examples: Examples, fraction: float, data: DataSettings, key: str) -> tuple[Examples, Examples]:
+    """`split`, with its failure (a fraction outside (0, 1); a stratified side left empty, e.g. fewer examples asked
+    for than there are classes) said as a ConfigError naming the setting and the way out."""
+    try:
+        return split(examples, fraction, data.seed, data.stratify)
+    except ValueError as e:
+        value = getattr(data, key.split(".")[1])
+        n_classes = len(set(examples.labels)) if examples.labels is not None else 1
+        raise ConfigError(f"{key}={value} cannot split {data.path} ({len(examples)} examples, {n_classes} classes): "
+                          f"{e}. Give {key} so that every side keeps at least one example per class "
+                          "(stratified), or data.stratify=false, or data.val_path=FILE") from None
 
 
 def check_best_metric(opt: OptimSettings, data: ClassifierData) -> None:
