@@ -114,10 +114,24 @@ def test_greedy_decoding_is_transformers_greedy_generate(arch, tiny_seq2seq):
     ro = seq2seq.sample(model, tok, PROMPTS, 1, GenSettings(max_new_tokens=7), 100, greedy=True)
     enc = tok(PROMPTS, padding=True, return_tensors="pt")
     config = GenerationConfig(do_sample=False, max_new_tokens=7, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, decoder_start_token_id=seq2seq.decoder_start_id(model))
+                              eos_token_id=tok.eos_token_id, decoder_start_token_id=seq2seq.decoder_start_id(model),
+                              bad_words_ids=[[tok.pad_token_id]])  # pad is no action (seq2seq.policy_logits)
     ref = model.generate(**enc, generation_config=config)[:, 1:]  # without the start token
     T = ro.completion_ids.shape[1]
     assert torch.equal(ro.completion_ids, torch.where(ro.completion_mask.bool(), ref[:, :T], tok.pad_token_id))
+
+
+def test_pad_is_never_chosen_even_by_a_model_that_prefers_it(tiny_seq2seq):
+    model, tok = seq2seq.load_seq2seq_lm(str(tiny_seq2seq["bart"]))
+    model.final_logits_bias[0, tok.pad_token_id] = 50.0  # pad now takes nearly all of the softmax's mass
+    ro = seq2seq.sample(model, tok, PROMPTS, 3, GenSettings(max_new_tokens=6), 100)
+    m = ro.completion_mask
+    assert m[:, 0].all() and not (ro.completion_ids[m.bool()] == tok.pad_token_id).any()
+    lp, ent = seq2seq.token_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1])
+    assert torch.allclose(lp * m, ro.logprobs, atol=1e-5) and torch.isfinite(ent).all()
+    # uniform logits over V tokens → pad 0, each other token 1 / (V − 1)
+    probs = seq2seq.policy_logits(model, torch.zeros(1, len(tok))).softmax(-1)[0]
+    assert probs[tok.pad_token_id] == 0.0 and torch.allclose(probs[1:], torch.full((len(tok) - 1,), 1 / (len(tok) - 1)))
 
 
 def test_a_seq2seq_batch_and_its_loss_by_hand():

@@ -14,7 +14,7 @@ group of rows sharing a prompt. Prompts are right-padded: BART and Marian number
 so left padding would move a prompt's positions. The decoder is causal, so what follows a row's EOS changes nothing
 before it. The sampler is `sampling.TokenSampler`, as for the causal LM: the recorded log-prob is that of
 softmax(logits / temperature), untruncated; no forced BOS/EOS, no repetition penalty (a checkpoint's generation
-config is not applied: the policy is the model's softmax).
+config is not applied: the policy is the model's softmax), except that pad is never an action (`policy_logits`).
 """
 from __future__ import annotations
 
@@ -89,6 +89,22 @@ def eos_ids(model: Any, tok: Any) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
 
 
+# T5's and Marian's decoders start from pad, and nothing stops them from choosing it again; a chosen pad would end the
+# row unrecorded (completion_mask cuts at the first pad): an action outside the loss. As `generate` does for Marian
+# (bad_words_ids=[[pad]]), pad is no action here: its logit gets this value in sampling and in every log-prob pass
+# alike, so sampled log-probs still equal a fresh forward. Finite, so that entropies stay finite (0 · log 0 is nan).
+NO_ACTION = -1e9
+
+
+def policy_logits(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    """The logits with pad taken out of the action set (unless pad is an EOS).  (..., V) → (..., V)"""
+    inner = _inner(model)
+    pad, eos = inner.config.pad_token_id, getattr(inner.generation_config, "eos_token_id", None)
+    if pad is None or pad == eos or (isinstance(eos, (list, tuple)) and pad in eos):
+        return logits
+    return logits.index_fill(-1, torch.tensor([pad], device=logits.device), NO_ACTION)
+
+
 def max_prompt_tokens(config: Any, max_new_tokens: int) -> int:
     """The longest encoder input: the encoder's positions (learned ones: BART, Marian; T5's are relative: 2048, as for
     a causal LM without the setting). The decoder's positions must hold `max_new_tokens`."""
@@ -160,7 +176,7 @@ def decode(model: Any, hidden: torch.Tensor, mask: torch.Tensor, choose: Callabl
         step = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=token, use_cache=True,
                      **({key: cache} if cache is not None else {}))
         cache = getattr(step, key)
-        nxt = choose(step.logits[:, -1])  # (B,)
+        nxt = choose(policy_logits(model, step.logits[:, -1]))  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         out.append(nxt)
         done |= torch.isin(nxt, eos_t)
@@ -193,14 +209,14 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
                    entropy: bool = True, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) and (if `entropy`) its entropy (no gradient) of the last `n_completion` columns of `ids`, the
     completion.  ids (B, Tp + T) → (B, T), (B, T) or None."""
-    logits = _forward(model, ids, mask, n_completion, share_prompt).logits.float()  # (B, T, V)
+    logits = policy_logits(model, _forward(model, ids, mask, n_completion, share_prompt).logits.float())  # (B, T, V)
     return tempered_logprobs(logits, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
 
 
 def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
                       temperatures: Sequence[float], share_prompt: bool = True) -> list[torch.Tensor]:
     """log π(token) at each of `temperatures` from one pass of the model.  ids (B, Tp + T) → [(B, T)]."""
-    logits = _forward(model, ids, mask, n_completion, share_prompt).logits.float()  # (B, T, V)
+    logits = policy_logits(model, _forward(model, ids, mask, n_completion, share_prompt).logits.float())  # (B, T, V)
     labels = ids[:, -n_completion:]
     return [logprobs_from_logits(logits if t == 1.0 else logits / t, labels) for t in temperatures]
 
@@ -210,7 +226,7 @@ def token_outputs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int,
     """log π, the decoder's last hidden state at each completion position (what a value head reads) and the entropy
     (no gradient), from one forward pass (one per row: PPO's shuffled minibatches).  → (B, T), (B, T, H), (B, T)."""
     out = _forward(model, ids, mask, n, share_prompt=False, hidden=True)
-    logits = out.logits.float() / temperature  # (B, T, V)
+    logits = policy_logits(model, out.logits.float()) / temperature  # (B, T, V)
     with torch.no_grad():
         ent = entropy_from_logits(logits)
     return logprobs_from_logits(logits, ids[:, -n:]), out.decoder_hidden_states[-1], ent
