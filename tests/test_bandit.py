@@ -132,13 +132,13 @@ def test_smoke_run_trains_logs_and_saves_the_best(tiny_encoder_dir, log_file, te
 def test_test_each_epoch_logs_the_truth_beside_the_estimates_and_thin_validation_warns(
         tiny_encoder_dir, log_file, test_file, tmp_path, capsys):
     args = bandit_args(tiny_encoder_dir, log_file, test_file, tmp_path, "diag", "ips") + [
-        "train.epochs=2", "data.test_each_epoch=true", "bandit.select=ips"]
+        "train.epochs=2", "data.test_each_epoch=true", "bandit.select=snips"]
     out = train_bandit(load_config(BanditConfig, None, args), show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "diag" / "metrics.jsonl").read_text().splitlines()]
     per_epoch = [r for r in rows if r["split"] == "test_epoch"]
     assert [r["epoch"] for r in per_epoch] == [0, 1] and all(0.0 <= r["accuracy"] <= 1.0 for r in per_epoch)
-    # the final test row is the best checkpoint's: its accuracy is one of the epochs' (picked by IPS, not by it)
-    assert out["test"]["accuracy"] in [r["accuracy"] for r in per_epoch] and out["select"] == "ips"
+    # the final test row is the best checkpoint's: its accuracy is one of the epochs' (picked by SNIPS, not by it)
+    assert out["test"]["accuracy"] in [r["accuracy"] for r in per_epoch] and out["select"] == "snips"
     # 10 validation rows for 2 actions = 5 per action < 10
     assert "10 rows for 2 actions (5.0 per action" in capsys.readouterr().out
 

@@ -62,8 +62,8 @@ class BanditSettings:
     clip: float = doc(0.0, "M of the clipped weight min(π/μ, M); 0 = no clipping")
     baseline: float | None = doc(None, "BanditNet's λ, subtracted from every reward; null = the log's mean reward")
     dr_l2: float = doc(1.0, "ridge penalty of DR's reward model (bandit/direct.py)")
-    select: Literal["ips", "snips", "dr"] = doc("snips", "estimate of the greedy policy on the validation log that "
-                                                         "picks the best checkpoint")
+    select: Literal["ips", "snips", "dr"] = doc("ips", "estimate of the greedy policy on the validation log that "
+                                                       "picks the best checkpoint (ips: unbiased; docs/bandit.md)")
     level: float = doc(0.95, "confidence level of the logged intervals")
 
 
