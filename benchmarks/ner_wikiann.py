@@ -35,13 +35,17 @@ def overrides(args: argparse.Namespace, name: str, lr: float) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     """One method's run → its summary (best dev F1, examples/s, seconds)."""
     t = time.time()
-    if args.method == "sft":
-        cfg = load_config(TaggerSFTConfig, "rewardtune/configs/wikiann-tagger-sft.yaml", overrides(args, "sft", args.lr))
+    sft_best = Path(args.runs) / f"{args.prefix}-sft" / "checkpoints" / "best"
+    if args.method in ("sft", "sft-sft"):  # sft-sft: the control of sft-rl, as many more epochs of cross-entropy
+        more = [f"model.name={sft_best}"] if args.method == "sft-sft" else []
+        lr = args.rl_lr if args.method == "sft-sft" else args.lr
+        cfg = load_config(TaggerSFTConfig, "rewardtune/configs/wikiann-tagger-sft.yaml",
+                          overrides(args, args.method, lr) + more)
         out = train_sft_tagger(cfg, show_progress=False)
     else:
         extra = [f"rl.samples={args.samples}", f"rl.baseline={args.baseline}"]
         if args.method == "sft-rl":
-            extra.append(f"model.name={Path(args.runs) / f'{args.prefix}-sft' / 'checkpoints' / 'best'}")
+            extra.append(f"model.name={sft_best}")
         lr = args.rl_lr if args.method == "sft-rl" else args.lr
         cfg = load_config(TaggerRLConfig, "rewardtune/configs/wikiann-tagger-rl.yaml",
                           overrides(args, args.method, lr) + extra)
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", choices=["sft", "rl", "sft-rl"], required=True)
+    p.add_argument("--method", choices=["sft", "rl", "sft-rl", "sft-sft"], required=True)
     p.add_argument("--train", type=int, default=2000, help="seeded subset of WikiANN-en train (sentences)")
     p.add_argument("--dev", type=int, default=1000, help="seeded subset of WikiANN-en dev (sentences)")
     p.add_argument("--epochs", type=int, default=1)
