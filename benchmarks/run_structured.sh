@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}; RUNS=${RUNS_DIR:-runs/structured}
 TASK=$1; N=$2; V=${3:-0}; E=${4:-1}; S=${5:-0}; shift $(( $# < 5 ? $# : 5 ))
-for M in sft rl sft-rl; do
+for M in ${METHODS:-sft rl sft-rl}; do  # METHODS="sft rl sft-rl sft-sft" adds the control of sft-rl
   PYTHONPATH=$PWD $PY benchmarks/structured_tasks.py --task "$TASK" --method $M --max-examples "$N" --max-val "$V" \
     --epochs "$E" --seed "$S" --runs-dir "$RUNS" --set "$@"
 done

@@ -41,13 +41,14 @@ def run(args: argparse.Namespace) -> dict:
 
     sft_name, rl_name, metric, _ = TASKS[args.task]
     name = f"{args.task}-{args.method}-s{args.seed}"
-    if args.method == "sft":
-        command, config, extra = "sft", sft_name, []
+    init = Path(args.runs_dir) / f"{args.task}-sft-s{args.seed}" / "checkpoints" / "best"
+    if args.method in ("sft", "sft-sft"):  # sft-sft: the control of sft-rl, more cross-entropy from the sft checkpoint
+        command, config = "sft", sft_name
+        extra = [f"model.name={init}", f"train.lr={args.rl_lr}"] if args.method == "sft-sft" else []
     else:
         command, config = "rl", rl_name or sft_name
         extra = [] if rl_name else CLASSIFIER_RL
         if args.method == "sft-rl":
-            init = Path(args.runs_dir) / f"{args.task}-sft-s{args.seed}" / "checkpoints" / "best"
             extra = [*extra, f"model.name={init}", f"train.lr={args.rl_lr}"]
     cls, train = trainer(args.task, command)
     cfg = load_config(cls, config_path(config), [*extra, *overrides(args, name)])
@@ -80,12 +81,12 @@ def trainer(task: str, command: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), required=True)
-    p.add_argument("--method", choices=["sft", "rl", "sft-rl"], required=True)
+    p.add_argument("--method", choices=["sft", "rl", "sft-rl", "sft-sft"], required=True)
     p.add_argument("--max-examples", type=int, default=0, help="training questions/examples, a seeded sample (0 = all)")
     p.add_argument("--max-val", type=int, default=0, help="SQuAD: validation questions, a seeded sample (0 = all)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rl-lr", type=float, default=1e-5, help="learning rate of sft-rl (from the sft checkpoint)")
+    p.add_argument("--rl-lr", type=float, default=1e-5, help="learning rate of sft-rl and sft-sft (from the sft checkpoint)")
     p.add_argument("--runs-dir", default="runs/structured")
     p.add_argument("--set", nargs="*", default=[], help="more key=value overrides")
     record(run(p.parse_args()))
