@@ -206,6 +206,7 @@ def e2e_files(args, out: Path) -> dict[str, Path]:
     path, n_logger = TASKS[args.task]
     ex = load_examples(DATA / path)
     order = torch.randperm(len(ex), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    order = every_label_in_the_first(order, ex.labels, n_logger)
     sizes = {"logger": n_logger, "texts": args.e2e_rows, "heldout": args.e2e_test}
     files, at = {}, 0
     for name, n in sizes.items():
@@ -215,6 +216,19 @@ def e2e_files(args, out: Path) -> dict[str, Path]:
                           for i in order[at:at + n])
         at += n
     return files
+
+
+def every_label_in_the_first(order: list[int], labels: list[int], n: int) -> list[int]:
+    """`order` with, for each label missing from its first n rows, the label's first later row moved to the front:
+    the logging policy must know every action (`bandit convert` refuses a text whose label it lacks). Where no label
+    is missing (seeds 0 and 1 of both tasks) the order is unchanged."""
+    seen, moved = {labels[i] for i in order[:n]}, []
+    for i in order[n:]:
+        if labels[i] not in seen:
+            seen.add(labels[i])
+            moved.append(i)
+    rest = [i for i in order if i not in set(moved)]
+    return moved + rest if moved else order
 
 
 def run_e2e(args) -> None:
