@@ -248,7 +248,7 @@ def run_e2e(args) -> None:
         conv, _ = rewardtune("bandit", "convert", logger, "--data", files[name], "--out", out / f"{name}_log.jsonl",
                              "--temperature", args.temperature, "--seed", args.seed + i)
         logs[name] = last_json(conv)
-    base = {"bench": "bandit_text_e2e", "task": args.task, "logger_rows": TASKS[args.task][1], "rows": args.e2e_rows,
+    base = {"bench": "bandit_text_e2e", "task": args.task, "seed": args.seed, "logger_rows": TASKS[args.task][1], "rows": args.e2e_rows,
             "test_rows": args.e2e_test, "temperature": args.temperature, "logger_s": logger_s,
             "logger_args": args.e2e_logger, **{k: v for k, v in logs["heldout"].items() if k.startswith("logging_")}}
     for spec in args.e2e_runs:
