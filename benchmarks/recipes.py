@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ def prepare(recipe: str, work: Path, report_rows: int) -> Path:
     rows = work / "rows"
     sh(["data", "recipe", recipe, "--out", str(rows), "--val-rows", "400", "--seed", "0"], work / "recipe.log")
     lines = (rows / "val.jsonl").read_text().splitlines()
+    random.Random(0).shuffle(lines)  # a dev file may be ordered (by article, by label): both parts are random samples
     (rows / "select.jsonl").write_text("\n".join(lines[:100]) + "\n")
     (rows / "report.jsonl").write_text("\n".join(lines[100:100 + report_rows]) + "\n")
     return rows

@@ -87,13 +87,14 @@ def qa_rows(root: str, seed: int = 0, val_articles: float = 0.1) -> tuple[Rows, 
 
 def _label_rows(rows: Rows, text: str, label: str, prompt: Callable[[str], str], seed: int,
                 val_fraction: float) -> tuple[Rows, Rows]:
-    """Label-as-text rows; validation is a seeded `val_fraction` of the rows (the packs hold no dev split)."""
+    """Label-as-text rows; validation is a seeded `val_fraction` of the rows (the packs hold no dev split), in that
+    shuffled order: the files are sorted by label, and held-out evaluation reads the first `eval.prompts` rows."""
     out = [{"prompt": prompt(str(r[text]).strip()), "completion": _space(str(r[label])), "label": str(r[label])}
            for r in rows]
     idx = list(range(len(out)))
     random.Random(seed).shuffle(idx)
     n_val = round(val_fraction * len(out))
-    return [out[i] for i in sorted(idx[n_val:])], [out[i] for i in sorted(idx[:n_val])]
+    return [out[i] for i in sorted(idx[n_val:])], [out[i] for i in idx[:n_val]]
 
 
 def intent_rows(root: str, seed: int = 0) -> tuple[Rows, Rows]:
