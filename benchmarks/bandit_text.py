@@ -227,8 +227,10 @@ def every_label_in_the_first(order: list[int], labels: list[int], n: int) -> lis
         if labels[i] not in seen:
             seen.add(labels[i])
             moved.append(i)
-    rest = [i for i in order if i not in set(moved)]
-    return moved + rest if moved else order
+    if not moved:
+        return order
+    taken = set(moved)
+    return moved + [i for i in order if i not in taken]
 
 
 def run_e2e(args) -> None:

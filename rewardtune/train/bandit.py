@@ -87,10 +87,11 @@ class BanditConfig:
 MIN_VAL_ROWS_PER_ACTION = 10
 
 
-def thin_validation_warning(rows: int, actions: int) -> str:
+def thin_validation_warning(rows: int, actions: int, select: str) -> str:
     return (f"warning: the validation log has {rows} rows for {actions} actions ({rows / actions:.1f} per action, "
             f"fewer than {MIN_VAL_ROWS_PER_ACTION}): the checkpoint it picks may be noise. Give a larger "
-            "data.val_fraction or a data.val_path log, or bandit.select=ips (unbiased; SNIPS can be far off here)")
+            "data.val_fraction or a data.val_path log"
+            + ("" if select == "ips" else ", or bandit.select=ips (unbiased; SNIPS can be far off here)"))
 
 
 @dataclass
@@ -239,7 +240,7 @@ def train_bandit(cfg: BanditConfig, show_progress: bool = True) -> dict[str, Any
     run.print(f"bandit ({cfg.bandit.estimator}): {len(logs.train)} logged rows / {len(logs.val)} validation, "
               f"{len(names)} actions, mean logged reward {logs.train.rewards.mean():.4f}, {total} steps")
     if len(logs.val) < MIN_VAL_ROWS_PER_ACTION * len(names):
-        run.print(thin_validation_warning(len(logs.val), len(names)))
+        run.print(thin_validation_warning(len(logs.val), len(names), cfg.bandit.select))
     res = train_epochs(
         run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
         log_every=opt.log_every, desc=f"bandit-{cfg.bandit.estimator}", show_progress=show_progress,
