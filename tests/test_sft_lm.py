@@ -19,6 +19,7 @@ from rewardtune.train.rl_generate import train_rl_generate
 from rewardtune.train.sft_lm import train_sft_lm
 from rewardtune.train.sft_lm_config import SFTLMConfig, SFTLMData
 from rewardtune.train.sft_lm_data import IGNORE, collate, read_rows, token_nll
+from rewardtune.train.gen_setup import long_reference_warning
 
 from test_resume import assert_same_run, rows
 
@@ -194,3 +195,28 @@ def test_sft_policy_causal_lm_dispatches_to_the_lm_trainer(tiny_causal_lm_dir, t
     assert json.loads(out[out.index("{\n"):])["steps"] == 1
     assert (tmp_path / "cli" / "checkpoints" / "final" / "config.json").exists()
     assert main(["sft", "policy=nonsense"]) == 2
+
+
+# ---------------------------------------------------------------- references longer than the generation budget
+def test_long_reference_warning_counts_the_completions_over_the_budget(tiny_causal_lm_dir):
+    tok = load_tokenizer(str(tiny_causal_lm_dir))
+    refs = ["was good", "it was good and fun", None]  # 2 and 5 tokens; a non-text cell is not counted
+    assert long_reference_warning(tok, refs, 5, "gen.max_new_tokens") is None
+    warning = long_reference_warning(tok, refs, 3, "gen.max_new_tokens")
+    assert "1 of 2 held-out reference completions" in warning and "the longest: 5" in warning
+    assert "raise gen.max_new_tokens to at least 5" in warning
+
+
+def test_sft_warns_when_validation_completions_cannot_be_generated_whole(tiny_causal_lm_dir, tmp_path, capsys):
+    # every completion is "it was W": 3 tokens, so a budget of 2 cuts each one (Banking77's intents under 8 tokens)
+    cfg = _cfg(tiny_causal_lm_dir, _data(tmp_path), tmp_path, "short", "eval.max_new_tokens=2", "train.max_steps=1")
+    train_sft_lm(cfg, show_progress=False)
+    assert "2 of 2 held-out reference completions are longer than eval.max_new_tokens=2" in capsys.readouterr().out
+
+
+def test_rl_warns_when_held_out_completions_cannot_be_generated_whole(tiny_causal_lm_dir, tmp_path, capsys):
+    data = _data(tmp_path)  # its `completion` column, "it was W", is 3 tokens: over gen.max_new_tokens=2
+    train_rl_generate(load_config(GenRLConfig, None, [
+        f"model.name={tiny_causal_lm_dir}", f"data.path={data}", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
+        "rl.steps=1", "eval.prompts=2", "gen.max_new_tokens=2", f"runs_dir={tmp_path}", "name=rl"]), show_progress=False)
+    assert "2 of 2 held-out reference completions are longer than gen.max_new_tokens=2" in capsys.readouterr().out

@@ -105,6 +105,22 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_tem
                         "shorten or drop those prompts, lower gen.max_new_tokens, or use a model with a longer context")
 
 
+def long_reference_warning(tok: Any, references: list[Any], max_new_tokens: int, setting: str) -> str | None:
+    """A warning when reference completions of the held-out rows are longer than the generation budget: generation
+    cuts such a completion off, so its task reward is low whatever the model learnt (e.g. Banking77 intent names of
+    up to 17 tokens under a budget of 8). None when every reference fits (non-text cells are not counted)."""
+    texts = [r for r in references if isinstance(r, str)]
+    if not texts:
+        return None
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    over = [n for n in lengths if n > max_new_tokens]
+    if not over:
+        return None
+    return (f"warning: {len(over)} of {len(texts)} held-out reference completions are longer than "
+            f"{setting}={max_new_tokens} tokens (the longest: {max(lengths)}); generation cuts those off, so their "
+            f"reward understates the model: raise {setting} to at least {max(lengths)}")
+
+
 def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:
     """The longest prompt the context allows (checked for every prompt before any step, not at the step
     that meets it); the stop strings' criterion can be built for this tokenizer; and P must split into whole
