@@ -28,7 +28,10 @@ EVAL_FLAGS = {"mt": ["--rewards", "chrf", "--reference-column", "reference"],
               "dialogue": ["--rewards", "chrf", "length_penalty", "--weights", "1.0", "0.25", "--reference-column",
                            "reference", "--target-length", "12"],
               "qa": ["--rewards", "token_f1", "exact_match", "--reference-column", "answers"],
-              "intent": ["--rewards", "label_match", "--gold-column", "label"]}
+              "intent": ["--rewards", "label_match", "--gold-column", "label"],
+              "sst2": ["--rewards", "label_match", "--gold-column", "label"]}
+# the configs a recipe trains with: sst2 is a label recipe like intent and ships no configs of its own
+CONFIGS = {"sst2": "intent"}
 
 
 def sh(argv: list[str], log: Path) -> float:
@@ -61,16 +64,22 @@ def last_eval(run: Path) -> dict:
     return [r for r in rows if r.get("split") in ("eval", "val", "heldout")][-1]
 
 
+def budget(recipe: str) -> int:
+    """The generation budget of a recipe's RL config (eval-lm scores with the same one)."""
+    path = Path("rewardtune/configs") / f"recipe-{CONFIGS.get(recipe, recipe)}-rl.yaml"
+    return yaml.safe_load(path.read_text())["gen"]["max_new_tokens"]
+
+
 def run_seed(recipe: str, seed: int, rows: Path, work: Path, args: argparse.Namespace) -> None:
-    tokens = yaml.safe_load((Path("rewardtune/configs") / f"recipe-{recipe}-rl.yaml").read_text())["gen"][
-        "max_new_tokens"]
+    tokens = budget(recipe)
+    config = CONFIGS.get(recipe, recipe)
     data = [f"data.path={rows / 'train.jsonl'}", f"data.val_path={rows / 'select.jsonl'}", f"runs_dir={work}",
             f"seed={seed}", *args.set]
     sft_name, rl_name = f"sft-s{seed}", f"rl-s{seed}"
-    t_sft = sh(["sft", "--config", f"recipe-{recipe}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
+    t_sft = sh(["sft", "--config", f"recipe-{config}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
                 *data], work / f"{sft_name}.log")
     sft_best = work / sft_name / "checkpoints" / "best"
-    t_rl = sh(["rl", "--config", f"recipe-{recipe}-rl", f"name={rl_name}", f"model.name={sft_best}",
+    t_rl = sh(["rl", "--config", f"recipe-{config}-rl", f"name={rl_name}", f"model.name={sft_best}",
                f"rl.steps={args.rl_steps}", *data], work / f"{rl_name}.log")
     for phase, model, secs in (("sft", sft_best, t_sft), ("sft_rl", work / rl_name / "checkpoints" / "best", t_rl)):
         metrics = evaluate(recipe, str(model), rows, work / f"eval-{phase}-s{seed}", tokens)
@@ -93,8 +102,7 @@ def main() -> None:
     work = Path(args.work) / args.recipe
     work.mkdir(parents=True, exist_ok=True)
     rows = prepare(args.recipe, work, args.report_rows)
-    tokens = yaml.safe_load((Path("rewardtune/configs") / f"recipe-{args.recipe}-rl.yaml").read_text())["gen"][
-        "max_new_tokens"]
+    tokens = budget(args.recipe)
     record({"benchmark": "recipe", "recipe": args.recipe, "phase": "base",
             **evaluate(args.recipe, "smollm2-135m-instruct", rows, work / "eval-base", tokens)})
     for seed in args.seeds:
