@@ -258,3 +258,76 @@ def test_full_fine_tuning_keeps_a_frozen_copy_as_the_reference(tiny_seq2seq, tmp
     start = load_file(str(tiny_seq2seq["bart"] / "model.safetensors"))
     final = load_file(str(tmp_path / "full" / "checkpoints" / "final" / "model.safetensors"))
     assert any(not torch.equal(start[k], final[k]) for k in start if k in final)
+
+
+# ---------------------------------------------------------------- Marian: two sentencepiece models, one vocabulary
+ENGLISH = "the film was good bad dull fun a movie it".split()
+GERMAN = "der film war gut schlecht langweilig lustig ein es".split()
+
+
+def _spm(words, path):
+    """A word-level sentencepiece model over `words`, written to `path`; its pieces."""
+    import io
+
+    import sentencepiece as spm
+
+    proto = io.BytesIO()
+    lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 5
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=proto, model_type="word",
+                                   vocab_size=len(words) + 1, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+                                   minloglevel=2)
+    path.write_bytes(proto.getvalue())
+    model = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    return [model.id_to_piece(i) for i in range(model.get_piece_size())]
+
+
+@pytest.fixture(scope="module")
+def tiny_marian(tmp_path_factory):
+    """A 2-layer random Marian model whose tokenizer has an English source and a German target sentencepiece model
+    (as opus-mt-en-de has), with the vocabulary they share."""
+    pytest.importorskip("sentencepiece", reason="Marian's tokenizer needs sentencepiece (pip install sentencepiece)")
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-marian")
+    vocab = {"</s>": 0, "<unk>": 1, "<pad>": 2}
+    for piece in _spm(ENGLISH, folder / "source.spm") + _spm(GERMAN, folder / "target.spm"):
+        vocab.setdefault(piece, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tok = MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json"))
+    torch.manual_seed(0)
+    MarianMTModel(MarianConfig(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+    )).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _translations(tmp_path):
+    pairs = [("the film was good", "der film war gut"), ("a movie was bad", "ein film war schlecht"),
+             ("it was dull", "es war langweilig"), ("the movie was fun", "der film war lustig")] * 3
+    return _write(tmp_path / "mt.jsonl", [{"prompt": en, "completion": de} for en, de in pairs])
+
+
+def test_marian_targets_are_tokenised_with_the_target_language_model(tiny_marian, tmp_path):
+    from rewardtune.models import load_tokenizer
+    from rewardtune.train.sft_lm_config import SFTLMData
+    from rewardtune.train.sft_lm_data import read_rows
+
+    tok = load_tokenizer(str(tiny_marian))
+    assert tok.unk_token_id in tok("der film war gut")["input_ids"]  # the English model does not know "der": unk
+    rows = read_rows(str(_translations(tmp_path)), SFTLMData(), tok, 64, False)
+    targets = [i for i, t in zip(rows.ids[0], rows.target[0]) if t]
+    assert tok.unk_token_id not in targets and targets[-1] == tok.eos_token_id
+    assert tok.decode(targets, skip_special_tokens=True) == "der film war gut"  # decoded as sampling decodes
+
+
+def test_marian_sft_then_rl(tiny_marian, tmp_path):
+    data = _translations(tmp_path)
+    out = train_sft_lm(_sft_cfg(tiny_marian, data, tmp_path, "sft", "reward.functions=[chrf]"), show_progress=False)
+    val = [r["loss"] for r in _metrics(tmp_path / "sft") if r["split"] == "eval" and "loss" in r]
+    assert val[-1] < val[0] and math.isfinite(out["eval"]["reward"])
+    rl = train_rl_generate(_rl_cfg(tmp_path / "sft" / "checkpoints" / "best", data, tmp_path, "rl",
+                                   "reward.reference_column=completion"), show_progress=False)
+    assert rl["steps"] == 2 and math.isfinite(rl["eval"]["reward"])

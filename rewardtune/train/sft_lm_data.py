@@ -132,11 +132,15 @@ def _without_added_bos(tok: Any, text: str) -> str:
 def _tokenise(tok: Any, segments: list[tuple[str, bool]], chat: bool) -> tuple[list[int], list[bool]]:
     """Ids and target flags. A prompt/completion row's prompt gets the tokenizer's special tokens (as sampling gives
     them) and its completion an EOS (the model learns to stop); chat text already holds its template's special
-    tokens. Each segment is tokenised on its own, so a target's tokens are exactly its text's."""
+    tokens. Each segment is tokenised on its own, so a target's tokens are exactly its text's; a target as the
+    tokenizer's target side (`text_target`: Marian's target-language sentencepiece model, the one its decoder's
+    outputs decode with; the same tokenizer for every other model)."""
     ids: list[int] = []
     target: list[bool] = []
     for k, (text, is_target) in enumerate(segments):
-        part = tok(text, add_special_tokens=k == 0 and not chat)["input_ids"]
+        special = k == 0 and not chat
+        part = (tok(text_target=text, add_special_tokens=special) if is_target else
+                tok(text, add_special_tokens=special))["input_ids"]
         ids += part
         target += [is_target] * len(part)
     if not chat and tok.eos_token_id is not None:
