@@ -70,8 +70,7 @@ def budget(recipe: str) -> int:
     return yaml.safe_load(path.read_text())["gen"]["max_new_tokens"]
 
 
-def run_seed(recipe: str, seed: int, rows: Path, work: Path, args: argparse.Namespace) -> None:
-    tokens = budget(recipe)
+def run_seed(recipe: str, seed: int, rows: Path, work: Path, tokens: int, args: argparse.Namespace) -> None:
     config = CONFIGS.get(recipe, recipe)
     data = [f"data.path={rows / 'train.jsonl'}", f"data.val_path={rows / 'select.jsonl'}", f"runs_dir={work}",
             f"seed={seed}", *args.set]
@@ -106,7 +105,7 @@ def main() -> None:
     record({"benchmark": "recipe", "recipe": args.recipe, "phase": "base",
             **evaluate(args.recipe, "smollm2-135m-instruct", rows, work / "eval-base", tokens)})
     for seed in args.seeds:
-        run_seed(args.recipe, seed, rows, work, args)
+        run_seed(args.recipe, seed, rows, work, tokens, args)
 
 
 if __name__ == "__main__":
