@@ -97,13 +97,15 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="key=value overrides for both sft and rl (e.g. a smoke run: "
                                                         "eval.prompts=4)")
     p.add_argument("--work", default="runs/bench-recipes", help="folder for rows, runs and evaluations")
+    p.add_argument("--skip-base", action="store_true", help="do not score the base model (scored by an earlier run)")
     args = p.parse_args()
     work = Path(args.work) / args.recipe
     work.mkdir(parents=True, exist_ok=True)
     rows = prepare(args.recipe, work, args.report_rows)
     tokens = budget(args.recipe)
-    record({"benchmark": "recipe", "recipe": args.recipe, "phase": "base",
-            **evaluate(args.recipe, "smollm2-135m-instruct", rows, work / "eval-base", tokens)})
+    if not args.skip_base:
+        record({"benchmark": "recipe", "recipe": args.recipe, "phase": "base",
+                **evaluate(args.recipe, "smollm2-135m-instruct", rows, work / "eval-base", tokens)})
     for seed in args.seeds:
         run_seed(args.recipe, seed, rows, work, tokens, args)
 

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> dict:
     from rewardtune.config import config_path, load_config
 
     sft_name, rl_name, metric, _ = TASKS[args.task]
-    name = f"{args.task}-{args.method}-s{args.seed}"
+    method = args.method + (f"-{args.tag}" if args.tag else "")
+    name = f"{args.task}-{method}-s{args.seed}"
     init = Path(args.runs_dir) / f"{args.task}-sft-s{args.seed}" / "checkpoints" / "best"
     if args.method in ("sft", "sft-sft"):  # sft-sft: the control of sft-rl, more cross-entropy from the sft checkpoint
         command, config = "sft", sft_name
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = [json.loads(x) for x in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r.get("split") == "val"]
     summary = next(r for r in rows if r.get("split") == "summary")
-    return {"bench": "structured", "task": args.task, "method": args.method, "seed": args.seed,
+    return {"bench": "structured", "task": args.task, "method": method, "seed": args.seed,
             "max_examples": args.max_examples, "max_val": args.max_val if TASKS[args.task][3][1] else "split",
             "epochs": args.epochs, "metric": metric, "best": max(r[metric] for r in val), "last": val[-1][metric],
             "train_examples_per_s": summary["train_examples_per_s"], "train_s": summary["train_s"],
@@ -88,6 +89,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rl-lr", type=float, default=1e-5, help="learning rate of sft-rl and sft-sft (from the sft checkpoint)")
     p.add_argument("--runs-dir", default="runs/structured")
+    p.add_argument("--tag", default="", help="a variant's name, added to the method (run folder and result row)")
     p.add_argument("--set", nargs="*", default=[], help="more key=value overrides")
     record(run(p.parse_args()))
 
