@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from rewardtune.train.rl_generate import train_rl_generate
 from rewardtune.train.sft_lm import train_sft_lm
 from rewardtune.train.sft_lm_config import SFTLMConfig, SFTLMData
 from rewardtune.train.sft_lm_data import IGNORE, collate, read_rows, token_nll
-from rewardtune.train.gen_setup import long_reference_warning
+from rewardtune.train.gen_setup import long_reference_warning, reference_columns, setup_reward
 
 from test_resume import assert_same_run, rows
 
@@ -203,15 +204,37 @@ def test_long_reference_warning_counts_the_completions_over_the_budget(tiny_caus
     refs = ["was good", "it was good and fun", None]  # 2 and 5 tokens; a non-text cell is not counted
     assert long_reference_warning(tok, refs, 5, "gen.max_new_tokens") is None
     warning = long_reference_warning(tok, refs, 3, "gen.max_new_tokens")
-    assert "1 of 2 held-out reference completions" in warning and "the longest: 5" in warning
+    assert "1 of 2 held-out reference completions ('completion')" in warning and "the longest: 5" in warning
     assert "raise gen.max_new_tokens to at least 5" in warning
+
+
+def test_long_reference_warning_counts_a_row_of_several_references_by_its_shortest(tiny_causal_lm_dir):
+    tok = load_tokenizer(str(tiny_causal_lm_dir))
+    # row 1: 5 and 2 tokens (the 2-token answer fits a budget of 3: a full score is reachable); row 2: 5 tokens only
+    refs = [["it was good and fun", "was good"], ["it was good and fun"], [7]]
+    warning = long_reference_warning(tok, refs, 3, "gen.max_new_tokens", "answers")
+    assert "1 of 2 held-out reference completions ('answers')" in warning and "the longest: 5" in warning
+    assert long_reference_warning(tok, refs[:1], 3, "gen.max_new_tokens") is None
+
+
+def test_reference_columns_are_the_completion_and_what_the_built_in_metrics_read():
+    def judge(completions, context, **kw):  # a user's reward reading a column that is no reference
+        return [0.0] * len(completions)
+
+    reward = setup_reward(load_config(GenRLConfig, None, [
+        "reward.functions=[chrf, label_match, length]", "reward.reference_column=target", "reward.gold_column=intent"
+    ]).reward)
+    assert reference_columns(reward) == ["completion", "target", "intent"]
+    mine = setup_reward(replace(load_config(GenRLConfig, None, []).reward, functions=(judge,)))
+    assert reference_columns(mine, "answer") == ["answer"]
 
 
 def test_sft_warns_when_validation_completions_cannot_be_generated_whole(tiny_causal_lm_dir, tmp_path, capsys):
     # every completion is "it was W": 3 tokens, so a budget of 2 cuts each one (Banking77's intents under 8 tokens)
     cfg = _cfg(tiny_causal_lm_dir, _data(tmp_path), tmp_path, "short", "eval.max_new_tokens=2", "train.max_steps=1")
     train_sft_lm(cfg, show_progress=False)
-    assert "2 of 2 held-out reference completions are longer than eval.max_new_tokens=2" in capsys.readouterr().out
+    assert ("2 of 2 held-out reference completions ('completion') are longer than eval.max_new_tokens=2"
+            in capsys.readouterr().out)
 
 
 def test_rl_warns_when_held_out_completions_cannot_be_generated_whole(tiny_causal_lm_dir, tmp_path, capsys):
@@ -219,4 +242,17 @@ def test_rl_warns_when_held_out_completions_cannot_be_generated_whole(tiny_causa
     train_rl_generate(load_config(GenRLConfig, None, [
         f"model.name={tiny_causal_lm_dir}", f"data.path={data}", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
         "rl.steps=1", "eval.prompts=2", "gen.max_new_tokens=2", f"runs_dir={tmp_path}", "name=rl"]), show_progress=False)
-    assert "2 of 2 held-out reference completions are longer than gen.max_new_tokens=2" in capsys.readouterr().out
+    assert ("2 of 2 held-out reference completions ('completion') are longer than gen.max_new_tokens=2"
+            in capsys.readouterr().out)
+
+
+def test_rl_warns_about_the_reward_reference_column_too(tiny_causal_lm_dir, tmp_path, capsys):
+    # no `completion` column: the chrF reference, "it was W" (3 tokens), is what a budget of 2 cuts off
+    rows = [{"prompt": f"the film was {w} and", "target": f"it was {w}"} for w in ADJECTIVES[:4]]
+    data = _write(tmp_path / "refs.jsonl", rows)
+    train_rl_generate(load_config(GenRLConfig, None, [
+        f"model.name={tiny_causal_lm_dir}", f"data.path={data}", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
+        "rl.steps=1", "eval.prompts=2", "gen.max_new_tokens=2", "reward.functions=[chrf]",
+        "reward.reference_column=target", f"runs_dir={tmp_path}", "name=rl"]), show_progress=False)
+    assert ("2 of 2 held-out reference completions ('target') are longer than gen.max_new_tokens=2"
+            in capsys.readouterr().out)

@@ -20,6 +20,7 @@ from ..policies.families import family
 from ..prepack import prepack_policy
 from ..rewards import CombinedReward, build_rewards
 from ..rewards import metrics
+from ..rewards.signature import binding
 from ..rewards import text as text_rewards
 from ..collectives import failed_ranks, gather_to_cpu
 from ..run import RunContext
@@ -105,20 +106,46 @@ def check_prompt_lengths(tok: Any, prompts: list[str], max_tokens: int, chat_tem
                         "shorten or drop those prompts, lower gen.max_new_tokens, or use a model with a longer context")
 
 
-def long_reference_warning(tok: Any, references: list[Any], max_new_tokens: int, setting: str) -> str | None:
+def long_reference_warning(tok: Any, references: list[Any], max_new_tokens: int, setting: str,
+                           column: str = "completion") -> str | None:
     """A warning when reference completions of the held-out rows are longer than the generation budget: generation
     cuts such a completion off, so its task reward is low whatever the model learnt (e.g. Banking77 intent names of
-    up to 17 tokens under a budget of 8). None when every reference fits (non-text cells are not counted)."""
-    texts = [r for r in references if isinstance(r, str)]
-    if not texts:
+    up to 17 tokens under a budget of 8). A row with several references counts by its shortest (the others need
+    not fit); None when every row's reference fits (non-text cells are not counted)."""
+    rows = [[r] if isinstance(r, str) else [x for x in r if isinstance(x, str)] if isinstance(r, list) else []
+            for r in references]
+    rows = [r for r in rows if r]
+    if not rows:
         return None
-    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    ids = tok([x for r in rows for x in r], add_special_tokens=False)["input_ids"]
+    lengths, i = [], 0
+    for r in rows:  # each row's shortest reference, in tokens
+        lengths.append(min(len(x) for x in ids[i:i + len(r)]))
+        i += len(r)
     over = [n for n in lengths if n > max_new_tokens]
     if not over:
         return None
-    return (f"warning: {len(over)} of {len(texts)} held-out reference completions are longer than "
+    return (f"warning: {len(over)} of {len(rows)} held-out reference completions ({column!r}) are longer than "
             f"{setting}={max_new_tokens} tokens (the longest: {max(lengths)}); generation cuts those off, so their "
             f"reward understates the model: raise {setting} to at least {max(lengths)}")
+
+
+def reference_columns(reward: CombinedReward, completion_column: str = "completion") -> list[str]:
+    """The data columns that say what a completion should be: the completion column and the columns the built-in
+    task metrics read (`reward.reference_column`, `reward.gold_column`). A user's own reward function may read
+    other columns (a context, say), which are not references, so only the built-ins count."""
+    out = [completion_column]
+    for name, fn in reward.fns.items():
+        if name in BUILTIN_REWARDS:
+            out += [c for c in binding(fn).required if c not in out]
+    return out
+
+
+def long_reference_warnings(tok: Any, columns: dict[str, list[Any]], names: list[str], max_new_tokens: int,
+                            setting: str) -> list[str]:
+    """`long_reference_warning` for each of the columns `names` that the held-out rows have."""
+    found = (long_reference_warning(tok, columns[c], max_new_tokens, setting, c) for c in names if c in columns)
+    return [w for w in found if w]
 
 
 def check_limits(cfg: GenRLConfig, run: RunContext, model: Any, tok: Any, prompts: list[str]) -> int:

@@ -31,8 +31,8 @@ from ..models import check_model
 from ..run import RunContext, discard_failed_start, ends_trackers, seed_this_process, start_run
 from ..stop import StopGuard
 from .gen_config import GenRLConfig
-from .gen_setup import (check_limits, ddp_settings, long_reference_warning, setup_kl_controller, setup_policy,
-                        setup_prompts, setup_reward, update_plan)
+from .gen_setup import (check_limits, ddp_settings, long_reference_warnings, reference_columns, setup_kl_controller,
+                        setup_policy, setup_prompts, setup_reward, update_plan)
 from .heldout import HeldOut, save_policy
 from .lm_eval import evaluate_lm
 from .lm_report import TrainBatch, global_batch, log_samples, log_train_step
@@ -101,10 +101,9 @@ class GenRLRun:
         start = self.restore_or_start()
         rl = self.cfg.rl
         announce(self.run, self.cfg, self.reward, self.train_prompts is self.held_out)
-        warning = long_reference_warning(self.tok, self.held_out.columns.get("completion", []), self.cfg.gen.max_new_tokens,
-                                         "gen.max_new_tokens")
-        if warning:  # a task reward that cannot reach its maximum: say so before the steps, not in a report
-            self.run.print(warning)
+        for warning in long_reference_warnings(self.tok, self.held_out.columns, reference_columns(self.reward),
+                                               self.cfg.gen.max_new_tokens, "gen.max_new_tokens"):
+            self.run.print(warning)  # a task reward that cannot reach its maximum: say so before the steps
         batches = self.prompt_batches(start)
         with self.guard:
             self.run.progress = tqdm(range(start + 1, rl.steps + 1), initial=start, total=rl.steps,  # shows reward, KL, loss

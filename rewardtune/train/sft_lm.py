@@ -26,7 +26,8 @@ from ..policies.seq2seq import decoder_start_id
 from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..batching import batch_order
 from .common import setup_optimizer, shares
-from .gen_setup import check_prompt_lengths, check_reward_columns, long_reference_warning, setup_reward
+from .gen_setup import (check_prompt_lengths, check_reward_columns, long_reference_warnings, reference_columns,
+                        setup_reward)
 from .lm_eval import evaluate_lm
 from .loop import train_epochs
 from .sft_lm_config import SFTLMConfig
@@ -190,9 +191,9 @@ class Validation:
         self.sample = rows.subset(list(range(min(cfg.eval.prompts, len(rows)))))
         if reward is not None:  # before step 1, not at the first validation
             check_prompt_lengths(tok, self.sample.prompts, self.max_prompt)
-            warning = long_reference_warning(tok, self.sample.columns.get(cfg.data.completion_column, []),
-                                             cfg.eval.max_new_tokens, "eval.max_new_tokens")
-            if warning:
+            for warning in long_reference_warnings(tok, self.sample.columns,
+                                                   reference_columns(reward, cfg.data.completion_column),
+                                                   cfg.eval.max_new_tokens, "eval.max_new_tokens"):
                 run.print(warning)
 
     def __call__(self, step: int, epoch: int, best: float | None) -> float | None:
