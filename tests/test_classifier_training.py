@@ -173,6 +173,28 @@ def test_label_outside_label_set_is_named(tiny_encoder_dir, toy_data, tmp_path):
         train_sft(cfg, show_progress=False)
 
 
+def anti_indicator(prompts, completions, label, **_):
+    """1 for a wrong label: rl with it can only make the classifier worse."""
+    return [float(c != y) for c, y in zip(completions, label)]
+
+
+def test_rl_evaluates_its_start_and_keeps_it_when_nothing_beats_it(tiny_encoder_dir, toy_data, tmp_path):
+    train_sft(load_config(SFTConfig, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "sft")), show_progress=False)
+    sft_val = [r for r in read_metrics(tmp_path / "sft") if r["split"] == "val"][-1]
+    best = tmp_path / "sft" / "checkpoints" / "best"
+    out = train_rl_classifier(load_config(RLClassifierConfig, None, overrides(
+        best, toy_data, tmp_path, "rl", "train.epochs=2", "reward.functions=[test_classifier_training:anti_indicator]")),
+        show_progress=False)
+    val = [r for r in read_metrics(tmp_path / "rl") if r["split"] == "val"]
+    assert [r["step"] for r in val][0] == 0 and len(val) == 3  # the start, then each epoch's end
+    assert val[0]["accuracy"] == sft_val["accuracy"]  # the same model on the same seeded split
+    assert all(r["accuracy"] < val[0]["accuracy"] for r in val[1:])  # the anti-reward made it worse...
+    assert out["best"] == val[0]["accuracy"]  # ...so the start is the best kept, unchanged
+    assert json.loads((tmp_path / "rl" / "checkpoints" / "best" / "rewardtune.json").read_text())["step"] == 0
+    kept = weights(tmp_path / "rl" / "checkpoints" / "best")
+    assert all(torch.equal(v, weights(best)[k]) for k, v in kept.items())
+
+
 def test_sft_then_rl_from_checkpoint_then_eval_cli(tiny_encoder_dir, toy_data, tmp_path, capsys):
     train_sft(load_config(SFTConfig, None, overrides(tiny_encoder_dir, toy_data, tmp_path, "sft")), show_progress=False)
     best = tmp_path / "sft" / "checkpoints" / "best"
@@ -395,6 +417,8 @@ def test_rl_goes_on_from_a_lora_sft_checkpoint(tiny_encoder_dir, toy_data, tmp_p
         assert torch.allclose(start.eval()(**batch).logits, want, atol=1e-5)
     train_rl_classifier(load_config(RLClassifierConfig, None, overrides(
         tiny_encoder_dir, toy_data, tmp_path, "rl", "train.epochs=1", f"model.name={best}")))
-    rl_model, _ = load_trained_classifier(tmp_path / "rl" / "checkpoints" / "best")
+    # rl's last step (its best may be the start, which rl evaluates too) holds a changed full model
+    last = sorted((tmp_path / "rl" / "checkpoints").glob("step-*"))[-1]
+    start.load_state_dict(load_file(str(last / "model.safetensors")))
     with torch.no_grad():
-        assert not torch.allclose(rl_model.eval()(**batch).logits, want, atol=1e-4)
+        assert not torch.allclose(start.eval()(**batch).logits, want, atol=1e-4)

@@ -114,7 +114,11 @@ def test_cli_sft_then_rl_then_eval(tiny_encoder_dir, tagged, tmp_path, capsys):
     best = tmp_path / "s" / "checkpoints" / "best"
     assert main(["rl", "policy=tagger", *_args(best, tagged, tmp_path, "r", *lora)]) == 0
     a, b = (load_file(str(tmp_path / n / "checkpoints" / "best" / "adapter_model.safetensors")) for n in "sr")
-    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if "lora_" in k)
+    assert a.keys() == b.keys()  # rl saved the same adapter; its best may be the start: compare its last step's
+    last = load_file(str(tmp_path / "r" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    last = {k.replace(".default", ""): v for k, v in last.items() if "lora_" in k}
+    assert last.keys() == {k for k in a if "lora_" in k} and any(not torch.equal(a[k], last[k]) for k in last)
+    assert _rows(tmp_path / "r", "val")[0]["step"] == 0  # the start was evaluated
     capsys.readouterr()
     out = tmp_path / "pred.jsonl"
     assert main(["eval", str(tmp_path / "r" / "checkpoints" / "best"), "--data", str(tagged / "dev.jsonl"),

@@ -40,13 +40,18 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
                  batches: Callable[[int, int], Iterable[Any]], batch_loss: BatchLoss,
                  end_of_epoch: Callable[[int, int, float | None], float | None],
                  state: dict[str, Any] | None = None, desc: str = "train", show_progress: bool = True,
-                 after_step: Callable[[int, int, float | None], float | None] | None = None) -> LoopResult:
+                 after_step: Callable[[int, int, float | None], float | None] | None = None,
+                 at_start: Callable[[], float | None] | None = None) -> LoopResult:
     """Run `epochs` (at most `total` optimiser steps); `state` holds objects with state_dict/load_state_dict (EMA
     baselines, reward statistics) checkpointed with the run. `after_step(step, epoch, best)` → best: an evaluation
-    between steps (before the step's checkpoint, so a resumed run does not repeat it)."""
+    between steps (before the step's checkpoint, so a resumed run does not repeat it). `at_start()` → best: an
+    evaluation of the starting model (a fresh run only), so the best kept can be the start; it runs once step 1's
+    loss is computed and before its update, so that a reward failing at step 1 still leaves a folder with nothing
+    in it (`discard_failed_start`)."""
     state, guard = state or {}, StopGuard(ckpt.stop_after)
     cp = Checkpointer(run, ckpt, {"model": model}, optim, sched, guard)
     res, epoch0, start = _restore_or_start(run, cp, state)
+    at_start = at_start if res.step == 0 else None
 
     def snapshot(epoch: int, batch: int) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "best": res.best, "seen": res.seen, "train_s": res.train_s,
@@ -59,6 +64,9 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
             t_epoch, first = time.time(), start if epoch == epoch0 else 0
             for i, batch in enumerate(batches(epoch, first), start=first):
                 loss, rows, stats, ids = _loss_or_rescue(batch_loss, batch, cp, res.step, lambda: snapshot(epoch, i))
+                if at_start is not None:  # the weights are still the start's: only gradients have been computed
+                    res.best, at_start = at_start(), None
+                    model.train()
                 norm = run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
                 if cp.ok_to_step(res.step + 1, loss, norm, ids):
                     optim.step()

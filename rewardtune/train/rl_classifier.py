@@ -286,13 +286,15 @@ def train_rl_classifier(cfg: RLClassifierConfig, show_progress: bool = True) -> 
             "trainer": f"rl-{cfg.rl.estimator}"}
     run.print(f"rl ({cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val, rewards {list(t.reward.fns)}, "
               f"{t.total} steps")
+    def keep_best(step: int, epoch: int, best: float | None) -> float | None:
+        return report_and_keep_best(run, t.model, t.tok, data, opt, step, epoch, best, meta)
+
     res = train_epochs(
         run, cfg.ckpt, t.model, t.optim, t.sched, epochs=opt.epochs, total=t.total, max_grad_norm=opt.max_grad_norm,
         log_every=opt.log_every, desc=f"rl-{cfg.rl.estimator}", show_progress=show_progress,
         batch_loss=batch_loss_fn(cfg, run, data, t),
         batches=lambda epoch, start: epoch_batches(t.encoded, data.train.labels, opt, cfg.seed, epoch, run,
                                                    t.tok.pad_token_id, start),
-        end_of_epoch=lambda step, epoch, best: report_and_keep_best(run, t.model, t.tok, data, opt, step, epoch, best,
-                                                                    meta),
+        end_of_epoch=keep_best, at_start=lambda: keep_best(0, 0, None),  # the start (often an sft model) can be best
         state={"ema": t.ema, "reward": t.reward})
     return finish(run, data, opt, res)

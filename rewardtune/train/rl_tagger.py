@@ -210,13 +210,15 @@ def train_rl_tagger(cfg: TaggerRLConfig, show_progress: bool = True) -> dict[str
     meta = tagger_meta(cfg, data, f"rl-{cfg.rl.estimator}")
     run.print(f"rl (tagger, {cfg.rl.estimator}): {len(data.train)} train / {len(data.val)} val sentences, rewards "
               f"{list(reward.fns) if cfg.rl.estimator == 'reinforce' else cfg.rl.token_reward}, {total} steps")
+    def keep_best(step: int, epoch: int, best: float | None) -> float | None:
+        return report_and_keep_best(run, model, tok, data, cfg, step, epoch, best, meta)
+
     res = train_epochs(
         run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
         log_every=opt.log_every, desc=f"rl-tagger-{cfg.rl.estimator}", show_progress=show_progress,
         batch_loss=batch_loss_fn(cfg, run, data, model, reward, reference, encoded),
         batches=lambda epoch, start: tag_batches(encoded, data.train.tags, opt, cfg.seed, epoch, run,
                                                  tok.pad_token_id or 0, start),
-        end_of_epoch=lambda step, epoch, best: report_and_keep_best(run, model, tok, data, cfg, step, epoch, best,
-                                                                    meta),
+        end_of_epoch=keep_best, at_start=lambda: keep_best(0, 0, None),  # the start (often an sft model) can be best
         state={"reward": reward})
     return finish(run, data, cfg, res)

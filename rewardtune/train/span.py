@@ -186,12 +186,14 @@ def run_span(cfg: SpanSFTConfig | SpanRLConfig, show_progress: bool = True) -> d
               f"{total} steps")
     loss_fn = (rl_batch_loss(cfg, run, model, reward, reference, data) if is_rl  # type: ignore[arg-type]
                else sft_batch_loss(cfg, run, model))  # type: ignore[arg-type]
+    def keep_best(step: int, epoch: int, best: float | None) -> float | None:
+        return evaluate_and_keep_best(run, cfg, model, tok, data, step, epoch, best, meta)
+
     res = train_epochs(
         run, cfg.ckpt, model, optim, sched, epochs=opt.epochs, total=total, max_grad_norm=opt.max_grad_norm,
         log_every=opt.log_every, desc=trainer, show_progress=show_progress, batch_loss=loss_fn,
         batches=lambda epoch, start: window_batches(data.train_w, cfg, epoch, run, tok.pad_token_id, start),
-        end_of_epoch=lambda step, epoch, best: evaluate_and_keep_best(run, cfg, model, tok, data, step, epoch, best,
-                                                                      meta),
+        end_of_epoch=keep_best, at_start=(lambda: keep_best(0, 0, None)) if is_rl else None,  # rl: the start can be best
         state={"reward": reward} if reward is not None else None)
     return summary(run, res)
 
