@@ -40,7 +40,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_seq2seq(tmp_path_factory):
-    """{"t5": folder, "bart": folder}: 2-layer, hidden-32 random models over the tiny word tokenizer."""
+    """{"t5": folder, "bart": folder, "bart-forced": folder}: 2-layer, hidden-32 random models over the tiny word
+    tokenizer; "bart-forced" forces its first decoded token (bos), as facebook/bart-large-cnn does."""
     from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
     tok = make_tokenizer()
@@ -53,6 +54,7 @@ def tiny_seq2seq(tmp_path_factory):
             encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, bos_token_id=tok.cls_token_id,
             decoder_start_token_id=tok.eos_token_id, forced_bos_token_id=None, **ids)),
     }
+    models["bart-forced"] = lambda: _forcing(models["bart"](), tok.cls_token_id)
     out = {}
     for name, make in models.items():
         torch.manual_seed(0)
@@ -60,6 +62,11 @@ def tiny_seq2seq(tmp_path_factory):
         make().save_pretrained(out[name])
         tok.save_pretrained(out[name])
     return out
+
+
+def _forcing(model, token):
+    model.generation_config.forced_bos_token_id = token
+    return model
 
 
 def _write(path, rows):
@@ -83,7 +90,7 @@ def _metrics(run_dir):
 
 
 # ---------------------------------------------------------------- the policy
-@pytest.mark.parametrize("arch", ["t5", "bart"])
+@pytest.mark.parametrize("arch", ["t5", "bart", "bart-forced"])
 def test_sampled_logprobs_equal_a_fresh_forward_pass_and_the_encoder_runs_once_per_prompt(arch, tiny_seq2seq):
     model, tok = seq2seq.load_seq2seq_lm(str(tiny_seq2seq[arch]))
     calls = []
@@ -106,17 +113,23 @@ def test_sampled_logprobs_equal_a_fresh_forward_pass_and_the_encoder_runs_once_p
     assert again.completions == ro.completions
 
 
-@pytest.mark.parametrize("arch", ["t5", "bart"])
+@pytest.mark.parametrize("arch", ["t5", "bart", "bart-forced"])
 def test_greedy_decoding_is_transformers_greedy_generate(arch, tiny_seq2seq):
     from transformers import GenerationConfig
 
     model, tok = seq2seq.load_seq2seq_lm(str(tiny_seq2seq[arch]))
     ro = seq2seq.sample(model, tok, PROMPTS, 1, GenSettings(max_new_tokens=7), 100, greedy=True)
     enc = tok(PROMPTS, padding=True, return_tensors="pt")
-    config = GenerationConfig(do_sample=False, max_new_tokens=7, pad_token_id=tok.pad_token_id,
+    forced = model.generation_config.forced_bos_token_id  # generate counts a forced token as a new one
+    config = GenerationConfig(do_sample=False, max_new_tokens=7 + (forced is not None), pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, decoder_start_token_id=seq2seq.decoder_start_id(model),
-                              bad_words_ids=[[tok.pad_token_id]])  # pad is no action (seq2seq.policy_logits)
-    ref = model.generate(**enc, generation_config=config)[:, 1:]  # without the start token
+                              bad_words_ids=[[tok.pad_token_id]],  # pad is no action (seq2seq.policy_logits)
+                              forced_bos_token_id=forced)
+    prefix = seq2seq.decoder_prefix(model)
+    assert len(prefix) == (2 if arch == "bart-forced" else 1)
+    out = model.generate(**enc, generation_config=config)
+    assert out[:, :len(prefix)].tolist() == [prefix] * len(PROMPTS)  # the start token, then the forced one
+    ref = out[:, len(prefix):]  # the actions: what follows the prefix
     T = ro.completion_ids.shape[1]
     assert torch.equal(ro.completion_ids, torch.where(ro.completion_mask.bool(), ref[:, :T], tok.pad_token_id))
 
@@ -136,10 +149,14 @@ def test_pad_is_never_chosen_even_by_a_model_that_prefers_it(tiny_seq2seq):
 
 def test_a_seq2seq_batch_and_its_loss_by_hand():
     # rows: context [5, 6] then targets [7, 8]; context [9] then target [4]; pad 0, decoder start 2
-    b = seq2seq_collate([[5, 6, 7, 8], [9, 4]], [[False, False, True, True], [False, True]], 0, start=2)
+    b = seq2seq_collate([[5, 6, 7, 8], [9, 4]], [[False, False, True, True], [False, True]], 0, prefix=[2])
     assert b["input_ids"].tolist() == [[5, 6], [9, 0]] and b["attention_mask"].tolist() == [[1, 1], [1, 0]]
     assert b["decoder_input_ids"].tolist() == [[2, 7], [2, 0]]  # [start] + targets[:-1]
     assert b["labels"].tolist() == [[7, 8], [4, IGNORE]]
+    # a forced first token (3) after the start: read, never predicted (the start's position has no label)
+    f = seq2seq_collate([[5, 6, 7, 8], [9, 4]], [[False, False, True, True], [False, True]], 0, prefix=[2, 3])
+    assert f["decoder_input_ids"].tolist() == [[2, 3, 7], [2, 3, 0]]  # [start, forced] + targets[:-1]
+    assert f["labels"].tolist() == [[IGNORE, 7, 8], [IGNORE, 4, IGNORE]]
     logits = torch.tensor([[[math.log(3), 0.0], [0.0, 0.0]]])  # position t predicts labels[t]: no shift
     total, n = target_nll(logits, torch.tensor([[0, IGNORE]]))
     assert int(n) == 1 and float(total) == pytest.approx(math.log(4 / 3))  # -log ¾
@@ -182,8 +199,9 @@ def _sft_data(tmp_path, n=12):
                                            for w in ADJECTIVES[:n]])
 
 
-def test_sft_lowers_the_validation_loss_and_its_checkpoint_starts_rl(tiny_seq2seq, tmp_path):
-    out = train_sft_lm(_sft_cfg(tiny_seq2seq["bart"], _sft_data(tmp_path), tmp_path, "sft"), show_progress=False)
+@pytest.mark.parametrize("arch", ["bart", "bart-forced"])
+def test_sft_lowers_the_validation_loss_and_its_checkpoint_starts_rl(arch, tiny_seq2seq, tmp_path):
+    out = train_sft_lm(_sft_cfg(tiny_seq2seq[arch], _sft_data(tmp_path), tmp_path, "sft"), show_progress=False)
     val = [r["loss"] for r in _metrics(tmp_path / "sft") if r["split"] == "eval" and "loss" in r]
     assert len(val) == 3 and val[-1] < val[0] and out["best"]["loss"] == min(val)
     best = tmp_path / "sft" / "checkpoints" / "best"

@@ -7,14 +7,16 @@ tokens, right-padded after EOS, V vocabulary, H hidden size.
 
 A rollout keeps the causal LM's layout: `input_ids` = prompt ids ‖ completion ids, and the last T columns are the
 completion. Here the prompt is the encoder's input and the completion the decoder's output: the decoder reads
-[start] + completion[:-1] (the model's decoder start token first) and position t predicts completion token t.
+[prefix] + completion[:-1] and the prefix's last position predicts completion token 0: the prefix is the model's
+decoder start token, then the token its generation config forces first, if any (`forced_bos_token_id`: BART's
+<s>, mBART's and NLLB's target language), which `generate` would give probability 1: it is no action.
 Sampling runs the encoder once per prompt and repeats its states to the prompt's K rows, then decodes token by token
 with the decoder's KV cache (self- and cross-attention); the training pass does the same with the encoder once per
 group of rows sharing a prompt. Prompts are right-padded: BART and Marian number positions from the first column,
 so left padding would move a prompt's positions. The decoder is causal, so what follows a row's EOS changes nothing
 before it. The sampler is `sampling.TokenSampler`, as for the causal LM: the recorded log-prob is that of
-softmax(logits / temperature), untruncated; no forced BOS/EOS, no repetition penalty (a checkpoint's generation
-config is not applied: the policy is the model's softmax), except that pad is never an action (`policy_logits`).
+softmax(logits / temperature), untruncated; no forced EOS, no repetition penalty (the rest of a checkpoint's
+generation config is not applied: the policy is the model's softmax), and pad is never an action (`policy_logits`).
 """
 from __future__ import annotations
 
@@ -84,6 +86,17 @@ def decoder_start_id(model: Any) -> int:
     return int(inner.config.pad_token_id)
 
 
+def decoder_prefix(model: Any) -> list[int]:
+    """What the decoder reads before its first action: the start token, then the forced first token if the
+    generation config (or the model config) names one."""
+    inner = _inner(model)
+    for cfg in (getattr(inner, "generation_config", None), inner.config):
+        forced = getattr(cfg, "forced_bos_token_id", None)
+        if forced is not None:
+            return [decoder_start_id(model), int(forced)]
+    return [decoder_start_id(model)]
+
+
 def eos_ids(model: Any, tok: Any) -> list[int]:
     eos = getattr(_inner(model).generation_config, "eos_token_id", None)
     return [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
@@ -150,7 +163,7 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], ids: torch.Tensor, mas
     ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)  # (B, Tp)
     sampler, eos = TokenSampler(gen.temperature, gen.top_k, gen.top_p, greedy, uniforms), eos_ids(model, tok)
     comp = decode(model, hidden.repeat_interleave(k, 0), mask, sampler.choose, gen.max_new_tokens,
-                  decoder_start_id(model), eos, tok.pad_token_id)  # (B, T)
+                  decoder_prefix(model), eos, tok.pad_token_id)  # (B, T)
     cmask = completion_mask(comp, eos, tok.pad_token_id)
     if gen.stop_strings:  # the completion alone is the decoder's text: the prompt is not part of it
         from .causal_lm import stop_check
@@ -163,13 +176,14 @@ def _sample(model: Any, tok: Any, prompts: Sequence[str], ids: torch.Tensor, mas
 
 
 def decode(model: Any, hidden: torch.Tensor, mask: torch.Tensor, choose: Callable[[torch.Tensor], torch.Tensor],
-           max_new_tokens: int, start: int, eos: Sequence[int], pad: int) -> torch.Tensor:
-    """Tokens chosen one at a time by `choose` from the next-token logits, with the decoder's KV cache, until every
-    row has an EOS or `max_new_tokens`; a row that ended gets pad.  hidden (B, Tp, H), mask (B, Tp) → (B, T)."""
+           max_new_tokens: int, prefix: Sequence[int], eos: Sequence[int], pad: int) -> torch.Tensor:
+    """Tokens chosen one at a time by `choose` from the next-token logits, with the decoder's KV cache, after the
+    decoder has read `prefix` (`decoder_prefix`), until every row has an EOS or `max_new_tokens`; a row that ended
+    gets pad.  hidden (B, Tp, H), mask (B, Tp) → (B, T)."""
     from transformers.modeling_outputs import BaseModelOutput
 
     encoded, key, cache = BaseModelOutput(last_hidden_state=hidden), cache_keyword(model), None
-    token = torch.full((hidden.shape[0], 1), start, dtype=torch.long, device=hidden.device)  # (B, 1)
+    token = torch.tensor([list(prefix)], device=hidden.device).expand(hidden.shape[0], -1)  # (B, L)
     done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)  # (B,)
     eos_t, out = torch.tensor(list(eos), device=hidden.device), []
     for _ in range(max_new_tokens):
@@ -187,14 +201,20 @@ def decode(model: Any, hidden: torch.Tensor, mask: torch.Tensor, choose: Callabl
 
 
 def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int, share_prompt: bool,
-             hidden: bool = False) -> Any:
-    """The model's output on the rollout rows `ids` (B, Tp + T): the encoder on the prompt (once per group of rows
-    sharing one, when `share_prompt` and not under DDP, whose hooks expect one forward call), the decoder reading
-    [start] + completion[:-1]. `hidden`: with the decoder's hidden states."""
+             hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits (and, with `hidden`, the decoder's last hidden states) at the completion's T positions for the
+    rollout rows `ids` (B, Tp + T): the encoder on the prompt (once per group of rows sharing one, when
+    `share_prompt` and not under DDP, whose hooks expect one forward call), the decoder reading [prefix] +
+    completion[:-1].  → (B, T, V), (B, T, H) or None."""
+    out, L = _decoder_pass(model, ids, mask, n, share_prompt, hidden), len(decoder_prefix(model))
+    return out.logits[:, L - 1:], out.decoder_hidden_states[-1][:, L - 1:] if hidden else None
+
+
+def _decoder_pass(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int, share_prompt: bool, hidden: bool) -> Any:
     Tp = ids.shape[1] - n
     src, smask, comp = ids[:, :Tp], mask[:, :Tp], ids[:, Tp:]
-    start = torch.full_like(comp[:, :1], decoder_start_id(model))
-    dec_in = torch.cat([start, comp[:, :-1]], dim=1)  # (B, T)
+    prefix = torch.tensor([decoder_prefix(model)], device=ids.device).expand(ids.shape[0], -1)  # (B, L)
+    dec_in = torch.cat([prefix, comp[:, :-1]], dim=1)  # (B, L - 1 + T)
     kwargs = {"attention_mask": smask, "decoder_input_ids": dec_in, "use_cache": False, "output_hidden_states": hidden}
     first, group = prompt_groups(src, smask)
     if share_prompt and len(first) < len(group) and not hasattr(model, "module"):
@@ -209,14 +229,14 @@ def token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completi
                    entropy: bool = True, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token) and (if `entropy`) its entropy (no gradient) of the last `n_completion` columns of `ids`, the
     completion.  ids (B, Tp + T) → (B, T), (B, T) or None."""
-    logits = policy_logits(model, _forward(model, ids, mask, n_completion, share_prompt).logits.float())  # (B, T, V)
+    logits = policy_logits(model, _forward(model, ids, mask, n_completion, share_prompt)[0].float())  # (B, T, V)
     return tempered_logprobs(logits, ids[:, -n_completion:], temperature, entropy)  # (B, T) each
 
 
 def token_logprobs_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_completion: int,
                       temperatures: Sequence[float], share_prompt: bool = True) -> list[torch.Tensor]:
     """log π(token) at each of `temperatures` from one pass of the model.  ids (B, Tp + T) → [(B, T)]."""
-    logits = policy_logits(model, _forward(model, ids, mask, n_completion, share_prompt).logits.float())  # (B, T, V)
+    logits = policy_logits(model, _forward(model, ids, mask, n_completion, share_prompt)[0].float())  # (B, T, V)
     labels = ids[:, -n_completion:]
     return [logprobs_from_logits(logits if t == 1.0 else logits / t, labels) for t in temperatures]
 
@@ -225,13 +245,13 @@ def token_outputs(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π, the decoder's last hidden state at each completion position (what a value head reads) and the entropy
     (no gradient), from one forward pass (one per row: PPO's shuffled minibatches).  → (B, T), (B, T, H), (B, T)."""
-    out = _forward(model, ids, mask, n, share_prompt=False, hidden=True)
-    logits = policy_logits(model, out.logits.float()) / temperature  # (B, T, V)
+    logits, states = _forward(model, ids, mask, n, share_prompt=False, hidden=True)
+    logits = policy_logits(model, logits.float()) / temperature  # (B, T, V)
     with torch.no_grad():
         ent = entropy_from_logits(logits)
-    return logprobs_from_logits(logits, ids[:, -n:]), out.decoder_hidden_states[-1], ent
+    return logprobs_from_logits(logits, ids[:, -n:]), states, ent
 
 
 def completion_hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
     """The decoder's last hidden state at each completion position, as `token_outputs` gives it.  → (B, T, H)"""
-    return _forward(model, ids, mask, n, share_prompt=True, hidden=True).decoder_hidden_states[-1]
+    return _forward(model, ids, mask, n, share_prompt=True, hidden=True)[1]

@@ -22,7 +22,7 @@ from ..config import ConfigError
 from ..models import apply_lora, load_tokenizer
 from ..policies.causal_lm import GenSettings
 from ..policies.families import LMFamily, check_model_kind, family
-from ..policies.seq2seq import decoder_start_id
+from ..policies.seq2seq import decoder_prefix
 from ..run import RunContext, discard_failed_start, ends_trackers, start_run
 from ..batching import batch_order
 from .common import setup_optimizer, shares
@@ -47,10 +47,10 @@ class Batching:
 
 
 # By `policy`, from the loaded model: a causal LM predicts token t + 1 at position t over prompt ‖ completion; a
-# seq2seq model reads the prompt in its encoder and predicts the completion from [decoder start] + its tokens.
+# seq2seq model reads the prompt in its encoder and predicts the completion from [decoder prefix] + its tokens.
 BATCHINGS: dict[str, Callable[[Any], Batching]] = {
     "causal-lm": lambda model: Batching(collate, token_nll),
-    "seq2seq": lambda model: Batching(partial(seq2seq_collate, start=decoder_start_id(model)), target_nll),
+    "seq2seq": lambda model: Batching(partial(seq2seq_collate, prefix=decoder_prefix(model)), target_nll),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -213,19 +213,21 @@ def check_seq2seq_rows(rows: LMRows) -> None:
                             "assistant turn is the last")
 
 
-def seq2seq_collate(ids: list[list[int]], target: list[list[bool]], pad_id: int, start: int) -> dict[str, torch.Tensor]:
+def seq2seq_collate(ids: list[list[int]], target: list[list[bool]], pad_id: int,
+                    prefix: Sequence[int]) -> dict[str, torch.Tensor]:
     """Rows (context ‖ targets, `check_seq2seq_rows`) as an encoder–decoder's batch: input_ids and attention_mask of
-    the context (right-padded), decoder_input_ids = [start] + targets[:-1] and labels = targets, aligned (IGNORE on
-    padding)."""
+    the context (right-padded), decoder_input_ids = prefix + targets[:-1] (`seq2seq.decoder_prefix`: the start
+    token, then a forced first token if the model has one) and labels = targets from the prefix's last position on,
+    aligned (IGNORE on the prefix's other positions and on padding), as the policy reads and samples them."""
     cut = [t.index(True) for t in target]
     src, tgt = [row[:k] for row, k in zip(ids, cut)], [row[k:] for row, k in zip(ids, cut)]
-    width, T = max(map(len, src)), max(map(len, tgt))
+    width, T, L = max(map(len, src)), max(map(len, tgt)), len(prefix)
     out = {"input_ids": torch.full((len(ids), width), pad_id, dtype=torch.long),
            "attention_mask": torch.zeros((len(ids), width), dtype=torch.long),
-           "decoder_input_ids": torch.full((len(ids), T), pad_id, dtype=torch.long),
-           "labels": torch.full((len(ids), T), IGNORE, dtype=torch.long)}
+           "decoder_input_ids": torch.full((len(ids), L - 1 + T), pad_id, dtype=torch.long),
+           "labels": torch.full((len(ids), L - 1 + T), IGNORE, dtype=torch.long)}
     for r, (s, t) in enumerate(zip(src, tgt)):
         out["input_ids"][r, :len(s)], out["attention_mask"][r, :len(s)] = torch.tensor(s), 1
-        out["decoder_input_ids"][r, :len(t)] = torch.tensor([start, *t[:-1]])
-        out["labels"][r, :len(t)] = torch.tensor(t)
+        out["decoder_input_ids"][r, :L - 1 + len(t)] = torch.tensor([*prefix, *t[:-1]])
+        out["labels"][r, L - 1:L - 1 + len(t)] = torch.tensor(t)
     return out
