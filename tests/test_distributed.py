@@ -521,3 +521,49 @@ def test_lm_sft_runs_on_two_processes(tiny_causal_lm_dir, tmp_path):
     evals = [r for r in rows if r.get("split") == "eval"]
     assert len(evals) >= 2 and all(math.isfinite(r["loss"]) for r in evals if "loss" in r), evals
     assert (runs / "sft-lm" / "checkpoints" / "final").is_dir()
+
+
+@pytest.fixture(scope="module")
+def tiny_bart_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BART that forces its first decoded token, as facebook/bart-large-cnn does."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    model = BartForConditionalGeneration(BartConfig(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id,
+        decoder_start_token_id=tok.eos_token_id))
+    model.generation_config.forced_bos_token_id = tok.cls_token_id
+    out = tmp_path_factory.mktemp("tiny-bart")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_seq2seq_sft_then_rl_run_on_two_processes(tiny_bart_dir, tmp_path):
+    """`sft` then `rl` with `policy=seq2seq` under torchrun: each process a share of every SFT batch and its own
+    whole prompt groups in RL (the encoder's once-per-prompt pass is skipped under DDP, whose hooks expect one
+    forward call), the held-out generations split over both; RL starts from SFT's checkpoint and resumes."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"the film was {w}", "completion": f"it was {w}"}) + "\n"
+                            for w in WORDS[:12]))
+    runs = tmp_path / "runs"
+    sft = ["sft", "policy=seq2seq", f"model.name={tiny_bart_dir}", "model.lora.r=4", f"data.path={rows}",
+           "data.val_fraction=0.25", "train.epochs=1", "train.batch_size=4", "train.lr=0.01", "train.log_every=1",
+           "eval.prompts=2", "eval.max_new_tokens=4", "reward.functions=[chrf]", "reward.reference_column=completion",
+           f"runs_dir={runs}", "name=sft"]
+    _wait(_launch("torchrun", 2, [str(tmp_path / "i1.json"), *sft], tmp_path / "log1.txt"), tmp_path / "log1.txt")
+    evals = [r for r in _train_rows(runs / "sft", "eval") if "loss" in r]
+    assert evals and all(math.isfinite(r["loss"]) for r in evals)
+    rl = ["rl", "policy=seq2seq", f"model.name={runs / 'sft' / 'checkpoints' / 'best'}", "model.lora.r=4",
+          f"data.path={rows}", "rl.prompts_per_step=4", "rl.samples_per_prompt=2", "rl.steps=2", "eval.prompts=2",
+          "eval.every=0", "rl.lr=1e-2", "gen.max_new_tokens=4", "reward.functions=[chrf]",
+          "reward.reference_column=completion", f"runs_dir={runs}", "name=rl", "ckpt.every=1"]
+    _wait(_launch("torchrun", 2, [str(tmp_path / "i2.json"), *rl], tmp_path / "log2.txt"), tmp_path / "log2.txt")
+    assert json.loads((tmp_path / "i2.json").read_text())["num_processes"] == 2
+    train = _train_rows(runs / "rl")
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) for r in train)
+    assert (runs / "rl" / "checkpoints" / "step-00000002" / "rng-1.json").exists()  # each process's own RNG
+    assert (runs / "rl" / "checkpoints" / "final" / "adapter_model.safetensors").exists()
