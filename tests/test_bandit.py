@@ -111,6 +111,14 @@ def bandit_args(model, log, test, root, name, estimator="banditnet"):
             f"bandit.estimator={estimator}", f"runs_dir={root}", f"name={name}"]
 
 
+def test_snips_as_the_training_objective_warns(tiny_encoder_dir, log_file, test_file, tmp_path, capsys):
+    for estimator in ("snips", "banditnet"):
+        args = bandit_args(tiny_encoder_dir, log_file, test_file, tmp_path, estimator, estimator) + ["train.epochs=1"]
+        train_bandit(load_config(BanditConfig, None, args), show_progress=False)
+        warned = "bandit.estimator=snips as a training objective can collapse" in capsys.readouterr().out
+        assert warned == (estimator == "snips")
+
+
 @pytest.mark.parametrize("estimator", ["ips", "snips", "banditnet"])  # dr: the resumption test below
 def test_smoke_run_trains_logs_and_saves_the_best(tiny_encoder_dir, log_file, test_file, tmp_path, estimator):
     args = bandit_args(tiny_encoder_dir, log_file, test_file, tmp_path, "run", estimator) + ["train.epochs=2"]
