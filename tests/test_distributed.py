@@ -203,18 +203,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(command, lau
         "num_processes times per call unless Accelerator(step_scheduler_with_optimizer=False)")
 
     # The validation rows (each process predicts a share: the classifiers' report, the reward model's metrics) are
-    # one process's.
+    # one process's. rl evaluates its start model too (step 0), then the end of the epoch.
     val1, val2 = _train_rows(runs / "np1", "val"), _train_rows(runs / "np2", "val")
-    assert len(val1) == len(val2) == 1 and val1[0].keys() == val2[0].keys()
-    numbers = [{k: v for k, v in rows[0].items() if isinstance(v, float)} for rows in (val1, val2)]
-    assert numbers[0] and numbers[1] == pytest.approx(numbers[0], rel=1e-4, abs=1e-5), (val1, val2)
+    assert [r["step"] for r in val1] == [r["step"] for r in val2] == ([0, STEPS] if command == "rl" else [STEPS])
+    for a, b in zip(val1, val2):
+        assert a.keys() == b.keys()
+        numbers = [{k: v for k, v in row.items() if isinstance(v, float)} for row in (a, b)]
+        assert numbers[0] and numbers[1] == pytest.approx(numbers[0], rel=1e-4, abs=1e-5), (val1, val2)
 
-    # The best checkpoint is the final weights: one epoch, evaluated once at its end.
-    for n in (1, 2):
-        meta = json.loads((runs / f"np{n}" / "checkpoints" / "best" / "rewardtune.json").read_text())
-        assert meta["step"] == STEPS
-    one = _weights(runs / "np1" / "checkpoints" / "best")
-    two = _weights(runs / "np2" / "checkpoints" / "best")
+    # Both kept the same best (sft, rm: the end of the one epoch; rl: the start or the end), and the weights after the
+    # last step (its checkpoint) are the same.
+    metas = [json.loads((runs / f"np{n}" / "checkpoints" / "best" / "rewardtune.json").read_text()) for n in (1, 2)]
+    assert metas[0]["step"] == metas[1]["step"] in ((0, STEPS) if command == "rl" else (STEPS,))
+    last = f"step-{STEPS:08d}"
+    one = _weights(runs / "np1" / "checkpoints" / last)
+    two = _weights(runs / "np2" / "checkpoints" / last)
     assert one.keys() == two.keys()
     diffs = {k: (one[k] - two[k]).abs().max().item() for k in one}
     worst = max(diffs, key=diffs.get)
