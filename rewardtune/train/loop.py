@@ -44,10 +44,9 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
                  at_start: Callable[[], float | None] | None = None) -> LoopResult:
     """Run `epochs` (at most `total` optimiser steps); `state` holds objects with state_dict/load_state_dict (EMA
     baselines, reward statistics) checkpointed with the run. `after_step(step, epoch, best)` → best: an evaluation
-    between steps (before the step's checkpoint, so a resumed run does not repeat it). `at_start()` → best: an
-    evaluation of the starting model (a fresh run only), so the best kept can be the start; it runs once step 1's
-    loss is computed and before its update, so that a reward failing at step 1 still leaves a folder with nothing
-    in it (`discard_failed_start`)."""
+    between steps (before the step's checkpoint, so a resumed run does not repeat it). `at_start()` → best: the
+    start model's score (a fresh run only; the best kept can be the start), after step 1's loss and before its
+    update, so a reward failing at step 1 leaves an empty folder (`discard_failed_start`)."""
     state, guard = state or {}, StopGuard(ckpt.stop_after)
     cp = Checkpointer(run, ckpt, {"model": model}, optim, sched, guard)
     res, epoch0, start = _restore_or_start(run, cp, state)
@@ -65,15 +64,8 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
             for i, batch in enumerate(batches(epoch, first), start=first):
                 loss, rows, stats, ids = _loss_or_rescue(batch_loss, batch, cp, res.step, lambda: snapshot(epoch, i))
                 if at_start is not None:  # the weights are still the start's: only gradients have been computed
-                    res.best, at_start = at_start(), None
-                    model.train()
-                norm = run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-                if cp.ok_to_step(res.step + 1, loss, norm, ids):
-                    optim.step()
-                sched.step()
-                optim.zero_grad(set_to_none=True)
-                res.step += 1
-                res.seen += rows
+                    res.best, at_start = _score_start(at_start, model), None
+                _update(run, cp, model, optim, sched, max_grad_norm, loss, ids, rows, res)
                 bar.update(1)
                 if res.step % log_every == 0 or res.step == total:
                     row = over_processes(run, {"loss": loss.detach(), **stats}, getattr(batch, "weight", 1.0))
@@ -93,6 +85,24 @@ def train_epochs(run: RunContext, ckpt: CheckpointSettings, model: Any, optim: A
     bar.close()
     res.checkpoint_save_s = cp.save_s
     return res
+
+
+def _score_start(at_start: Callable[[], float | None], model: Any) -> float | None:
+    best = at_start()
+    model.train()  # the evaluation left it in eval mode
+    return best
+
+
+def _update(run: RunContext, cp: Checkpointer, model: Any, optim: Any, sched: Any, max_grad_norm: float,
+            loss: torch.Tensor, ids: Any, rows: int, res: LoopResult) -> None:
+    """One optimiser step from the computed gradients (not taken when `cp` finds the loss or the norm not finite)."""
+    norm = run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    if cp.ok_to_step(res.step + 1, loss, norm, ids):
+        optim.step()
+    sched.step()
+    optim.zero_grad(set_to_none=True)
+    res.step += 1
+    res.seen += rows
 
 
 def _restore_or_start(run: RunContext, cp: Checkpointer, state: dict[str, Any]) -> tuple[LoopResult, int, int]:
