@@ -20,7 +20,8 @@ from rewardtune.train.rl_generate import train_rl_generate
 from rewardtune.train.sft_lm import train_sft_lm
 from rewardtune.train.sft_lm_config import SFTLMConfig, SFTLMData
 from rewardtune.train.sft_lm_data import IGNORE, collate, read_rows, token_nll
-from rewardtune.train.gen_setup import long_reference_warning, reference_columns, setup_reward
+from rewardtune.train.gen_setup import (long_reference_warning, long_reference_warnings, reference_columns,
+                                         setup_reward)
 
 from test_resume import assert_same_run, rows
 
@@ -215,6 +216,14 @@ def test_long_reference_warning_counts_a_row_of_several_references_by_its_shorte
     warning = long_reference_warning(tok, refs, 3, "gen.max_new_tokens", "answers")
     assert "1 of 2 held-out reference completions ('answers')" in warning and "the longest: 5" in warning
     assert long_reference_warning(tok, refs[:1], 3, "gen.max_new_tokens") is None
+
+
+def test_columns_with_the_same_references_warn_once(tiny_causal_lm_dir):
+    tok = load_tokenizer(str(tiny_causal_lm_dir))
+    refs, other = ["it was good and fun"], ["it was good and fun and sad"]  # 5 and 7 tokens, over a budget of 3
+    cols = {"completion": refs, "reference": list(refs), "answers": other}
+    warnings = long_reference_warnings(tok, cols, ["completion", "reference", "answers"], 3, "gen.max_new_tokens")
+    assert len(warnings) == 2 and "('completion')" in warnings[0] and "('answers')" in warnings[1]
 
 
 def test_reference_columns_are_the_completion_and_what_the_built_in_metrics_read():

@@ -143,8 +143,13 @@ def reference_columns(reward: CombinedReward, completion_column: str = "completi
 
 def long_reference_warnings(tok: Any, columns: dict[str, list[Any]], names: list[str], max_new_tokens: int,
                             setting: str) -> list[str]:
-    """`long_reference_warning` for each of the columns `names` that the held-out rows have."""
-    found = (long_reference_warning(tok, columns[c], max_new_tokens, setting, c) for c in names if c in columns)
+    """`long_reference_warning` for each of the columns `names` that the held-out rows have, once per distinct
+    content (a recipe's `completion` and `reference` columns hold the same texts)."""
+    distinct: dict[str, list[Any]] = {}
+    for c in names:
+        if c in columns and columns[c] not in distinct.values():
+            distinct[c] = columns[c]
+    found = (long_reference_warning(tok, refs, max_new_tokens, setting, c) for c, refs in distinct.items())
     return [w for w in found if w]
 
 
