@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from rewardtune.cli import main
 from rewardtune.config import ConfigError, load_config
 from rewardtune.rewards import RewardError
-from rewardtune.train.rl_classifier import RLClassifierConfig, train_rl_classifier
+from rewardtune.train.rl_classifier import RLClassifierConfig, RLSettings, penalties, train_rl_classifier
 from rewardtune.train.sft import SFTConfig, train_sft
 
 POS = "good great fun loved brilliant best funny".split()
@@ -193,6 +193,35 @@ def test_rl_evaluates_its_start_and_keeps_it_when_nothing_beats_it(tiny_encoder_
     assert json.loads((tmp_path / "rl" / "checkpoints" / "best" / "rewardtune.json").read_text())["step"] == 0
     kept = weights(tmp_path / "rl" / "checkpoints" / "best")
     assert all(torch.equal(v, weights(best)[k]) for k, v in kept.items())
+
+
+def zero_reward(prompts, completions, **_):
+    """A reward that says nothing: its expected gradient is exactly 0."""
+    return [0.0] * len(completions)
+
+
+def test_mixed_objective_adds_the_gold_labels_cross_entropy_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]], requires_grad=True)  # π = (1/4, 3/4) and (1/2, 1/2)
+    gold = torch.tensor([0, 1])
+    out, stats = penalties(logits, None, RLSettings(ce_coef=0.5), gold)
+    # CE = (−log 1/4 − log 1/2) / 2 = (2 ln 2 + ln 2) / 2 = 1.5 ln 2; the term is 0.5 × that = 0.75 ln 2
+    assert stats["ce"].item() == pytest.approx(1.5 * math.log(2))
+    assert out.item() == pytest.approx(0.75 * math.log(2))
+    out.backward()
+    # ∂/∂z of 0.5 × mean CE = 0.5 × (π − onehot(gold)) / 2: row 0 (1/4 − 1, 3/4) / 4, row 1 (1/2, 1/2 − 1) / 4
+    assert torch.allclose(logits.grad, torch.tensor([[-0.1875, 0.1875], [0.125, -0.125]]))
+    plain, plain_stats = penalties(logits.detach(), None, RLSettings(), gold)  # ce_coef 0: nothing added or logged
+    assert plain.item() == 0 and "ce" not in plain_stats
+
+
+def test_mixed_objective_teaches_the_labels_where_the_reward_says_nothing(tiny_encoder_dir, toy_data, tmp_path):
+    out = train_rl_classifier(load_config(RLClassifierConfig, None, overrides(
+        tiny_encoder_dir, toy_data, tmp_path, "ce", "reward.functions=[test_classifier_training:zero_reward]",
+        "rl.ce_coef=1.0", "train.log_every=1")), show_progress=False)
+    rows = [r for r in read_metrics(tmp_path / "ce") if r["split"] == "train"]
+    assert all("ce" in r for r in rows)
+    assert sum(r["ce"] for r in rows[-9:]) < sum(r["ce"] for r in rows[:9])  # the last epoch's CE below the first's
+    assert out["best"] >= 0.8, out  # the labels alone teach it, as sft does (the reward's gradient is 0)
 
 
 def test_sft_then_rl_from_checkpoint_then_eval_cli(tiny_encoder_dir, toy_data, tmp_path, capsys):

@@ -35,6 +35,8 @@ class RLSettings:
     ema_decay: float = doc(0.9, "decay of the EMA baseline")
     kl_coef: float = doc(0.0, "β of the exact KL(π || π_initial) penalty")
     entropy_coef: float = doc(0.0, "weight of the entropy bonus")
+    ce_coef: float = doc(0.0, "weight of the gold label's cross-entropy added to the RL loss (a mixed objective); "
+                              "0 = rewards only")
     exploration: Literal["epsilon", "softmax"] = doc("softmax", "value estimator: ε-greedy or Boltzmann")
     epsilon: float = doc(0.1, "value estimator: ε-greedy exploration rate")
     temperature: float = doc(0.1, "value estimator: softmax exploration temperature τ")
@@ -178,9 +180,12 @@ def setup_reward(rs: ClassifierRewardSettings, device: Any = None, load_models: 
                          load_models=load_models)
 
 
-def penalties(logits: torch.Tensor, ref_logprobs: torch.Tensor | None, rl: RLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
-    """β·KL(π || π_0) (exact over the label set) − c·H(π), both averaged over the batch.
-    logits (b, A), the reference's log-probs (b, A) or None (no KL term)."""
+def penalties(logits: torch.Tensor, ref_logprobs: torch.Tensor | None, rl: RLSettings,
+              gold: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """β·KL(π || π_0) (exact over the label set) − c·H(π) + λ·CE(gold), each averaged over the batch.
+    logits (b, A), the reference's log-probs (b, A) or None (no KL term), gold label indices (b,) (read when
+    rl.ce_coef > 0: the mixed objective, where the labels' cross-entropy keeps teaching the examples that an
+    indicator reward's gradient, p(y|x)·∇log p(y|x), all but ignores once p(y|x) is small)."""
     # log π before the entropy even without a KL term: autograd adds the terms' gradients in an order set by when
     # each was made, and another order changes the weights in their last bits.
     logp = policy.label_logprobs(logits)  # (b, A)
@@ -191,6 +196,10 @@ def penalties(logits: torch.Tensor, ref_logprobs: torch.Tensor | None, rl: RLSet
         kl = policy.kl(logp, ref_logprobs).mean()
         out = out + rl.kl_coef * kl
         stats["kl"] = kl.detach()
+    if rl.ce_coef:
+        ce = -logp.gather(-1, gold[:, None]).mean()  # mean over the batch of −log π(gold | x)
+        out = out + rl.ce_coef * ce
+        stats["ce"] = ce.detach()
     return out, stats
 
 
@@ -255,7 +264,7 @@ def batch_loss_fn(cfg: RLClassifierConfig, run: RunContext, data: ClassifierData
         # After the estimator, not before: with LoRA the reference pass is the same model in training mode, and its
         # dropout masks come from the random stream the estimator samples from.
         ref_logprobs = policy.reference_logprobs(t.model, t.reference, batch.model_inputs()) if cfg.rl.kl_coef else None
-        extra, pstats = penalties(logits, ref_logprobs, cfg.rl)
+        extra, pstats = penalties(logits, ref_logprobs, cfg.rl, batch.labels)
         acc.backward((loss + extra) * batch.weight)
         return loss, len(idx) * acc.num_processes, {**stats, **pstats}, idx
     return batch_loss
