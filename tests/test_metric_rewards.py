@@ -16,7 +16,7 @@ from rewardtune.rewards.signature import binding
 from rewardtune.train.gen_config import GenRLConfig, RewardSettings
 from rewardtune.train.gen_setup import BUILTIN_REWARDS, check_reward_columns, setup_reward
 
-METRICS = ("exact_match", "token_f1", "bleu", "chrf", "rouge")
+METRICS = ("exact_match", "token_f1", "bleu", "chrf", "rouge", "length_ratio")
 
 
 def score(fn, completions, refs):
@@ -91,6 +91,17 @@ def test_rouge_takes_the_best_reference_as_score_multi_does():
     assert score(m.rouge(), [hyp], [refs]) == pytest.approx([want])
     with pytest.raises(RewardError, match="rouge_type 'rougeLsum'; expected one of rouge1, rouge2, rougeL"):
         m.rouge(rouge_type="rougeLsum")
+
+
+def test_length_ratio_by_hand():
+    fn = m.length_ratio()
+    ref = "ein Hund läuft schnell"  # 4 words
+    # 3 words: 1 − |3/4 − 1| = 0.75; 5: 1 − |5/4 − 1| = 0.75; 4: 1; 8: 1 − |2 − 1| = 0; 12: floored at 0; none: 1 − 1 = 0
+    got = score(fn, ["a b c", "a b c d e", "a b c d", " ".join("x" * 8), " ".join("x" * 12), ""], [ref] * 6)
+    assert got == pytest.approx([0.75, 0.75, 1.0, 0.0, 0.0, 0.0])
+    # several references: the closest; 2 words against 4 (0.5) and 2 (1.0) and 3 (1 − 1/3)
+    assert score(fn, ["a b"], [[ref, "zwei Wörter", "drei ganze Wörter"]]) == [1.0]
+    assert score(fn, ["a b"], [[ref, "drei ganze Wörter"]]) == pytest.approx([2 / 3])
 
 
 def test_parse_label_rule():

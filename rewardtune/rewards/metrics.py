@@ -9,6 +9,7 @@ strings (several references: the row scores its best one, or, for BLEU, multi-re
 - `exact_match`, `token_f1`: SQuAD v1.1's answer normalisation and scores (the official evaluation script's rules).
 - `bleu`, `chrf`: sentence-level, from sacrebleu. `rouge`: rouge1, rouge2 or rougeL F-measure, from rouge-score.
 - `label_match`: the label parsed from the completion (`parse_label`) against the gold label.
+- `length_ratio`: how close the completion's length in words is to its reference's.
 
 sacrebleu and rouge-score are imported when their reward is built, never when this module is.
 """
@@ -158,6 +159,19 @@ def rouge(reference_column: str = "reference", rouge_type: str = "rougeL", use_s
     # score(target, prediction): the reference comes first
     score = lambda c, refs: float(max(scorer.score(r, c)[rouge_type].fmeasure for r in refs))  # noqa: E731
     return metric_reward("rouge", reference_column, score)
+
+
+def length_ratio_score(completion: str, reference: str) -> float:
+    """1 − |words(completion) / words(reference) − 1|, floored at 0: 1.0 at the reference's length, 0.0 at none or at
+    twice it. References are never blank (`texts_of`), so the ratio is defined."""
+    return max(0.0, 1.0 - abs(len(completion.split()) / len(reference.split()) - 1.0))
+
+
+def length_ratio(reference_column: str = "reference") -> RewardFn:
+    """How close the completion's length in words is to its row's reference (the closest of several): a length term
+    relative to each row, to mix with a metric that pays for length (chrF weighs recall twice; a fixed
+    `length_penalty` target ignores how long each reference is)."""
+    return metric_reward("length_ratio", reference_column, best_of(length_ratio_score))
 
 
 # --- labels -----------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class RewardSettings:
     regex: str = doc("", "pattern for the `regex` reward (1 if the completion matches)")
     target_length: int = doc(20, "target words for the `length_penalty` reward")
     reference_column: str = doc("reference", "data column of the reference text, or list of texts, per row for "
-                                             "exact_match, token_f1, bleu, chrf and rouge")
+                                             "exact_match, token_f1, bleu, chrf, rouge and length_ratio")
     rouge_type: Literal["rouge1", "rouge2", "rougeL"] = doc("rougeL", "which ROUGE F-measure the `rouge` reward gives")
     gold_column: str = doc("label", "data column of the gold label (or list of accepted labels) for `label_match`")
     labels: tuple = doc((), "allowed label names `label_match` looks for in a completion (earliest whole word, any "

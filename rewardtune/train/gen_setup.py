@@ -46,12 +46,13 @@ BUILTIN_REWARDS: dict[str, Callable[[RewardSettings], Any]] = {
     "bleu": lambda rs: metrics.bleu(rs.reference_column), "chrf": lambda rs: metrics.chrf(rs.reference_column),
     "rouge": lambda rs: metrics.rouge(rs.reference_column, rs.rouge_type),
     "label_match": lambda rs: metrics.label_match(rs.gold_column, rs.labels),
+    "length_ratio": lambda rs: metrics.length_ratio(rs.reference_column),
 }
 
 
 def setup_reward(rs: RewardSettings, accelerator: Any = None) -> CombinedReward:
     """Built-ins: length (toy), lexicon, regex (reward.regex), length_penalty (reward.target_length), the task metrics
-    exact_match, token_f1, bleu, chrf, rouge (reward.reference_column, reward.rouge_type) and label_match
+    exact_match, token_f1, bleu, chrf, rouge, length_ratio (reward.reference_column, reward.rouge_type) and label_match
     (reward.gold_column, reward.labels); or rm:FOLDER (run on the accelerator's device, the policy's), module:fn, a
     callable. Under several processes, normalisation sees the global batch, and a reward that fails on one process
     fails on all, at the same call (they checkpoint and stop together)."""
