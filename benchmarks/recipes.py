@@ -78,11 +78,14 @@ def run_seed(recipe: str, seed: int, rows: Path, work: Path, tokens: int, args: 
     t_sft = sh(["sft", "--config", f"recipe-{config}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
                 *data], work / f"{sft_name}.log")
     sft_best = work / sft_name / "checkpoints" / "best"
+    if args.tag:  # a variant of the RL step (its own overrides): its own run folder and evaluation
+        rl_name = f"rl-{args.tag}-s{seed}"
     t_rl = sh(["rl", "--config", f"recipe-{config}-rl", f"name={rl_name}", f"model.name={sft_best}",
-               f"rl.steps={args.rl_steps}", *data], work / f"{rl_name}.log")
-    for phase, model, secs in (("sft", sft_best, t_sft), ("sft_rl", work / rl_name / "checkpoints" / "best", t_rl)):
+               f"rl.steps={args.rl_steps}", *data, *args.rl_set], work / f"{rl_name}.log")
+    rl_phase = "sft_rl" + (f"_{args.tag}" if args.tag else "")
+    for phase, model, secs in (("sft", sft_best, t_sft), (rl_phase, work / rl_name / "checkpoints" / "best", t_rl)):
         metrics = evaluate(recipe, str(model), rows, work / f"eval-{phase}-s{seed}", tokens)
-        extra = {"rl_heldout_last": last_eval(work / rl_name)} if phase == "sft_rl" else {}
+        extra = {"rl_heldout_last": last_eval(work / rl_name), "rl_set": args.rl_set} if phase == rl_phase else {}
         record({"benchmark": "recipe", "recipe": recipe, "phase": phase, "seed": seed, "train_seconds": round(secs, 1),
                 "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, **metrics, **extra})
 
@@ -96,6 +99,8 @@ def main() -> None:
     p.add_argument("--report-rows", type=int, default=300, help="held-out rows scored at the end (at most 300)")
     p.add_argument("--set", nargs="*", default=[], help="key=value overrides for both sft and rl (e.g. a smoke run: "
                                                         "eval.prompts=4)")
+    p.add_argument("--rl-set", nargs="*", default=[], help="key=value overrides for rl only (a variant: use --tag)")
+    p.add_argument("--tag", default="", help="the RL variant's name: its run folder rl-TAG-sSEED, phase sft_rl_TAG")
     p.add_argument("--work", default="runs/bench-recipes", help="folder for rows, runs and evaluations")
     p.add_argument("--skip-base", action="store_true", help="do not score the base model (scored by an earlier run)")
     args = p.parse_args()
