@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -13,7 +14,7 @@ from rewardtune.cli import main
 from rewardtune.config import ConfigError, load_config
 from rewardtune.data import DataError
 from rewardtune.rewards import RewardError
-from rewardtune.train.rl_tagger import TaggerRLConfig, train_rl_tagger
+from rewardtune.train.rl_tagger import TaggerRLConfig, TaggerRLSettings, penalties, train_rl_tagger
 from rewardtune.train.tagger import TaggerSFTConfig, train_sft_tagger
 
 from helpers import WORDS
@@ -50,10 +51,10 @@ def _rows(run_dir, split):
     return [r for r in rows if r.get("split") == split]
 
 
-def _changed(model_dir, run_dir) -> bool:
-    """Whether the best checkpoint's encoder weights differ from the starting encoder's."""
+def _changed(model_dir, run_dir, checkpoint="best") -> bool:
+    """Whether a checkpoint's encoder weights differ from the starting encoder's."""
     start = load_file(str(model_dir / "model.safetensors"))
-    best = load_file(str(run_dir / "checkpoints" / "best" / "model.safetensors"))
+    best = load_file(str(run_dir / "checkpoints" / checkpoint / "model.safetensors"))
     key = next(k for k in start if "attention.self.query.weight" in k)
     return not torch.equal(start[key], next(v for k, v in best.items() if k.endswith(key.split("bert.")[-1])))
 
@@ -69,11 +70,23 @@ def test_sft_smoke_run(tiny_encoder_dir, tagged, tmp_path):
     assert meta["policy"] == "tagger" and meta["tag_names"] == TAGS[1:-1].split(",")
 
 
+def test_mixed_objective_adds_sfts_loss_over_real_words_by_hand():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [5.0, 0.0]]], requires_grad=True)  # (1, 2 words, 2 tags)
+    gold, mask = torch.tensor([[0, 1]]), torch.tensor([[True, False]])  # the second word is padding
+    out, stats = penalties(logits, mask, None, TaggerRLSettings(ce_coef=0.5), gold)
+    # the one real word: π = (1/4, 3/4), gold 0 → CE = −log 1/4 = ln 4; × 0.5 = ln 2; the padded word counts nothing
+    assert stats["ce"].item() == pytest.approx(math.log(4)) and out.item() == pytest.approx(math.log(2))
+    out.backward()
+    # ∂/∂z = 0.5 × (π − onehot): word 0 (−3/8, 3/8); word 1 none
+    assert torch.allclose(logits.grad, torch.tensor([[[-0.375, 0.375], [0.0, 0.0]]]))
+
+
 @pytest.mark.parametrize("extra", [
     ["rl.estimator=reinforce", "rl.baseline=rloo"],
     ["rl.estimator=reinforce", "rl.baseline=greedy", "constrained=false", "rl.entropy_coef=0.01",
      "reward.functions=[span_f1,token_accuracy]"],
     ["rl.estimator=expected", "rl.kl_coef=0.1", "model.lora.r=4"],
+    ["rl.estimator=reinforce", "rl.ce_coef=0.5"],
 ])
 def test_rl_smoke_runs(tiny_encoder_dir, tagged, tmp_path, extra):
     cfg = load_config(TaggerRLConfig, None, _args(tiny_encoder_dir, tagged, tmp_path, "rl", "train.max_steps=3", *extra))
@@ -82,12 +95,14 @@ def test_rl_smoke_runs(tiny_encoder_dir, tagged, tmp_path, extra):
     assert [r["step"] for r in train] == [1, 2, 3] and out["steps"] == 3
     assert all(0.0 <= r["reward"] <= 1.0 and torch.isfinite(torch.tensor(r["loss"])) for r in train)
     assert ("kl" in train[0]) == (cfg.rl.kl_coef > 0) and "entropy" in train[0]
+    assert ("ce" in train[0]) == (cfg.rl.ce_coef > 0)
     if cfg.rl.estimator == "reinforce":
         assert "reward/span_f1" in train[0] and "samples_agree" in train[0]
     if cfg.model.lora.r:
         assert (tmp_path / "rl" / "checkpoints" / "best" / "adapter_model.safetensors").exists()
     else:
-        assert _changed(tiny_encoder_dir, tmp_path / "rl")
+        # the last step's weights: `best` may be the start (rl evaluates it), kept when no epoch beats it
+        assert _changed(tiny_encoder_dir, tmp_path / "rl", "step-00000003")
 
 
 @pytest.mark.parametrize("trainer", ["sft", "rl"])

@@ -28,7 +28,7 @@ from ..tagging import encode_tagged
 from .common import OptimSettings, accelerator_kwargs, setup_optimizer, setup_reference
 from .loop import train_epochs
 from .tagger import (TaggedData, TaggerDataSettings, check_tagger_metric, finish, report_and_keep_best, setup_tagged_data,
-                     setup_tagger_model, tag_batches, tagger_meta, tagger_optim, total_steps)
+                     setup_tagger_model, tag_batches, tagger_meta, tagger_optim, token_cross_entropy, total_steps)
 
 # Sequence rewards by name: `(prompts, completions, tags, tokens) -> list[float]`, a completion being the
 # predicted tags joined by spaces, `tags` the gold tags of the same words (rewards/spans.py).
@@ -50,6 +50,8 @@ class TaggerRLSettings:
     token_reward: Literal["match"] = doc("match", "expected: per-word reward (match: 1 for the gold tag)")
     kl_coef: float = doc(0.0, "β of the exact per-word KL(π || π_initial), averaged over words")
     entropy_coef: float = doc(0.0, "weight of the per-word entropy bonus")
+    ce_coef: float = doc(0.0, "weight of the gold tags' cross-entropy (sft's loss) added to the RL loss (a mixed "
+                              "objective); 0 = rewards only")
 
 
 @dataclass(frozen=True)
@@ -150,14 +152,18 @@ ESTIMATORS: dict[str, Callable[[Step], tuple[torch.Tensor, dict[str, Any]]]] = {
 
 
 def penalties(logits: torch.Tensor, mask: torch.Tensor, ref_logprobs: torch.Tensor | None,
-              rl: TaggerRLSettings) -> tuple[torch.Tensor, dict[str, Any]]:
-    """β·KL(π || π_0) − c·H(π), each a per-word mean, averaged over the batch.  logits (b, W, A)."""
+              rl: TaggerRLSettings, gold: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """β·KL(π || π_0) − c·H(π), each a per-word mean, averaged over the batch, + λ·CE(gold tags) (sft's loss: the mean
+    over the batch's real words; read when rl.ce_coef > 0, the mixed objective).  logits (b, W, A), gold (b, W)."""
     logp = policy.word_logprobs(logits)  # (b, W, A)
     ent = policy.entropy(logits, mask).mean()
     out, stats = -rl.entropy_coef * ent, {"entropy": ent.detach()}
     if ref_logprobs is not None:
         kl = policy.kl(logp, ref_logprobs, mask).mean()
         out, stats["kl"] = out + rl.kl_coef * kl, kl.detach()
+    if rl.ce_coef:
+        ce = token_cross_entropy(logits, gold, mask)
+        out, stats["ce"] = out + rl.ce_coef * ce, ce.detach()
     return out, stats
 
 
@@ -185,7 +191,7 @@ def batch_loss_fn(cfg: TaggerRLConfig, run: RunContext, data: TaggedData, model:
         # After the estimator, as in rl_classifier: with LoRA the reference pass draws dropout masks too.
         ref = (policy.reference_logprobs(model, reference, batch.model_inputs(), batch.first)
                if cfg.rl.kl_coef else None)
-        extra, pstats = penalties(logits, batch.word_mask, ref, cfg.rl)
+        extra, pstats = penalties(logits, batch.word_mask, ref, cfg.rl, batch.tags)
         acc.backward((loss + extra) * batch.weight)
         return loss, len(idx) * acc.num_processes, {**stats, **pstats}, idx
     return batch_loss
