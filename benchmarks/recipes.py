@@ -74,12 +74,11 @@ def run_seed(recipe: str, seed: int, rows: Path, work: Path, tokens: int, args: 
     config = CONFIGS.get(recipe, recipe)
     data = [f"data.path={rows / 'train.jsonl'}", f"data.val_path={rows / 'select.jsonl'}", f"runs_dir={work}",
             f"seed={seed}", *args.set]
-    sft_name, rl_name = f"sft-s{seed}", f"rl-s{seed}"
+    # a variant of the RL step (--tag, its own overrides) gets its own run folder and evaluation
+    sft_name, rl_name = f"sft-s{seed}", f"rl-{args.tag}-s{seed}" if args.tag else f"rl-s{seed}"
     t_sft = sh(["sft", "--config", f"recipe-{config}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
                 *data], work / f"{sft_name}.log")
     sft_best = work / sft_name / "checkpoints" / "best"
-    if args.tag:  # a variant of the RL step (its own overrides): its own run folder and evaluation
-        rl_name = f"rl-{args.tag}-s{seed}"
     t_rl = sh(["rl", "--config", f"recipe-{config}-rl", f"name={rl_name}", f"model.name={sft_best}",
                f"rl.steps={args.rl_steps}", *data, *args.rl_set], work / f"{rl_name}.log")
     rl_phase = "sft_rl" + (f"_{args.tag}" if args.tag else "")
