@@ -76,17 +76,24 @@ def run_seed(recipe: str, seed: int, rows: Path, work: Path, tokens: int, args: 
             f"seed={seed}", *args.set]
     # a variant of the RL step (--tag, its own overrides) gets its own run folder and evaluation
     sft_name, rl_name = f"sft-s{seed}", f"rl-{args.tag}-s{seed}" if args.tag else f"rl-s{seed}"
-    t_sft = sh(["sft", "--config", f"recipe-{config}-sft", f"name={sft_name}", f"train.max_steps={args.sft_steps}",
-                *data], work / f"{sft_name}.log")
     sft_best = work / sft_name / "checkpoints" / "best"
+    if not args.skip_sft:
+        t_sft = sh(["sft", "--config", f"recipe-{config}-sft", f"name={sft_name}",
+                    f"train.max_steps={args.sft_steps}", *data], work / f"{sft_name}.log")
+        score(recipe, "sft", seed, sft_best, t_sft, rows, work, tokens, args, {})  # recorded before RL starts
     t_rl = sh(["rl", "--config", f"recipe-{config}-rl", f"name={rl_name}", f"model.name={sft_best}",
                f"rl.steps={args.rl_steps}", *data, *args.rl_set], work / f"{rl_name}.log")
     rl_phase = "sft_rl" + (f"_{args.tag}" if args.tag else "")
-    for phase, model, secs in (("sft", sft_best, t_sft), (rl_phase, work / rl_name / "checkpoints" / "best", t_rl)):
-        metrics = evaluate(recipe, str(model), rows, work / f"eval-{phase}-s{seed}", tokens)
-        extra = {"rl_heldout_last": last_eval(work / rl_name), "rl_set": args.rl_set} if phase == rl_phase else {}
-        record({"benchmark": "recipe", "recipe": recipe, "phase": phase, "seed": seed, "train_seconds": round(secs, 1),
-                "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, **metrics, **extra})
+    score(recipe, rl_phase, seed, work / rl_name / "checkpoints" / "best", t_rl, rows, work, tokens, args,
+          {"rl_heldout_last": last_eval(work / rl_name), "rl_set": args.rl_set})
+
+
+def score(recipe: str, phase: str, seed: int, model: Path, secs: float, rows: Path, work: Path, tokens: int,
+          args: argparse.Namespace, extra: dict) -> None:
+    """Score one phase's best checkpoint on the report rows and append the result row."""
+    metrics = evaluate(recipe, str(model), rows, work / f"eval-{phase}-s{seed}", tokens)
+    record({"benchmark": "recipe", "recipe": recipe, "phase": phase, "seed": seed, "train_seconds": round(secs, 1),
+            "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, **metrics, **extra})
 
 
 def main() -> None:
@@ -102,6 +109,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="the RL variant's name: its run folder rl-TAG-sSEED, phase sft_rl_TAG")
     p.add_argument("--work", default="runs/bench-recipes", help="folder for rows, runs and evaluations")
     p.add_argument("--skip-base", action="store_true", help="do not score the base model (scored by an earlier run)")
+    p.add_argument("--skip-sft", action="store_true", help="reuse WORK/RECIPE/sft-sSEED (trained and scored earlier)")
     args = p.parse_args()
     work = Path(args.work) / args.recipe
     work.mkdir(parents=True, exist_ok=True)
