@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> dict:
             "max_examples": args.max_examples, "max_val": args.max_val if TASKS[args.task][3][1] else "split",
             "epochs": args.epochs, "metric": metric, "best": max(r[metric] for r in val), "last": val[-1][metric],
             "start": val[0][metric] if val[0]["step"] == 0 else None,  # rl trainers evaluate their start model
+            "last_val": val[-1],  # every metric of the last validation (SQuAD's EM beside F1, CLINC's oos recall)
             "train_examples_per_s": summary["train_examples_per_s"], "train_s": summary["train_s"],
             "wall_s": time.time() - t, "peak_rss_mib": peak_rss_mib(), "date": time.strftime("%Y-%m-%d"),
             "run_dir": out["run_dir"]}
