@@ -1,6 +1,6 @@
 """The generative recipes on real data (issue 21): base model, SFT, and SFT → GRPO, scored on held-out rows.
 
-    .venv/bin/python benchmarks/recipes.py --recipe mt --seeds 0 1 2 [--sft-steps 250 --rl-steps 100]
+    .venv/bin/python benchmarks/recipes.py --recipe mt --seeds 0 1 2 [--sft-steps N --rl-steps N]
 
 For each recipe: `rewardtune data recipe` writes the rows (all training rows; a seeded 400 of the validation
 rows); the first 100 of those pick the best checkpoints (SFT's and RL's held-out evaluations), the other 300 are
@@ -64,10 +64,15 @@ def last_eval(run: Path) -> dict:
     return [r for r in rows if r.get("split") in ("eval", "val", "heldout")][-1]
 
 
+def shipped(recipe: str, phase: str) -> dict:
+    """A recipe's shipped config for `phase` (sft or rl), as written."""
+    path = Path("rewardtune/configs") / f"recipe-{CONFIGS.get(recipe, recipe)}-{phase}.yaml"
+    return yaml.safe_load(path.read_text())
+
+
 def budget(recipe: str) -> int:
     """The generation budget of a recipe's RL config (eval-lm scores with the same one)."""
-    path = Path("rewardtune/configs") / f"recipe-{CONFIGS.get(recipe, recipe)}-rl.yaml"
-    return yaml.safe_load(path.read_text())["gen"]["max_new_tokens"]
+    return shipped(recipe, "rl")["gen"]["max_new_tokens"]
 
 
 def run_seed(recipe: str, seed: int, rows: Path, work: Path, tokens: int, args: argparse.Namespace) -> None:
@@ -100,8 +105,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", choices=list(EVAL_FLAGS), required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--sft-steps", type=int, default=250)
-    p.add_argument("--rl-steps", type=int, default=100)
+    p.add_argument("--sft-steps", type=int, default=0, help="SFT steps (0 = the shipped config's train.max_steps)")
+    p.add_argument("--rl-steps", type=int, default=0, help="GRPO steps (0 = the shipped config's rl.steps)")
     p.add_argument("--report-rows", type=int, default=300, help="held-out rows scored at the end (at most 300)")
     p.add_argument("--set", nargs="*", default=[], help="key=value overrides for both sft and rl (e.g. a smoke run: "
                                                         "eval.prompts=4)")
@@ -111,6 +116,9 @@ def main() -> None:
     p.add_argument("--skip-base", action="store_true", help="do not score the base model (scored by an earlier run)")
     p.add_argument("--skip-sft", action="store_true", help="reuse WORK/RECIPE/sft-sSEED (trained and scored earlier)")
     args = p.parse_args()
+    # unset step counts are the shipped configs' own, so a plain run measures what ships
+    args.sft_steps = args.sft_steps or shipped(args.recipe, "sft")["train"]["max_steps"]
+    args.rl_steps = args.rl_steps or shipped(args.recipe, "rl")["rl"]["steps"]
     work = Path(args.work) / args.recipe
     work.mkdir(parents=True, exist_ok=True)
     rows = prepare(args.recipe, work, args.report_rows)
